@@ -1,0 +1,1 @@
+"""Side effects. Classes whose constructors take adapters; one module per concern."""

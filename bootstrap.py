@@ -1,0 +1,60 @@
+"""Create the virtual environment when needed, then run the main job or the checks.
+
+    python3 bootstrap.py dev     # install into .venv, then `qm dev` (the whole local stack)
+    python3 bootstrap.py test    # install into .venv, then ruff, mypy and pytest
+
+Only the standard library is used here, so it runs on a fresh clone with just Python and pip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+STAMP = VENV / ".qm-installed"
+
+
+def _ensure_venv() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit("Quartermaster needs Python 3.11 or newer")
+    if not (BIN / "python").exists():
+        print("creating .venv ...", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
+    if not STAMP.exists() or STAMP.read_text() != digest:
+        print("installing Quartermaster and its dependencies into .venv ...", flush=True)
+        subprocess.run(
+            [str(BIN / "python"), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[dev]"], check=True
+        )
+        STAMP.write_text(digest)
+
+
+def _run(*argv: str) -> int:
+    return subprocess.run([str(BIN / argv[0]), *argv[1:]], cwd=ROOT).returncode
+
+
+def main() -> int:
+    if len(sys.argv) < 2 or sys.argv[1] not in {"dev", "test"}:
+        print(__doc__)
+        return 2
+    _ensure_venv()
+    extra = sys.argv[2:]
+    if sys.argv[1] == "dev":
+        os.execv(str(BIN / "qm"), [str(BIN / "qm"), "dev", *extra])
+    for step in (("ruff", "check", "."), ("ruff", "format", "--check", "."), ("mypy", ".")):
+        print("$", " ".join(step), flush=True)
+        if rc := _run(*step):
+            return rc
+    print("$ pytest", " ".join(extra), flush=True)
+    return _run("python", "-m", "pytest", *extra)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

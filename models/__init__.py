@@ -1,0 +1,1 @@
+"""Pydantic types shared by every layer. No I/O, no environment reads."""

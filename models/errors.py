@@ -1,0 +1,81 @@
+"""Stable error codes. Agents branch on these; never rename one, only add."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    # bad input (CLI exit code 2)
+    INVALID_REQUEST = "INVALID_REQUEST"
+    UNKNOWN_PROVIDER = "UNKNOWN_PROVIDER"
+    UNKNOWN_SERVICE = "UNKNOWN_SERVICE"
+    INVALID_CONFIGURATION = "INVALID_CONFIGURATION"
+    PRICE_ABOVE_MAXIMUM = "PRICE_ABOVE_MAXIMUM"
+    CURRENCY_MISMATCH = "CURRENCY_MISMATCH"
+    NOT_FOUND = "NOT_FOUND"
+    # waiting for a human (CLI exit code 3)
+    TERMS_ACCEPTANCE_REQUIRED = "TERMS_ACCEPTANCE_REQUIRED"
+    PAYMENT_METHOD_REQUIRED = "PAYMENT_METHOD_REQUIRED"
+    OAUTH_CONSENT_REQUIRED = "OAUTH_CONSENT_REQUIRED"
+    PURCHASE_APPROVAL_REQUIRED = "PURCHASE_APPROVAL_REQUIRED"
+    SPEND_LIMIT_REACHED = "SPEND_LIMIT_REACHED"
+    INFORMATION_REQUIRED = "INFORMATION_REQUIRED"
+    # refusals and failures (CLI exit code 1)
+    APPROVAL_DENIED = "APPROVAL_DENIED"
+    APPROVAL_TIMED_OUT = "APPROVAL_TIMED_OUT"
+    APPROVAL_REJECTED = "APPROVAL_REJECTED"
+    SESSION_INVALID = "SESSION_INVALID"
+    SESSION_EXPIRED = "SESSION_EXPIRED"
+    SESSION_REVOKED = "SESSION_REVOKED"
+    SERVICE_NOT_ALLOWED = "SERVICE_NOT_ALLOWED"
+    BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+    AGENT_FROZEN = "AGENT_FROZEN"
+    IDENTITY_INVALID = "IDENTITY_INVALID"
+    PAYMENT_DECLINED = "PAYMENT_DECLINED"
+    PROVIDER_ERROR = "PROVIDER_ERROR"
+    PROVIDER_UNAVAILABLE = "PROVIDER_UNAVAILABLE"
+    TEMPORAL_UNAVAILABLE = "TEMPORAL_UNAVAILABLE"
+    PORT_IN_USE = "PORT_IN_USE"
+    UNKNOWN_ERROR = "UNKNOWN_ERROR"
+
+
+BAD_INPUT = frozenset(
+    {
+        ErrorCode.INVALID_REQUEST,
+        ErrorCode.UNKNOWN_PROVIDER,
+        ErrorCode.UNKNOWN_SERVICE,
+        ErrorCode.INVALID_CONFIGURATION,
+        ErrorCode.PRICE_ABOVE_MAXIMUM,
+        ErrorCode.CURRENCY_MISMATCH,
+        ErrorCode.NOT_FOUND,
+    }
+)
+WAITING_FOR_HUMAN = frozenset(
+    {
+        ErrorCode.TERMS_ACCEPTANCE_REQUIRED,
+        ErrorCode.PAYMENT_METHOD_REQUIRED,
+        ErrorCode.OAUTH_CONSENT_REQUIRED,
+        ErrorCode.PURCHASE_APPROVAL_REQUIRED,
+        ErrorCode.SPEND_LIMIT_REACHED,
+        ErrorCode.INFORMATION_REQUIRED,
+    }
+)
+
+
+def exit_code(code: ErrorCode) -> int:
+    """The CLI's exit code for an error code: 2 bad input, 3 waiting for a human, 1 otherwise."""
+    if code in BAD_INPUT:
+        return 2
+    if code in WAITING_FOR_HUMAN:
+        return 3
+    return 1
+
+
+class QuartermasterError(Exception):
+    """An error with a stable code. The message never contains secrets or response bodies."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message

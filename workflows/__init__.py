@@ -1,0 +1,1 @@
+"""Deterministic orchestration. Imports only stdlib, temporalio and models at top level."""
