@@ -40,9 +40,11 @@ class PaymentToken(BaseModel):
     max_amount: Money
     expires_at: datetime
     deactivated_reason: str | None = None
+    amount_captured: Money | None = None  # total charged with the token so far (all periods)
+    recurring_interval: Literal["month", "week", "year"] | None = None
 
 
 class ChargeResult(BaseModel):
     payment_intent_id: str
-    status: Literal["succeeded", "requires_action", "canceled", "processing"]
+    status: Literal["succeeded", "requires_action", "canceled", "processing", "requires_payment_method"]
     amount: Money

@@ -46,7 +46,11 @@ class Settings(BaseModel):
     stripe_webhook_secret: str | None = None
     keys_file: Path | None = None
     codec_auth_token: str | None = None
+    #: payload-keys-only file for the UI codec server (QM_CODEC_KEYS_FILE); default <data dir>/codec-keys.json
+    codec_keys_file: Path | None = None
     codec_cors_origin: str = f"http://localhost:{DEV_PORTS['ui']}"
+    #: audit store (QM_AUDIT_DB): a SQLite file path, or a postgresql:// DSN; default <data dir>/audit.sqlite
+    audit_db: str | None = None
     approval_timeout_seconds: int = 86_400
     purchase_approval_above: int = 0
     notify_webhook_url: str | None = None
@@ -63,6 +67,14 @@ class Settings(BaseModel):
     def resolved_keys_file(self) -> Path:
         return self.keys_file or self.data_dir / "keys.json"
 
+    @property
+    def resolved_codec_keys_file(self) -> Path:
+        return self.codec_keys_file or self.data_dir / "codec-keys.json"
+
+    @property
+    def resolved_audit_db(self) -> str:
+        return self.audit_db or str(self.data_dir / "audit.sqlite")
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         e = os.environ if env is None else env
@@ -77,7 +89,9 @@ class Settings(BaseModel):
             "STRIPE_WEBHOOK_SECRET": "stripe_webhook_secret",
             "QM_KEYS_FILE": "keys_file",
             "QM_CODEC_AUTH_TOKEN": "codec_auth_token",
+            "QM_CODEC_KEYS_FILE": "codec_keys_file",
             "QM_CODEC_CORS_ORIGIN": "codec_cors_origin",
+            "QM_AUDIT_DB": "audit_db",
             "QM_APPROVAL_TIMEOUT_SECONDS": "approval_timeout_seconds",
             "QM_PURCHASE_APPROVAL_ABOVE": "purchase_approval_above",
             "QM_NOTIFY_WEBHOOK_URL": "notify_webhook_url",

@@ -23,13 +23,19 @@ from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
 network_guard.install()
 
 pytest_plugins: list[str] = []
+pytest_plugins.append("tests.fixtures.providers")
+pytest_plugins.append("tests.fixtures.audit")
 
 BIN = Path(sys.executable).parent
 
 
+#: test-only keys, committed so that recorded histories in tests/histories/ decode and replay
+TEST_KEYS = Path(__file__).parent / "histories" / "test-keys.json"
+
+
 @pytest.fixture(scope="session")
 def keyring() -> Keyring:
-    return Keyring.generate()
+    return Keyring.from_json(TEST_KEYS.read_text())
 
 
 @pytest.fixture(scope="session")

@@ -10,3 +10,15 @@ from quartermaster.cli import dev
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 REGISTRY: list[Register] = [dev.register]
+
+from quartermaster.cli import secrets_verbs  # noqa: E402
+
+REGISTRY.append(secrets_verbs.register)
+
+from quartermaster.cli import audit_verbs  # noqa: E402
+
+REGISTRY.append(audit_verbs.register)
+
+from quartermaster.cli import provision_verbs  # noqa: E402
+
+REGISTRY.append(provision_verbs.register)

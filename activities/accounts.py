@@ -1,0 +1,124 @@
+"""Accounts at providers: reuse a connection, look up the principal, auto-create after terms
+acceptance, or link an existing account with OAuth 2.0 + PKCE S256. Credentials stay in the store."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from temporalio import activity
+
+from models.errors import ErrorCode
+from models.provider import ProviderAccount
+from models.provisioning import AccountInput, CompleteOAuth, ConnectionRef, OAuthStart, TermsRecord
+from models.secret import Secret
+from providers.assertions import AssertionSigner
+from providers.connection_store import ConnectionStore
+from providers.registry import ProviderRegistry
+
+from activities.errors import adapter_errors, permanent
+
+OAUTH_CLIENT_ID = "quartermaster"
+
+
+def pkce_pair() -> tuple[Secret, str]:
+    """A PKCE verifier (secret) and its S256 challenge (RFC 7636)."""
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return Secret(verifier), challenge
+
+
+class AccountActivities:
+    def __init__(
+        self, *, registry: ProviderRegistry, store: ConnectionStore, signer: AssertionSigner, public_url: str
+    ) -> None:
+        self._registry = registry
+        self._store = store
+        self._signer = signer
+        self._redirect_uri = f"{public_url.rstrip('/')}/oauth/callback"
+
+    def _assertion(self, inp: AccountInput) -> Secret:
+        return self._signer.sign(subject=inp.customer_id, email=inp.principal_email, audience=inp.provider)
+
+    def _save(self, inp_provider: str, principal_id: str, account: ProviderAccount) -> ConnectionRef:
+        self._store.put_connection(
+            principal_id=principal_id,
+            provider=inp_provider,
+            account_id=account.account_id,
+            link_action=account.link_action,
+            credential=account.credential,
+            scopes=account.scopes,
+        )
+        return ConnectionRef(
+            provider=inp_provider, principal_id=principal_id, account_id=account.account_id,
+            link_action=account.link_action,
+        )  # fmt: skip
+
+    @activity.defn(name="find_connection")
+    async def find_connection(self, ref: TermsRecord) -> ConnectionRef | None:
+        """An existing connection of this principal to this provider (terms_version is ignored)."""
+        conn = self._store.get_connection(principal_id=ref.principal_id, provider=ref.provider)
+        if conn is None:
+            return None
+        return ConnectionRef(
+            provider=ref.provider, principal_id=ref.principal_id, account_id=conn.account_id,
+            link_action=conn.link_action,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    @activity.defn(name="lookup_account")
+    async def lookup_account(self, inp: AccountInput) -> bool:
+        with adapter_errors("account lookup"):
+            found = await self._registry.get(inp.provider).lookup_account(assertion=self._assertion(inp))
+        return found.exists
+
+    @activity.defn(name="terms_accepted")
+    async def terms_accepted(self, rec: TermsRecord) -> bool:
+        return (
+            self._store.accepted_terms(
+                principal_id=rec.principal_id, provider=rec.provider, terms_version=rec.terms_version
+            )
+            is not None
+        )
+
+    @activity.defn(name="create_account")
+    async def create_account(self, inp: AccountInput) -> ConnectionRef:
+        if inp.terms is None:
+            raise permanent(ErrorCode.TERMS_ACCEPTANCE_REQUIRED, "no terms acceptance to present")
+        self._store.record_terms(
+            principal_id=inp.principal_id, provider=inp.provider, terms_version=inp.terms.terms_version,
+            accepted_at=inp.terms.accepted_at, approval_id=inp.terms.approval_id,
+        )  # fmt: skip
+        with adapter_errors("account creation"):
+            account = await self._registry.get(inp.provider).create_account(
+                assertion=self._assertion(inp), terms=inp.terms, idempotency_key=inp.idempotency_key
+            )
+        return self._save(inp.provider, inp.principal_id, account)
+
+    @activity.defn(name="start_oauth")
+    async def start_oauth(self, inp: AccountInput) -> OAuthStart:
+        """Make the PKCE pair (the verifier stays in the store) and the URL for the human."""
+        verifier, challenge = pkce_pair()
+        state = f"{inp.idempotency_key}.{secrets.token_urlsafe(16)}"
+        self._store.put_oauth_pending(
+            state=state, principal_id=inp.principal_id, provider=inp.provider, verifier=verifier,
+            redirect_uri=self._redirect_uri,
+        )  # fmt: skip
+        provider = self._registry.get(inp.provider)
+        scopes: list[str] = []
+        url = provider.authorization_url(
+            client_id=OAUTH_CLIENT_ID, redirect_uri=self._redirect_uri, state=state, code_challenge=challenge,
+            scopes=scopes, login_hint=inp.principal_email,
+        )  # fmt: skip
+        return OAuthStart(authorization_url=url, state=state)
+
+    @activity.defn(name="complete_oauth")
+    async def complete_oauth(self, inp: CompleteOAuth) -> ConnectionRef:
+        pending = self._store.get_oauth_pending(inp.state)
+        if pending is None or pending[0] != inp.principal_id or pending[1] != inp.provider:
+            raise permanent(ErrorCode.INVALID_REQUEST, "unknown OAuth state")
+        _, _, verifier, redirect_uri = pending
+        with adapter_errors("oauth token exchange"):
+            account = await self._registry.get(inp.provider).exchange_code(
+                client_id=OAUTH_CLIENT_ID, code=inp.code, code_verifier=verifier, redirect_uri=redirect_uri
+            )
+        return self._save(inp.provider, inp.principal_id, account)

@@ -1,0 +1,45 @@
+"""Approval notices: make a one-time code, deliver it to the principal's channel, return its hash."""
+
+from __future__ import annotations
+
+import secrets
+
+from temporalio import activity
+
+from models.approval import ApprovalNotice, ApprovalTicket, code_hash
+from providers.notifier import Notifier
+
+_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O/1/I: humans type these
+
+
+def new_code() -> str:
+    raw = "".join(secrets.choice(_ALPHABET) for _ in range(10))
+    return f"{raw[:5]}-{raw[5:]}"
+
+
+class ApprovalActivities:
+    def __init__(self, notifier: Notifier) -> None:
+        self._notifier = notifier
+
+    @activity.defn(name="notify_approval")
+    async def notify_approval(self, notice: ApprovalNotice) -> ApprovalTicket:
+        """Deliver the request with a fresh code. Only the hash goes back into history.
+
+        A retry sends a new code; the workflow keeps the hash of the attempt that returned.
+        """
+        req = notice.request
+        code = new_code()
+        await self._notifier.deliver(
+            principal_id=req.principal_id,
+            principal_email=str(notice.principal_email),
+            message={
+                "type": "approval_request",
+                "approval_id": req.approval_id,
+                "kind": req.kind,
+                "summary": req.summary,
+                "details": req.details,
+                "expires_at": req.expires_at.isoformat(),
+                "code": code,
+            },
+        )
+        return ApprovalTicket(code_hash=code_hash(req.approval_id, code))

@@ -1,0 +1,36 @@
+"""The `record_audit` activity: append one audit event to the store, exactly once per event id."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from models.audit import AuditEvent
+from providers.audit.store import AuditStore, AuditStoreError
+
+
+class AuditActivities:
+    """Activities over an `AuditStore` built in the worker (SQLite by default)."""
+
+    def __init__(self, store: AuditStore) -> None:
+        self._store = store
+
+    @activity.defn(name="record_audit")
+    async def record(self, event: AuditEvent) -> None:
+        """Append `event`. A retry after a successful write finds the event id stored and writes nothing,
+        so events must carry a deterministic `event_id` (workflow id + step)."""
+        try:
+            # the store is blocking (sqlite3 / a DB driver): keep it off the event loop
+            written = await asyncio.to_thread(self._store.append, event)
+        except AuditStoreError as exc:
+            raise ApplicationError(str(exc), type="InvalidAuditEvent", non_retryable=True) from exc
+        except sqlite3.OperationalError as exc:
+            # a lock held past the busy timeout or a full disk: retry with the same event id
+            raise ApplicationError(
+                "audit store is busy or unavailable", type="AuditStoreUnavailable"
+            ) from exc
+        if not written:
+            activity.logger.info("audit event already recorded (retry)", extra={"action": event.action})

@@ -1,0 +1,367 @@
+"""Spend activities: reserve, commit and release one purchase across its ledger layers, set limits,
+and read what was spent. They talk to the ledger entities with update-with-start, so a ledger comes
+into being on its first use, and every call is idempotent on the purchase id (activity retries are safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from temporalio import activity
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from models.ledger import (
+    CommitLayers,
+    CommitSpend,
+    LayeredReserveOutcome,
+    LedgerLayer,
+    LedgerStart,
+    LedgerView,
+    ReleaseLayers,
+    ReleaseSpend,
+    ReserveLayers,
+    ReserveOutcome,
+    ReserveSpend,
+    SetLedgerLimit,
+    SettleOutcome,
+    month_of,
+    monthly_ledger_id,
+    parse_monthly_ledger_id,
+)
+from models.limits import (
+    LimitChange,
+    LimitsStart,
+    PrincipalLimits,
+    ProviderSpend,
+    SpendSummary,
+    SpendSummaryRequest,
+    limits_workflow_id,
+)
+from models.money import Money
+from workflows.search_attributes import QM_PRINCIPAL, QM_PROVIDER
+
+T = TypeVar("T")
+#: the server admits ~10 in-flight updates per workflow and aborts updates racing a continue-as-new:
+#: both are "try again shortly", never a verdict on the purchase
+_TRANSIENT = frozenset({RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.UNAVAILABLE, RPCStatusCode.ABORTED})
+_MAX_TRIES = 200
+
+
+def _layer_order(layer: LedgerLayer) -> tuple[bool, str]:
+    # narrow budgets first (most likely to refuse), then the shared monthly caps; a fixed order
+    return (layer.kind == "monthly", layer.ledger_id)
+
+
+def _currency_error(expected: str, got: str, where: str) -> ApplicationError:
+    return ApplicationError(
+        f"CURRENCY_MISMATCH: {where} is in {expected.upper()}, the amount in {got.upper()}",
+        type="CURRENCY_MISMATCH",
+        non_retryable=True,
+    )
+
+
+class SpendActivities:
+    """Bound to a Temporal client and the task queue the ledger workflows run on."""
+
+    def __init__(
+        self,
+        client: Client,
+        task_queue: str,
+        *,
+        providers: Sequence[str] = (),
+        ledger_workflow: str = "SpendLedger",
+        search_attributes: bool = True,
+        continue_as_new_after_events: int | None = None,
+    ) -> None:
+        self._client = client
+        self._task_queue = task_queue
+        self._providers = tuple(providers)
+        self._ledger_workflow = ledger_workflow
+        self._search_attributes = search_attributes
+        self._can_after = continue_as_new_after_events
+
+    # ---- plumbing ---------------------------------------------------------------------------------
+
+    async def _retrying(self, call: Any) -> Any:
+        """Run `call()` again on transient server refusals, with jittered backoff."""
+        delay = 0.01
+        for attempt in range(_MAX_TRIES):
+            try:
+                return await call()
+            except RPCError as err:
+                if err.status not in _TRANSIENT or attempt == _MAX_TRIES - 1:
+                    raise
+            await asyncio.sleep(delay * (0.5 + random.random()))  # jitter, not crypto
+            delay = min(delay * 1.5, 1.0)
+        raise AssertionError("unreachable")
+
+    async def _ledger_start(self, layer: LedgerLayer, req: ReserveLayers | None) -> LedgerStart:
+        name = parse_monthly_ledger_id(layer.ledger_id) if layer.kind == "monthly" else None
+        limit, version = layer.limit, 0
+        if name is not None:
+            limits = await self.principal_limits(name.principal_id)
+            limit, version = limits.for_provider(name.provider), limits.version
+        start = LedgerStart(
+            ledger_id=layer.ledger_id,
+            kind=layer.kind,
+            limit=limit,
+            limit_version=version,
+            month=name.month if name else None,
+            principal_id=name.principal_id if name else (req.principal_id if req else None),
+            principal_email=req.principal_email if req else None,
+            provider=name.provider if name else None,
+        )
+        if self._can_after is not None:
+            start.continue_as_new_after_events = self._can_after
+        return start
+
+    async def _ledger_update(
+        self,
+        layer: LedgerLayer,
+        update: str,
+        arg: Any,
+        result_type: type[T],
+        req: ReserveLayers | None = None,
+    ) -> T:
+        """Send `update` to the layer's ledger, starting the ledger first if it does not exist."""
+        start = await self._ledger_start(layer, req)
+        attrs = None
+        if self._search_attributes and start.principal_id and start.provider:
+            attrs = TypedSearchAttributes(
+                [
+                    SearchAttributePair(QM_PRINCIPAL, start.principal_id),
+                    SearchAttributePair(QM_PROVIDER, start.provider),
+                ]
+            )
+
+        async def call() -> T:
+            op: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
+                self._ledger_workflow,
+                start,
+                id=layer.ledger_id,
+                task_queue=self._task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                # a finished ledger is never silently restarted empty (its purchase ids would be lost)
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                search_attributes=attrs,
+                static_summary=f"spend ledger {layer.ledger_id}",
+            )
+            result: T = await self._client.execute_update_with_start_workflow(
+                update, arg, start_workflow_operation=op, result_type=result_type
+            )
+            return result
+
+        try:
+            return await self._retrying(call)  # type: ignore[no-any-return]
+        except WorkflowAlreadyStartedError as err:
+            message = f"LEDGER_CLOSED: ledger {layer.ledger_id} has finished"
+            raise ApplicationError(message, type="LEDGER_CLOSED", non_retryable=True) from err
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError):
+                raise ApplicationError(
+                    f"{cause.type}: {layer.ledger_id}", type=cause.type, non_retryable=cause.non_retryable
+                ) from err
+            raise
+
+    # ---- limits -----------------------------------------------------------------------------------
+
+    async def principal_limits(self, principal_id: str) -> PrincipalLimits:
+        """The principal's limits; the defaults (USD 100 per provider) when none were ever set."""
+        handle = self._client.get_workflow_handle(limits_workflow_id(principal_id))
+        try:
+            limits: PrincipalLimits = await self._retrying(
+                lambda: handle.query("limits", result_type=PrincipalLimits)
+            )
+            return limits
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return PrincipalLimits(principal_id=principal_id)
+            raise
+        except WorkflowQueryFailedError:
+            return PrincipalLimits(principal_id=principal_id)
+
+    @activity.defn(name="set_spend_limit")
+    async def set_spend_limit(self, change: LimitChange) -> PrincipalLimits:
+        """Apply an approved change to the limits entity, then push it to this month's ledgers.
+
+        Only call this after a human approved it (a `limit_change` or a `spend_limit` approval)."""
+        op: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
+            "PrincipalLimits",
+            LimitsStart(principal_id=change.principal_id),
+            id=limits_workflow_id(change.principal_id),
+            task_queue=self._task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            static_summary="spending limits",
+        )
+        limits: PrincipalLimits = await self._retrying(
+            lambda: self._client.execute_update_with_start_workflow(
+                "set_limit", change, start_workflow_operation=op, result_type=PrincipalLimits
+            )
+        )
+        if change.provider is not None:
+            targets = [change.provider]
+        else:  # the global limit applies where no per-provider limit wins
+            targets = [p for p in {*self._providers} if p not in limits.per_provider]
+        now = datetime.now(UTC)
+        for provider in sorted(targets):
+            limit = limits.for_provider(provider)
+            layer = LedgerLayer(
+                ledger_id=monthly_ledger_id(change.principal_id, provider, now), limit=limit, kind="monthly"
+            )
+            await self._ledger_update(
+                layer, "set_limit", SetLedgerLimit(limit=limit, version=limits.version), LedgerView
+            )
+        return limits
+
+    # ---- purchases --------------------------------------------------------------------------------
+
+    @activity.defn(name="reserve_spend")
+    async def reserve_spend(self, req: ReserveLayers) -> LayeredReserveOutcome:
+        """Reserve on every layer in a fixed order; on a refusal or error, roll back the layers held."""
+        layers = sorted(req.layers, key=_layer_order)
+        for layer in layers:
+            if layer.kind == "budget" and layer.limit.currency != req.amount.currency:
+                raise _currency_error(layer.limit.currency, req.amount.currency, layer.ledger_id)
+        held: list[LedgerLayer] = []
+        outcomes: list[ReserveOutcome] = []
+        try:
+            for layer in layers:
+                override = req.override_approval_id
+                if req.override_ledger_ids is not None and layer.ledger_id not in req.override_ledger_ids:
+                    override = None
+                spend = ReserveSpend(
+                    purchase_id=req.purchase_id,
+                    amount=req.amount,
+                    hold_seconds=req.hold_seconds,
+                    override_approval_id=override,
+                )
+                out = await self._ledger_update(layer, "reserve", spend, ReserveOutcome, req)
+                outcomes.append(out)
+                if out.status not in ("reserved", "already_reserved", "already_committed"):
+                    await self._roll_back(req.purchase_id, held)
+                    return LayeredReserveOutcome(ok=False, refused_by=layer, outcome=out, outcomes=outcomes)
+                held.append(layer)
+        except ApplicationError:
+            await self._roll_back(req.purchase_id, held)
+            raise
+        tightest = min(outcomes, key=lambda o: o.remaining.amount)
+        expiries = [o.expires_at for o in outcomes if o.expires_at is not None]
+        return LayeredReserveOutcome(
+            ok=True,
+            refused_by=None,
+            outcome=tightest,
+            outcomes=outcomes,
+            expires_at=min(expiries) if expiries else None,
+        )
+
+    async def _roll_back(self, purchase_id: str, held: list[LedgerLayer]) -> None:
+        # forget rather than tombstone, so the same purchase id may retry (e.g. after an approval)
+        for layer in reversed(held):
+            await self._settle(layer, "release", ReleaseSpend(purchase_id=purchase_id, forget=True))
+
+    async def _settle(
+        self, layer: LedgerLayer, update: str, arg: CommitSpend | ReleaseSpend
+    ) -> SettleOutcome:
+        """Commit or release on an existing ledger (never starts one: there is nothing to settle)."""
+        handle = self._client.get_workflow_handle(layer.ledger_id)
+        try:
+            out: SettleOutcome = await self._retrying(
+                lambda: handle.execute_update(update, arg, result_type=SettleOutcome)
+            )
+            return out
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            if update == "release":
+                return SettleOutcome(
+                    status="not_reserved", limit=layer.limit, committed=layer.limit, reserved=layer.limit,
+                    remaining=layer.limit,
+                )  # fmt: skip
+            raise ApplicationError(
+                f"RESERVATION_NOT_FOUND: no open ledger {layer.ledger_id}",
+                type="RESERVATION_NOT_FOUND",
+                non_retryable=True,
+            ) from err
+        except WorkflowUpdateFailedError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError):
+                raise ApplicationError(
+                    f"{cause.type}: {layer.ledger_id}", type=cause.type, non_retryable=cause.non_retryable
+                ) from err
+            raise
+
+    @activity.defn(name="commit_spend")
+    async def commit_spend(self, req: CommitLayers) -> None:
+        """Commit the charged amount (≤ the reservation) on every layer."""
+        for layer in sorted(req.layers, key=_layer_order):
+            await self._settle(layer, "commit", CommitSpend(purchase_id=req.purchase_id, amount=req.amount))
+
+    @activity.defn(name="release_spend")
+    async def release_spend(self, req: ReleaseLayers) -> None:
+        """Release the purchase on every layer; the purchase id is settled and cannot reserve again."""
+        for layer in sorted(req.layers, key=_layer_order):
+            await self._settle(layer, "release", ReleaseSpend(purchase_id=req.purchase_id))
+
+    # ---- reading ----------------------------------------------------------------------------------
+
+    async def ledger_view(self, ledger_id: str) -> LedgerView | None:
+        """A ledger's view (running or finished), or None if it never existed."""
+        handle = self._client.get_workflow_handle(ledger_id)
+        try:
+            view: LedgerView = await self._retrying(lambda: handle.query("view", result_type=LedgerView))
+            return view
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+
+    @activity.defn(name="spend_view")
+    async def spend_view(self, req: SpendSummaryRequest) -> SpendSummary:
+        """Limit, committed, reserved and remaining per provider for one month (default: this one)."""
+        month = req.month or month_of(datetime.now(UTC))
+        limits = await self.principal_limits(req.principal_id)
+        providers = {*self._providers, *req.providers, *limits.per_provider}
+        prefix = f"ledger-{req.principal_id}-"
+        try:
+            query = f'WorkflowId STARTS_WITH "{prefix}" AND WorkflowType = "{self._ledger_workflow}"'
+            async for wf in self._client.list_workflows(query):
+                name = parse_monthly_ledger_id(wf.id)
+                if name is not None and name.month == month:
+                    providers.add(name.provider)
+        except RPCError:
+            pass  # visibility is best effort; configured providers are listed anyway
+        rows = []
+        for provider in sorted(providers):
+            ledger_id = f"{prefix}{provider}-{month}"
+            limit = limits.for_provider(provider)
+            view = await self.ledger_view(ledger_id) or LedgerView(
+                ledger_id=ledger_id,
+                kind="monthly",
+                month=month,
+                limit=limit,
+                effective_limit=limit,
+                committed=Money(amount=0, currency=limit.currency),
+                reserved=Money(amount=0, currency=limit.currency),
+                remaining=limit,
+            )
+            source = limits.source_for(provider)
+            rows.append(ProviderSpend(provider=provider, limit_source=source, ledger=view))
+        return SpendSummary(principal_id=req.principal_id, month=month, limits=limits, providers=rows)

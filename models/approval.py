@@ -1,0 +1,81 @@
+"""Human approvals: what a human is asked, how they answer, and what the workflow made of it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
+
+from models.money import Money
+from models.secret import Secret
+
+ApprovalKind = Literal[
+    "terms",
+    "payment_method",
+    "oauth_consent",
+    "purchase",
+    "information",
+    "spend_limit",
+    "limit_change",
+    "session_open",
+    "agent_unfreeze",
+]
+
+
+class ApprovalRequest(BaseModel):
+    """A question for the principal. No secrets: it is shown by `qm approvals` and queries."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    approval_id: str
+    kind: ApprovalKind
+    workflow_id: str
+    principal_id: str
+    summary: str
+    details: dict[str, Any] = Field(default_factory=dict)
+    requested_at: datetime
+    expires_at: datetime
+
+
+class ApprovalNotice(BaseModel):
+    """Input of the notifier: the request plus where to reach the human (inside encrypted payloads)."""
+
+    request: ApprovalRequest
+    principal_email: EmailStr
+
+
+class ApprovalTicket(BaseModel):
+    """What the workflow keeps: only the hash of the one-time code the human received."""
+
+    code_hash: str
+
+
+class ApprovalDecision(BaseModel):
+    """A human's answer, with the one-time code as proof that the human (not the agent) sent it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    approval_id: str
+    decision: Literal["approve", "deny"]
+    code: Secret
+    reason: str | None = Field(default=None, max_length=500)
+    #: for kind `information`: the missing fields
+    information: dict[str, Any] | None = None
+    #: for kind `spend_limit`: raise the provider's monthly limit instead of approving once
+    raise_limit_to: Money | None = None
+
+
+DecisionStatus = Literal["ACCEPTED", "WRONG_CODE", "UNKNOWN_APPROVAL", "ALREADY_DECIDED", "LOCKED_OUT"]
+
+
+class DecisionOutcome(BaseModel):
+    status: DecisionStatus
+    approval_id: str
+
+
+def code_hash(approval_id: str, code: str) -> str:
+    """sha256 over the approval id and the code: a code proves one approval only."""
+    import hashlib
+
+    return hashlib.sha256(f"{approval_id}:{code}".encode()).hexdigest()

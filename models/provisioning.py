@@ -1,0 +1,205 @@
+"""Inputs and outputs of the provisioning, remove and rotate workflows and their activities."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.catalog import Interval, ServiceEntry
+from models.money import Money
+from models.provider import Charge, LinkAction, ResourceStatus, TermsAcceptance
+from models.request import Actor
+from models.secret import Secret
+
+
+class Quote(BaseModel):
+    """What a service costs now and per interval, and whether it can be undone."""
+
+    service: ServiceEntry
+    terms_version: str
+    tos_url: str
+    due_now: Money | None
+    recurring: Money | None
+    interval: Interval | None
+    reversible: bool
+
+
+class DiscoverInput(BaseModel):
+    service_id: str
+    configuration: dict[str, Any] = Field(default_factory=dict)
+    max_price: Money | None = None
+
+
+class Policy(BaseModel):
+    """Worker-side settings the workflow needs (it cannot read the environment)."""
+
+    approval_timeout_seconds: int = 86_400
+    purchase_approval_above: int = 0
+    public_url: str = ""
+    payment_poll_seconds: int = 30
+
+
+class ConnectionRef(BaseModel):
+    """A linked account at a provider. The credential stays in the worker's encrypted store."""
+
+    provider: str
+    principal_id: str
+    account_id: str
+    link_action: LinkAction
+
+
+class AccountInput(BaseModel):
+    provider: str
+    principal_id: str
+    principal_email: str
+    customer_id: str
+    idempotency_key: str
+    terms: TermsAcceptance | None = None
+
+
+class OAuthStart(BaseModel):
+    authorization_url: str
+    state: str
+
+
+class OAuthCallback(BaseModel):
+    """Sent by the gateway when the provider redirects the human back."""
+
+    state: str
+    code: Secret | None = None
+    error: str | None = None
+
+
+class CompleteOAuth(BaseModel):
+    provider: str
+    principal_id: str
+    state: str
+    code: Secret
+
+
+class TermsRecord(BaseModel):
+    principal_id: str
+    provider: str
+    terms_version: str
+
+
+class PaymentTokenInput(BaseModel):
+    customer_id: str
+    payment_method_id: str
+    provider: str
+    amount: Money
+    recurring_interval: Literal["month", "week", "year"] | None = None
+    idempotency_key: str
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class IssuedToken(BaseModel):
+    token_id: Secret
+    expires_at: datetime
+
+
+class CreateResourceInput(BaseModel):
+    principal_id: str
+    provider: str
+    service_id: str
+    name: str
+    configuration: dict[str, Any]
+    payment_token: Secret | None = None
+    idempotency_key: str
+
+
+class ResourceRef(BaseModel):
+    principal_id: str
+    provider: str
+    resource_id: str
+
+
+class SubmitInformationInput(BaseModel):
+    ref: ResourceRef
+    information: dict[str, Any]
+    idempotency_key: str
+
+
+class MintInput(BaseModel):
+    ref: ResourceRef
+    scopes: list[str]
+    ttl_seconds: int
+    idempotency_key: str
+
+
+class RevokeCredentialInput(BaseModel):
+    ref: ResourceRef
+    credential_id: str
+
+
+class IssuedCredential(BaseModel):
+    """The agent's credential: env-style pairs (token values sealed in history) plus expiry."""
+
+    credential_id: str
+    env: dict[str, Secret]
+    scopes: list[str]
+    expires_at: datetime
+
+
+Outcome = Literal["completed", "undone", "rejected"]
+
+
+class ProvisionResult(BaseModel):
+    """The end of a provisioning: fully done (`completed`) or fully undone (`undone`/`rejected`)."""
+
+    request_id: str
+    outcome: Outcome
+    service_id: str
+    resource_id: str | None = None
+    resource_status: ResourceStatus | None = None
+    link_action: LinkAction | None = None
+    charge: Charge | None = None
+    credential: IssuedCredential | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    compensations: list[str] = Field(default_factory=list)
+    principal_id: str | None = None
+    agent_chain: list[str] = Field(default_factory=list)
+
+
+class RemoveRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    resource_id: str
+    service_id: str
+    actor: Actor
+    #: credentials minted for the resource, revoked with it
+    credential_ids: list[str] = Field(default_factory=list)
+
+
+class RotateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    resource_id: str
+    service_id: str
+    request_id: str
+    actor: Actor
+    scopes: list[str] = Field(default_factory=list)
+    ttl_seconds: int = 3600
+    #: the credentials the new one replaces (revoked after the new one is minted)
+    credential_ids: list[str] = Field(default_factory=list)
+
+
+class ResourceActionResult(BaseModel):
+    resource_id: str
+    outcome: Literal["completed", "rejected"]
+    credential: IssuedCredential | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+class ProvisionStatus(BaseModel):
+    """What `qm status` shows for a running request (a query; no secrets)."""
+
+    request_id: str
+    step: str
+    pending_approvals: list[dict[str, Any]] = Field(default_factory=list)
+    resource_id: str | None = None
+    link_action: LinkAction | None = None

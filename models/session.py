@@ -1,0 +1,325 @@
+"""Sessions: what a principal grants an agent for one task, and what an agent may delegate onward.
+
+No secrets in `SessionState`: tokens travel only in `SignedSessionToken` / `DelegationResult` (sealed
+by the codec). Session ids are opaque random hex; they appear in workflow IDs (`session-<id>`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
+
+from models.money import Money
+from models.request import Actor, AgentName
+from models.secret import Secret
+
+#: `<provider>/<service>`, `<provider>/*`, `<provider>/<prefix>*` or `*` (everything; roots only)
+ServicePattern = Annotated[
+    str, Field(pattern=r"^(\*|[a-z][a-z0-9-]{1,30}/(\*|[a-z][a-z0-9:._-]{0,62}\*?))$", max_length=100)
+]
+SessionId = Annotated[str, Field(pattern=r"^[a-f0-9]{16,64}$")]
+SessionStatus = Literal["pending_approval", "active", "expired", "revoked", "denied"]
+#: the deepest delegation any session may allow (root is depth 0)
+MAX_DELEGATION_DEPTH = 8
+MAX_SESSION_TTL_SECONDS = 7 * 86_400
+
+
+def session_workflow_id(session_id: str) -> str:
+    return f"session-{session_id}"
+
+
+def agent_workflow_id(agent: str) -> str:
+    return f"agent-{agent}"
+
+
+def budget_ledger_id(session_id: str) -> str:
+    """The spend ledger layer that holds one session's budget."""
+    return f"budget-session-{session_id}"
+
+
+class SessionGrant(BaseModel):
+    """What a session allows. A child's grant is always contained in its parent's (see attenuation)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allowed_services: list[ServicePattern] = Field(min_length=1, max_length=50)
+    budget: Money
+    expires_at: datetime
+    #: the deepest session depth allowed below the root of this tree (root = 0)
+    max_depth: Annotated[int, Field(ge=0, le=MAX_DELEGATION_DEPTH)] = 0
+    #: credential scopes the session may hold; None = whatever each allowed service offers
+    allowed_scopes: list[str] | None = None
+
+
+class CredentialRecord(BaseModel):
+    """A provider credential minted under a session: how to revoke it, never its value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str
+    credential_id: str
+    #: the lead's reference to the account credential (e.g. a connection id), never the secret
+    account_ref: str
+    expires_at: datetime | None = None
+    recorded_at: datetime | None = None
+    revoked: bool = False
+    revoke_error: str | None = None
+
+
+class SessionState(BaseModel):
+    """One session entity (workflow `session-<session_id>`), as `qm session show` prints it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str
+    principal_id: str
+    agent: str
+    #: the SPIFFE id of the agent identity the session token is bound to
+    agent_identity: str
+    parent_id: str | None = None
+    depth: int = 0
+    #: agent names, root (the human's first agent) first, ending with `agent`
+    chain: list[str] = Field(default_factory=list)
+    #: the agents' SPIFFE ids in the same order
+    chain_identities: list[str] = Field(default_factory=list)
+    #: the ids of the sessions above this one, root first (excluding this one)
+    ancestors: list[str] = Field(default_factory=list)
+    grant: SessionGrant
+    budget_ledger_id: str = ""
+    children: list[str] = Field(default_factory=list)
+    credentials: list[CredentialRecord] = Field(default_factory=list)
+    status: SessionStatus = "pending_approval"
+    approval_id: str | None = None
+    created_at: datetime | None = None
+    activated_at: datetime | None = None
+    closed_at: datetime | None = None
+    closed_reason: str | None = None
+
+    @property
+    def session_ids(self) -> list[str]:
+        """Root first, this session last."""
+        return [*self.ancestors, self.session_id]
+
+
+class SessionOpenRequest(BaseModel):
+    """A principal asks to open a root session for an agent (a human action: approval `session_open`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: SessionId
+    principal_email: EmailStr
+    agent: AgentName
+    allowed_services: list[ServicePattern] = Field(min_length=1, max_length=50)
+    budget: Money
+    ttl_seconds: Annotated[int, Field(ge=60, le=MAX_SESSION_TTL_SECONDS)] = 3600
+    max_depth: Annotated[int, Field(ge=0, le=MAX_DELEGATION_DEPTH)] = 0
+    allowed_scopes: list[str] | None = None
+    approval_timeout_seconds: Annotated[int, Field(ge=10, le=7 * 86_400)] = 86_400
+    trust_domain: str = "quartermaster.local"
+
+
+class SessionStart(BaseModel):
+    """Input of `SessionWorkflow`: a root open request, or the ready state of a delegated child."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    open: SessionOpenRequest | None = None
+    delegated: SessionState | None = None
+
+
+class DelegationRequest(BaseModel):
+    """An agent holding a session asks for a narrower child session for another attested agent.
+
+    Every grant field is optional: a missing one inherits the parent's value, never "unlimited".
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_token: Secret
+    identity_token: Secret
+    to_agent: AgentName
+    allowed_services: list[ServicePattern] | None = None
+    budget: Money | None = None
+    ttl_seconds: Annotated[int, Field(ge=60, le=MAX_SESSION_TTL_SECONDS)] | None = None
+    max_depth: Annotated[int, Field(ge=0, le=MAX_DELEGATION_DEPTH)] | None = None
+    allowed_scopes: list[str] | None = None
+
+
+class DelegationAsk(BaseModel):
+    """The grant fields of a delegation request (no tokens): input of the pure attenuation function."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allowed_services: list[str] | None = None
+    budget: Money | None = None
+    ttl_seconds: int | None = None
+    max_depth: int | None = None
+    allowed_scopes: list[str] | None = None
+
+
+class DelegationResult(BaseModel):
+    session_id: str
+    session_token: Secret
+    grant: SessionGrant
+    chain: list[str]
+    depth: int
+
+
+class SignedSessionToken(BaseModel):
+    token: Secret
+
+
+class SessionTokenRequest(BaseModel):
+    """What the session token states (signed by Quartermaster in the worker)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str
+    principal_id: str
+    agent_identity: str
+    allowed_services: list[str]
+    expires_at: datetime
+    issued_at: datetime
+    #: agent identities root first, ending with the holder (nested into RFC 8693 `act` claims)
+    chain_identities: list[str]
+    ancestors: list[str] = Field(default_factory=list)
+    depth: int = 0
+
+
+class RevokeRequest(BaseModel):
+    """Revoke a session (and so its descendants). `by` is an opaque principal id or `agent-freeze`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="revoked", max_length=200)
+    by: str | None = None
+
+
+class CloseSummary(BaseModel):
+    session_id: str
+    status: SessionStatus
+    credentials_revoked: int = 0
+    credential_failures: int = 0
+    descendants_closed: int = 0
+
+
+class AuthorizationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    actor: Actor
+    service_id: str
+    amount: Money | None = None
+    action: Literal["provision", "remove", "rotate"] = "provision"
+    #: for audit event ids: the calling workflow's id
+    request_id: str | None = None
+
+
+class Authorization(BaseModel):
+    allowed: bool
+    #: an ErrorCode value when refused
+    code: str | None = None
+    reason: str | None = None
+    principal_id: str
+    agent_chain: list[str] = Field(default_factory=list)
+    #: root first
+    session_ids: list[str] = Field(default_factory=list)
+    #: `models.ledger.LedgerLayer`-shaped dicts, root first: {"ledger_id", "limit", "kind": "budget"}
+    budget_layers: list[dict[str, Any]] = Field(default_factory=list)
+    max_credential_ttl_seconds: int | None = None
+    allowed_scopes: list[str] | None = None
+    #: the verified SPIFFE id of the acting agent, when an identity token was presented
+    agent_identity: str | None = None
+
+
+class RecordCredential(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: str
+    provider: str
+    credential_id: str
+    account_ref: str
+    expires_at: datetime | None = None
+
+
+class RecordOutcome(BaseModel):
+    accepted: bool
+    status: SessionStatus
+
+
+class AgentFreezeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    principal_id: str
+    reason: str = Field(default="kill switch", max_length=200)
+
+
+class AgentUnfreezeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    principal_id: str
+    principal_email: EmailStr
+    reason: str = Field(default="unfreeze", max_length=200)
+
+
+class AgentSessionRef(BaseModel):
+    agent: str
+    session_id: str
+
+
+class AgentStatus(BaseModel):
+    agent: str
+    frozen: bool = False
+    frozen_by: str | None = None
+    frozen_at: datetime | None = None
+    reason: str | None = None
+    sessions: list[str] = Field(default_factory=list)
+    unfreeze_approval_id: str | None = None
+
+
+class FreezeResult(BaseModel):
+    agent: str
+    frozen: bool
+    sessions_revoked: list[str] = Field(default_factory=list)
+
+
+class RevokeSessions(BaseModel):
+    session_ids: list[str]
+    request: RevokeRequest
+
+
+class RevokeSessionsResult(BaseModel):
+    closed: list[CloseSummary] = Field(default_factory=list)
+
+
+class RevokeCredentials(BaseModel):
+    session_id: str
+    credentials: list[CredentialRecord]
+
+
+class RevokeCredentialsResult(BaseModel):
+    #: credential ids revoked at the provider (or already inactive there)
+    revoked: list[str] = Field(default_factory=list)
+    #: credential id -> stable error code, for those that could not be revoked
+    failed: dict[str, str] = Field(default_factory=dict)
+
+
+class DelegationCheck(BaseModel):
+    """Input of `check_delegation`: the presenter's tokens, checked against the parent session."""
+
+    session_id: str
+    session_token: Secret
+    identity_token: Secret
+    to_agent: str
+    budget_ledger_id: str
+    budget: Money
+
+
+class DelegationCheckResult(BaseModel):
+    ok: bool
+    code: str | None = None
+    reason: str | None = None
+    #: what is left of the parent's budget (budget minus what its ledger has reserved or committed)
+    parent_remaining: Money | None = None
+    to_agent_identity: str | None = None

@@ -1,0 +1,280 @@
+"""`HttpProvider`: the generic httpx adapter that speaks the provider contract
+(docs/provider-contract.openapi.json) to any provider that implements it.
+
+Failures map to providers.errors at this boundary: 429, 5xx, timeouts and connection errors are
+retryable (same idempotency key); everything else is permanent with the contract's error `code`.
+Messages name the operation and status, never a response body (it could hold a secret).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from models.catalog import Catalog
+from models.provider import (
+    AccountLookup,
+    Credential,
+    Introspection,
+    ProviderAccount,
+    Resource,
+    TermsAcceptance,
+)
+from models.secret import Secret
+from providers.errors import PermanentProviderError, RetryableProviderError
+
+#: a code we pass on must look like one: a provider cannot smuggle text (or a secret) through it
+_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+M = TypeVar("M", bound=BaseModel)
+
+
+def _seg(value: str) -> str:
+    """One path segment, escaped so an id can never change the path."""
+    return quote(value, safe="")
+
+
+class HttpProvider:
+    """A provider reached over HTTP. Owns its `httpx.AsyncClient` only when none is given."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        base_url: str,
+        client_id: str = "quartermaster",
+        http_client: httpx.AsyncClient | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self.client_id = client_id
+        self.timeout = timeout
+        self._owns_client = http_client is None
+        self._http = http_client or httpx.AsyncClient()
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this adapter created it."""
+        if self._owns_client:
+            await self._http.aclose()
+
+    def __repr__(self) -> str:
+        return f"HttpProvider(name={self.name!r}, base_url={self.base_url!r})"
+
+    # the contract
+
+    async def catalog(self) -> Catalog:
+        """`GET /catalog`: provider metadata and services."""
+        return self._parse(Catalog, await self._call("GET", "/catalog"), "catalog")
+
+    async def lookup_account(self, *, assertion: Secret) -> AccountLookup:
+        """`POST /accounts/lookup`: does the asserted human have an account? (Uses up the assertion.)"""
+        doc = await self._call("POST", "/accounts/lookup", json={"assertion": assertion.reveal()})
+        return self._parse(AccountLookup, doc, "lookup_account")
+
+    async def create_account(
+        self, *, assertion: Secret, terms: TermsAcceptance, idempotency_key: str
+    ) -> ProviderAccount:
+        """`POST /accounts`: a new account for the asserted human, given acceptance of the current terms."""
+        body = {"assertion": assertion.reveal(), "terms": terms.model_dump(mode="json")}
+        doc = await self._call("POST", "/accounts", json=body, idempotency_key=idempotency_key)
+        return self._parse(ProviderAccount, doc, "create_account")
+
+    def authorization_url(
+        self, *, client_id: str, redirect_uri: str, state: str, code_challenge: str, scopes: list[str],
+        login_hint: str | None = None,
+    ) -> str:  # fmt: skip
+        """Where to send the human to consent to linking an existing account (PKCE S256)."""
+        params = {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
+            "scope": " ".join(scopes),
+            "state": state,
+            "code_challenge": code_challenge,
+            "code_challenge_method": "S256",
+        }
+        if login_hint:
+            params["login_hint"] = login_hint
+        return f"{self.base_url}/oauth/authorize?{urlencode(params)}"
+
+    async def exchange_code(
+        self, *, client_id: str, code: Secret, code_verifier: Secret, redirect_uri: str
+    ) -> ProviderAccount:
+        """`POST /oauth/token` (authorization_code): the linked account's access and refresh tokens."""
+        form = {
+            "grant_type": "authorization_code",
+            "code": code.reveal(),
+            "code_verifier": code_verifier.reveal(),
+            "redirect_uri": redirect_uri,
+            "client_id": client_id,
+        }
+        return self._token_response(await self._call("POST", "/oauth/token", data=form), "exchange_code")
+
+    async def refresh_account(self, *, client_id: str, refresh_token: Secret) -> ProviderAccount:
+        """`POST /oauth/token` (refresh_token): new tokens; the old refresh token stops working."""
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token.reveal(),
+            "client_id": client_id,
+        }
+        return self._token_response(await self._call("POST", "/oauth/token", data=form), "refresh_account")
+
+    async def create_resource(
+        self, *, account: Secret, service_id: str, name: str, configuration: dict[str, Any],
+        payment_token: Secret | None, idempotency_key: str,
+    ) -> Resource:  # fmt: skip
+        """`POST /resources`: create (and for paid services, charge) once per idempotency key."""
+        body = {
+            "service_id": service_id,
+            "name": name,
+            "configuration": configuration,
+            "payment_token": payment_token.reveal() if payment_token is not None else None,
+        }
+        doc = await self._call(
+            "POST", "/resources", json=body, account=account, idempotency_key=idempotency_key
+        )
+        return self._parse(Resource, doc, "create_resource")
+
+    async def get_resource(self, *, account: Secret, resource_id: str) -> Resource:
+        """`GET /resources/{id}`."""
+        doc = await self._call("GET", f"/resources/{_seg(resource_id)}", account=account)
+        return self._parse(Resource, doc, "get_resource")
+
+    async def remove_resource(self, *, account: Secret, resource_id: str, idempotency_key: str) -> Resource:
+        """`POST /resources/{id}/remove` (refused with `not_reversible` for e.g. domains)."""
+        doc = await self._call(
+            "POST", f"/resources/{_seg(resource_id)}/remove", json={}, account=account,
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
+        return self._parse(Resource, doc, "remove_resource")
+
+    async def submit_information(
+        self, *, account: Secret, resource_id: str, information: dict[str, Any], idempotency_key: str
+    ) -> Resource:
+        """`POST /resources/{id}/submit_information`: what a `needs_information` resource asked for."""
+        doc = await self._call(
+            "POST", f"/resources/{_seg(resource_id)}/submit_information", json={"information": information},
+            account=account, idempotency_key=idempotency_key,
+        )  # fmt: skip
+        return self._parse(Resource, doc, "submit_information")
+
+    async def mint_credential(
+        self, *, account: Secret, resource_id: str, scopes: list[str], ttl_seconds: int, idempotency_key: str
+    ) -> Credential:
+        """`POST /credentials`: an API token for the resource with at most the service's scopes."""
+        body = {"resource_id": resource_id, "scopes": scopes, "ttl_seconds": ttl_seconds}
+        doc = await self._call(
+            "POST", "/credentials", json=body, account=account, idempotency_key=idempotency_key
+        )
+        return self._parse(Credential, doc, "mint_credential")
+
+    async def revoke_credential(self, *, account: Secret, credential_id: str) -> None:
+        """`POST /credentials/{id}/revoke` (RFC 7009: succeeds for an already revoked credential)."""
+        await self._call(
+            "POST", f"/credentials/{_seg(credential_id)}/revoke", json={}, account=account,
+            idempotency_key=f"revoke:{credential_id}",
+        )  # fmt: skip
+
+    async def introspect(self, *, token: Secret) -> Introspection:
+        """`POST /introspect` (RFC 7662, form-encoded)."""
+        doc = await self._call(
+            "POST", "/introspect", data={"token": token.reveal(), "client_id": self.client_id}
+        )
+        return self._parse(Introspection, doc, "introspect")
+
+    # the boundary
+
+    def _token_response(self, doc: Any, op: str) -> ProviderAccount:
+        if not isinstance(doc, dict) or not isinstance(doc.get("expires_in"), int):
+            raise PermanentProviderError("invalid_response", f"{self.name} {op}: malformed token response")
+        account = {
+            "account_id": doc.get("account_id"),
+            "link_action": doc.get("link_action", "linked_existing"),
+            "credential": doc.get("access_token"),
+            "scopes": str(doc.get("scope", "")).split(),
+            "expires_at": datetime.now(UTC) + timedelta(seconds=doc["expires_in"]),
+            "refresh_token": doc.get("refresh_token"),
+        }
+        return self._parse(ProviderAccount, account, op)
+
+    def _parse(self, model: type[M], doc: Any, op: str) -> M:
+        try:
+            return model.model_validate(doc)
+        except ValidationError:
+            # the validation error would quote the body: keep only the fact
+            raise PermanentProviderError(
+                "invalid_response", f"{self.name} {op}: unexpected response"
+            ) from None
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        data: dict[str, str] | None = None,
+        account: Secret | None = None,
+        idempotency_key: str | None = None,
+    ) -> Any:
+        headers = {"Accept": "application/json", "User-Agent": f"quartermaster/{self.client_id}"}
+        if account is not None:
+            headers["Authorization"] = f"Bearer {account.reveal()}"
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        where = f"{self.name} {method} {path}"
+        try:
+            response = await self._http.request(
+                method, self.base_url + path, json=json, data=data, headers=headers, timeout=self.timeout
+            )
+        except httpx.TimeoutException as exc:
+            raise RetryableProviderError("timeout", f"{where}: timed out") from exc
+        except httpx.TransportError as exc:
+            raise RetryableProviderError("connection_error", f"{where}: {type(exc).__name__}") from exc
+        status = response.status_code
+        if status < 300:
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise PermanentProviderError("invalid_response", f"{where}: not JSON", status=status) from exc
+        code = _error_code(response)
+        message = f"{where}: HTTP {status}"
+        if status == 429:
+            raise RetryableProviderError(
+                code or "rate_limited", message, status=status, retry_after=_retry_after(response)
+            )
+        if status >= 500:
+            raise RetryableProviderError(code or "provider_unavailable", message, status=status)
+        raise PermanentProviderError(code or f"http_{status}", message, status=status)
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    """The contract's `error.code`, if the body has that shape and the code looks like a code."""
+    try:
+        doc = response.json()
+    except ValueError:
+        return None
+    error = doc.get("error") if isinstance(doc, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) and _CODE.match(code) else None
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date)."""
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())

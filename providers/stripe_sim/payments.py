@@ -1,0 +1,259 @@
+"""Shared Payment Tokens (issued tokens) and PaymentIntents confirmed with a granted token.
+
+A token's `usage_limits.max_amount` bounds the total captured with it; with `recurring_interval` the
+bound applies per calendar period in UTC (month, ISO week, year) instead of for the token's lifetime.
+A one-off token whose limit is fully used becomes `deactivated` / `consumed`."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from providers.stripe_sim.api_context import ApiContext, public
+from providers.stripe_sim.wire import (
+    StripeApiError,
+    as_int,
+    as_metadata,
+    invalid,
+    list_object,
+    new_id,
+    not_found,
+    req_int,
+    req_str,
+    search_object,
+)
+
+INTERVALS = ("month", "week", "year")
+_CURRENCY = re.compile(r"^[a-z]{3}$")
+_CLAUSE = re.compile(r"""^(?:metadata\['([^']+)'\]|(status|currency)):'([^']*)'$""")
+
+
+def period_start(now: int, interval: str) -> int:
+    """Start (UTC epoch seconds) of the calendar period containing `now`."""
+    day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if interval == "month":
+        day = day.replace(day=1)
+    elif interval == "week":
+        day -= timedelta(days=day.weekday())
+    else:
+        day = day.replace(month=1, day=1)
+    return int(day.timestamp())
+
+
+def _token(ctx: ApiContext, ident: str, param: str = "id") -> dict[str, Any]:
+    token = ctx.store.get("shared_payment.issued_token", ident)
+    if token is None:
+        raise not_found("shared_payment.issued_token", ident, param=param)
+    limits = token["usage_limits"]
+    # expiry is observed lazily, when the token is next read
+    if token["status"] == "active" and limits.get("expires_at") and ctx.now() >= limits["expires_at"]:
+        token.update(status="deactivated", deactivated_reason="expired", deactivated_at=limits["expires_at"])
+        ctx.store.put(token)
+    return token
+
+
+def issue_token(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
+    pm_id = req_str(params, "payment_method")
+    pm = ctx.store.get("payment_method", pm_id)
+    if pm is None:
+        raise not_found("PaymentMethod", pm_id, param="payment_method")
+    if not pm.get("customer"):
+        raise invalid("The payment method must be attached to a customer.", param="payment_method")
+    limits = params.get("usage_limits")
+    if not isinstance(limits, dict):
+        raise invalid("Missing required param: usage_limits.", param="usage_limits", code="parameter_missing")
+    currency = req_str(limits, "currency")
+    if not _CURRENCY.match(currency):
+        raise invalid("Invalid currency", param="usage_limits[currency]")
+    max_amount = as_int(limits, "max_amount", minimum=1)
+    expires_at = as_int(limits, "expires_at", required=False)
+    if expires_at is not None and expires_at <= ctx.now():
+        raise invalid("usage_limits[expires_at] must be in the future.", param="usage_limits[expires_at]")
+    interval = limits.get("recurring_interval") or None
+    if interval is not None and interval not in INTERVALS:
+        raise invalid("Invalid recurring_interval", param="usage_limits[recurring_interval]")
+    seller = params.get("seller_details")
+    if not isinstance(seller, dict) or not (
+        seller.get("external_id") or seller.get("network_business_profile")
+    ):
+        raise invalid(
+            "Missing required param: seller_details.", param="seller_details", code="parameter_missing"
+        )
+    token = {
+        "id": new_id("spt_"),
+        "object": "shared_payment.issued_token",
+        "created": ctx.now(),
+        "deactivated_at": None,
+        "deactivated_reason": None,
+        "livemode": False,
+        "next_action": None,
+        "payment_method": pm_id,
+        "seller_details": {
+            "external_id": seller.get("external_id"),
+            "network_business_profile": seller.get("network_business_profile"),
+        },
+        "setup_future_usage": None,
+        "shared_metadata": {},
+        "metadata": as_metadata(params),
+        "status": "active",
+        "usage_details": {"amount_captured": {"value": 0, "currency": currency}},
+        "usage_limits": {
+            "currency": currency,
+            "max_amount": max_amount,
+            "expires_at": expires_at,
+            "recurring_interval": interval,
+        },
+    }
+    return ctx.store.put(token)
+
+
+def retrieve_token(ctx: ApiContext, params: dict[str, Any], ident: str) -> dict[str, Any]:
+    return _token(ctx, ident)
+
+
+def revoke_token(ctx: ApiContext, params: dict[str, Any], ident: str) -> dict[str, Any]:
+    token = _token(ctx, ident)
+    if token["status"] != "deactivated":
+        token.update(status="deactivated", deactivated_reason="revoked", deactivated_at=ctx.now())
+        ctx.store.put(token)
+    return token
+
+
+def _refuse(message: str, code: str, param: str) -> StripeApiError:
+    # raised after the request started executing: Stripe's idempotency layer replays it
+    return StripeApiError("invalid_request_error", message, code=code, param=param, saved=True)
+
+
+def create_payment_intent(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
+    amount = req_int(params, "amount", minimum=1)
+    currency = req_str(params, "currency")
+    spt_id = params.get("shared_payment_granted_token")
+    if not spt_id or not isinstance(spt_id, str):
+        raise invalid(
+            "This local Stripe confirms PaymentIntents only with shared_payment_granted_token.",
+            param="shared_payment_granted_token",
+            code="parameter_missing",
+        )
+    if params.get("confirm") != "true":
+        raise invalid("This local Stripe requires confirm=true.", param="confirm")
+    metadata = as_metadata(params)
+    token = _token(ctx, spt_id, param="shared_payment_granted_token")
+    param = "shared_payment_granted_token"
+    if token["status"] != "active":
+        reason = token.get("deactivated_reason") or token["status"]
+        raise _refuse(
+            f"The shared payment token is not active ({reason}).", "shared_payment_token_inactive", param
+        )
+    limits = token["usage_limits"]
+    if currency != limits["currency"]:
+        raise _refuse(
+            "The currency differs from the shared payment token's currency.",
+            "shared_payment_token_currency_mismatch",
+            "currency",
+        )
+    interval = limits.get("recurring_interval")
+    since = period_start(ctx.now(), interval) if interval else None
+    remaining = limits["max_amount"] - ctx.store.captured(spt_id, since)
+    if amount > remaining:
+        window = f"this {interval}" if interval else "for this token"
+        raise _refuse(
+            f"The amount exceeds the shared payment token's limit ({max(remaining, 0)} left {window}).",
+            "shared_payment_token_limit_exceeded",
+            "amount",
+        )
+    pm = ctx.store.get("payment_method", token["payment_method"]) or {}
+    intent: dict[str, Any] = {
+        "id": new_id("pi_"),
+        "object": "payment_intent",
+        "created": ctx.now(),
+        "amount": amount,
+        "currency": currency,
+        "customer": None,  # the seller's PaymentIntent does not see the buyer's customer
+        "metadata": metadata,
+        "payment_method": token["payment_method"],
+        "shared_payment_granted_token": spt_id,
+        "livemode": False,
+    }
+    charge = {
+        "id": new_id("ch_"),
+        "object": "charge",
+        "created": ctx.now(),
+        "amount": amount,
+        "currency": currency,
+        "payment_intent": intent["id"],
+        "metadata": metadata,
+        "livemode": False,
+    }
+    intent["latest_charge"] = charge["id"]
+    if pm.get("_outcome") == "declines":
+        charge.update(status="failed", paid=False, captured=False, failure_code="card_declined")
+        intent.update(status="requires_payment_method", amount_received=0)
+        intent["last_payment_error"] = {
+            "type": "card_error",
+            "code": "card_declined",
+            "decline_code": "generic_decline",
+            "message": "Your card was declined.",
+        }
+        ctx.store.put(charge)
+        ctx.store.put(intent)
+        raise StripeApiError(
+            "card_error",
+            "Your card was declined.",
+            code="card_declined",
+            saved=True,
+            extra={"decline_code": "generic_decline", "charge": charge["id"], "payment_intent": intent},
+        )
+    charge.update(status="succeeded", paid=True, captured=True)
+    intent.update(status="succeeded", amount_received=amount)
+    ctx.store.put(charge)
+    ctx.store.put(intent)
+    ctx.store.add_capture(spt_id, intent["id"], amount, ctx.now())
+    token["usage_details"]["amount_captured"]["value"] = ctx.store.captured(spt_id)
+    if not interval and amount == remaining:
+        token.update(status="deactivated", deactivated_reason="consumed", deactivated_at=ctx.now())
+    ctx.store.put(token)
+    return intent
+
+
+def retrieve_payment_intent(ctx: ApiContext, params: dict[str, Any], ident: str) -> dict[str, Any]:
+    found = ctx.store.get("payment_intent", ident)
+    if found is None:
+        raise not_found("payment_intent", ident)
+    return found
+
+
+def list_payment_intents(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
+    found = ctx.store.find("payment_intent")
+    limit = min(as_int(params, "limit", required=False, minimum=1) or 10, 100)
+    return list_object("/v1/payment_intents", found[:limit], has_more=len(found) > limit)
+
+
+def search_payment_intents(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
+    """The subset of Stripe's search language reconciliation needs: `metadata['k']:'v'`,
+    `status:'x'`, `currency:'x'`, joined with AND. (Real Stripe's search lags; this one does not.)"""
+    query = req_str(params, "query")
+    where: dict[str, str] = {}
+    for clause in query.split(" AND "):
+        match = _CLAUSE.match(clause.strip())
+        if match is None:
+            raise invalid(
+                "This local Stripe supports only metadata['k']:'v', status and currency clauses "
+                "joined by AND.",
+                param="query",
+            )
+        key, field, value = match.groups()
+        where[f'$.metadata."{key}"' if key else f"$.{field}"] = value
+    return search_object("/v1/payment_intents/search", ctx.store.find("payment_intent", where=where)[:100])
+
+
+def list_charges(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
+    intent = params.get("payment_intent")
+    where = {"$.payment_intent": intent} if isinstance(intent, str) and intent else None
+    found = ctx.store.find("charge", where=where)
+    limit = min(as_int(params, "limit", required=False, minimum=1) or 10, 100)
+    return list_object("/v1/charges", found[:limit], has_more=len(found) > limit)
+
+
+def public_token(token: dict[str, Any]) -> dict[str, Any]:
+    return public(token)

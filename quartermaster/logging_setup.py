@@ -1,0 +1,158 @@
+"""Logging with secrets redacted: one filter for the worker, the CLI and the codec server.
+
+A log line is redacted when it contains (1) a value shaped like a known credential (Stripe keys,
+webhook secrets, shared payment tokens, bearer tokens, JWTs, private keys, ``password=...``), or (2)
+a value this process has handled as a `Secret` (the payload codec remembers every secret it seals or
+unseals, so even tokens with no recognisable shape are caught). `Secret` objects passed as log
+arguments already print as ``***``. The filter rewrites the message, the formatted traceback and
+string `extra` fields, so no handler downstream ever sees the plaintext.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+from collections import OrderedDict
+from typing import IO, Any
+
+from models.secret import REDACTED
+
+#: credential shapes redacted wherever they appear (whole match replaced)
+SECRET_PATTERNS: list[re.Pattern[str]] = [
+    re.compile(r"\b(?:sk|rk)_(?:live|test)_[0-9A-Za-z_]{8,}"),
+    re.compile(r"\bwhsec_[0-9A-Za-z+/=_]{8,}"),
+    re.compile(r"\bspt_[0-9A-Za-z_]{8,}"),
+    re.compile(r"\b(?:pi|seti|cs_test|cs_live)_[0-9A-Za-z]+_secret_[0-9A-Za-z]+"),
+    re.compile(r"\bqm(?:tok|sk|pat)_[0-9A-Za-z_-]{8,}"),
+    re.compile(r"\beyJ[0-9A-Za-z_-]{4,}\.eyJ[0-9A-Za-z_-]{4,}\.[0-9A-Za-z_-]*"),
+    re.compile(r"(?i)\bbearer\s+[0-9A-Za-z._~+/-]{8,}=*"),
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"),
+    re.compile(r"(?i)\b(?:postgres(?:ql)?|mysql|redis|amqp|mongodb(?:\+srv)?)://[^\s:/@]+:[^\s@/]+@"),
+]
+#: ``name=value`` / ``name: value`` where the name says secret: the value is redacted, the name kept
+_NAMED_VALUE = re.compile(
+    r"(?i)\b((?:[a-z0-9]+[_-])*(?:password|passwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key)"
+    r"[\"']?\s*[=:]\s*[\"']?)([^\s\"',;&}]{6,})"
+)
+#: shortest remembered value: shorter strings would redact ordinary words
+MIN_REMEMBERED_LENGTH = 8
+MAX_REMEMBERED = 4096
+
+_lock = threading.Lock()
+_remembered: OrderedDict[str, None] = OrderedDict()
+_remembered_re: re.Pattern[str] | None = None
+_extra_patterns: list[re.Pattern[str]] = []
+
+
+def remember_secret(value: str) -> None:
+    """Redact `value` from every later log line of this process (bounded, oldest forgotten first)."""
+    global _remembered_re
+    if not isinstance(value, str) or len(value) < MIN_REMEMBERED_LENGTH:
+        return
+    with _lock:
+        if value in _remembered:
+            _remembered.move_to_end(value)
+            return
+        _remembered[value] = None
+        while len(_remembered) > MAX_REMEMBERED:
+            _remembered.popitem(last=False)
+        _remembered_re = None
+
+
+def add_secret_pattern(pattern: str) -> None:
+    """Register another credential shape (a provider's token format) for redaction."""
+    with _lock:
+        _extra_patterns.append(re.compile(pattern))
+
+
+def _remembered_pattern() -> re.Pattern[str] | None:
+    global _remembered_re
+    with _lock:
+        if _remembered_re is None and _remembered:
+            # longest first, so a value that contains another is replaced whole
+            alternatives = sorted(_remembered, key=len, reverse=True)
+            _remembered_re = re.compile("|".join(re.escape(v) for v in alternatives))
+        return _remembered_re
+
+
+def redact(text: str) -> str:
+    """`text` with every known secret shape and every remembered secret value replaced by ``***``."""
+    remembered = _remembered_pattern()
+    if remembered is not None:
+        text = remembered.sub(REDACTED, text)
+    for pattern in (*SECRET_PATTERNS, *_extra_patterns):
+        text = pattern.sub(REDACTED, text)
+    return _NAMED_VALUE.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+_STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites a record in place so no handler can emit a secret; never drops a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "_qm_redacted", False):
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed %-format must not hide the line, nor crash logging
+            message = f"{record.msg!s} {record.args!r}"
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info and record.exc_info[0] is not None:
+            if not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            # formatters render exc_text; dropping exc_info keeps the raw exception away from them
+            record.exc_info = None
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for name, value in list(record.__dict__.items()):
+            if name not in _STANDARD_ATTRS and isinstance(value, str):
+                setattr(record, name, redact(value))
+        record._qm_redacted = True
+        return True
+
+
+_installed = False
+
+
+def _install_record_factory(flt: RedactingFilter) -> None:
+    """Redact at record creation, so handlers added later (pytest's, a library's) get clean records."""
+    global _installed
+    if _installed:
+        return
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        flt.filter(record)
+        return record
+
+    logging.setLogRecordFactory(factory)
+    _installed = True
+
+
+def configure_logging(
+    level: int | str = logging.INFO, *, stream: IO[str] | None = None, fmt: str | None = None
+) -> logging.Handler:
+    """Root logging for a Quartermaster process, with secrets redacted on every handler.
+
+    Adds one stream handler (stderr by default) and returns it; safe to call more than once (each call
+    adds the handler it returns, and the redaction is installed once).
+    """
+    flt = RedactingFilter()
+    _install_record_factory(flt)
+    root = logging.getLogger()
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt or "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    for h in root.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in h.filters):
+            h.addFilter(flt)
+    root.setLevel(level)
+    return handler

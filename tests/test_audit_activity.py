@@ -1,0 +1,132 @@
+"""`record_audit` on the real Temporal dev server: a retried activity writes its event once."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from temporalio import workflow
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.common import RetryPolicy
+from temporalio.worker import Worker
+
+with workflow.unsafe.imports_passed_through():
+    from activities.audit import AuditActivities
+    from models.audit import AuditEvent
+    from providers.audit import AuditFilters, SqliteAuditStore, StoredAuditRecord, VerifyReport
+
+
+@workflow.defn(sandboxed=False)
+class AuditProbeWorkflow:
+    """Test-only: records the given events through the activity, one after another."""
+
+    @workflow.run
+    async def run(self, events: list[AuditEvent]) -> None:
+        for event in events:
+            await workflow.execute_activity(
+                "record_audit",
+                event,
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=50), maximum_attempts=5),
+            )
+
+
+class FailAfterWrite:
+    """Wraps a real store: the first append of each event id writes, then raises (a crash after the
+    commit, before the activity reports completion), so Temporal retries it."""
+
+    def __init__(self, inner: SqliteAuditStore) -> None:
+        self.inner = inner
+        self.attempts: dict[str, int] = {}
+
+    def append(self, event: AuditEvent) -> bool:
+        self.attempts[event.event_id] = self.attempts.get(event.event_id, 0) + 1
+        written = self.inner.append(event)
+        if self.attempts[event.event_id] == 1:
+            raise RuntimeError("worker lost after the audit write")
+        return written
+
+    def query(self, filters: AuditFilters | None = None) -> list[StoredAuditRecord]:
+        return self.inner.query(filters)
+
+    def verify(self) -> VerifyReport:
+        return self.inner.verify()
+
+    def iter_all(self) -> Iterator[StoredAuditRecord]:
+        return self.inner.iter_all()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def _event(wf_id: str, step: str, action: str) -> AuditEvent:
+    return AuditEvent(
+        event_id=f"{wf_id}:{step}",
+        time=T0,
+        action=action,
+        principal_id="p0123456789abcdef0123",
+        agent_chain=["agent:planner", "agent:sub"],
+        workflow_id=wf_id,
+        request_id="req-1",
+    )
+
+
+def _rows(path: Path) -> list[tuple[int, str]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT seq, event_id FROM audit_records ORDER BY seq").fetchall()
+
+
+async def test_retried_activity_writes_each_event_once(client: Client, tmp_path: Path) -> None:
+    db = tmp_path / "audit.sqlite"
+    store = FailAfterWrite(SqliteAuditStore(db))
+    task_queue = f"audit-{uuid.uuid4()}"
+    wf_id = f"audit-probe-{uuid.uuid4()}"
+    events = [
+        _event(wf_id, "received", "request.received"),
+        _event(wf_id, "decided", "authorization.decided"),
+    ]
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[AuditProbeWorkflow],
+        activities=[AuditActivities(store).record],
+    ):
+        await client.execute_workflow(AuditProbeWorkflow.run, events, id=wf_id, task_queue=task_queue)
+
+    # each activity ran twice (first attempt failed after its write) ...
+    assert store.attempts == {f"{wf_id}:received": 2, f"{wf_id}:decided": 2}
+    # ... yet the file holds exactly one row per event, in workflow order, on an intact chain
+    assert _rows(db) == [(1, f"{wf_id}:received"), (2, f"{wf_id}:decided")]
+    assert SqliteAuditStore(db).verify().ok
+
+
+async def test_event_with_naive_time_fails_without_retry(client: Client, tmp_path: Path) -> None:
+    db = tmp_path / "audit.sqlite"
+    store = SqliteAuditStore(db)
+    task_queue = f"audit-{uuid.uuid4()}"
+    bad = AuditEvent(event_id="naive:1", time=datetime(2026, 5, 1, 12, 0), action="request.received")
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[AuditProbeWorkflow],
+        activities=[AuditActivities(store).record],
+    ):
+        handle = await client.start_workflow(
+            AuditProbeWorkflow.run, [bad], id=f"audit-naive-{uuid.uuid4()}", task_queue=task_queue
+        )
+        try:
+            await handle.result()
+            raise AssertionError("the workflow should fail")
+        except WorkflowFailureError as err:
+            cause = getattr(err.cause, "cause", None)  # ActivityError -> ApplicationError
+            assert getattr(cause, "type", None) == "InvalidAuditEvent"
+    history = [e async for e in handle.fetch_history_events()]
+    started = [e for e in history if e.HasField("activity_task_started_event_attributes")]
+    assert len(started) == 1 and started[0].activity_task_started_event_attributes.attempt == 1
+    assert _rows(db) == []

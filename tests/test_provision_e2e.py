@@ -1,0 +1,208 @@
+"""The provisioning workflow end to end: real dev server, real simulators, real Stripe-compatible server.
+
+Assertions read what a user would check: the provider's own state, Stripe's PaymentIntents, the
+provider's introspection of the minted token, and the workflow's result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from temporalio.client import WorkflowExecutionStatus
+
+from models.money import Money
+from models.provisioning import ProvisionResult
+from models.request import Actor
+from tests.fixtures.stack import Stack, new_email
+
+
+async def result_of(stack: Stack, request_id: str, timeout: float = 60) -> ProvisionResult:
+    handle = stack.client.get_workflow_handle(f"provision-{request_id}")
+    return await asyncio.wait_for(handle.result(result_type=ProvisionResult), timeout)
+
+
+async def introspect(stack: Stack, provider: str, token: str) -> dict:
+    async with httpx.AsyncClient() as http:
+        r = await http.post(f"{stack.provider_urls[provider]}/introspect", data={"token": token})
+        return dict(r.json())
+
+
+async def charges_for(stack: Stack, request_id: str) -> list[dict]:
+    """Stripe PaymentIntents whose metadata names this request (what a finance team would count)."""
+    intents = await stack.stripe_admin("/_sim/state")
+    return [
+        pi
+        for pi in intents.get("payment_intents", [])
+        if f"provision-{request_id}" in str(pi.get("metadata", {})) or request_id in str(pi.get("metadata", {}))
+    ]
+
+
+async def resources_named(stack: Stack, provider: str, name: str) -> list[dict]:
+    state = await stack.provider_state(provider)
+    return [r for r in state["resources"] if r["name"] == name]
+
+
+async def test_new_email_terms_card_paid_resource_and_scoped_token(stack: Stack) -> None:
+    email = new_email()
+    req = stack.request("cloud/r2", email, scopes=["r2:read"], credential_ttl_seconds=600)
+    await stack.qm.submit(req)
+    terms = await stack.wait_for_approval(req.request_id, "terms")
+    assert terms["details"]["terms_version"]
+    assert (await stack.decide(terms["approval_id"], email)).status == "ACCEPTED"
+    # a new principal has no card: the workflow waits, the human attaches one on the local page
+    pm = await stack.wait_for_approval(req.request_id, "payment_method")
+    await stack.attach_card(pm["details"]["checkout_url"])
+    res = await result_of(stack, req.request_id)  # continues with no further signal from us
+    assert res.outcome == "completed", res
+    assert res.link_action == "created"
+    assert res.charge is not None and res.charge.amount.amount > 0
+    token = res.credential.env["CLOUD_API_TOKEN"].reveal()
+    info = await introspect(stack, "cloud", token)
+    assert info["active"] is True
+    assert info["scope"].split() == ["r2:read"]
+    assert info["exp"] <= datetime.now(UTC).timestamp() + 600 + 5
+    assert len(await resources_named(stack, "cloud", req.name)) == 1
+
+
+async def test_existing_account_oauth_consent_links(stack: Stack) -> None:
+    email = new_email()
+    await stack.seed_account("db", email)
+    req = stack.request("db/postgres:free", email)
+    await stack.qm.submit(req)
+    consent = await stack.wait_for_approval(req.request_id, "oauth_consent")
+    landing = await stack.consent(consent["details"]["authorization_url"])
+    assert landing.status_code == 200
+    res = await result_of(stack, req.request_id)
+    assert res.outcome == "completed", res
+    assert res.link_action == "linked_existing"
+    info = await introspect(stack, "db", res.credential.env["DB_API_TOKEN"].reveal())
+    assert info["active"] is True
+
+
+async def test_terms_acceptance_is_remembered(stack: Stack) -> None:
+    email = new_email()
+    first = stack.request("cloud/workers", email)
+    await stack.qm.submit(first)
+    terms = await stack.wait_for_approval(first.request_id, "terms")
+    await stack.decide(terms["approval_id"], email)
+    assert (await result_of(stack, first.request_id)).outcome == "completed"
+    second = stack.request("cloud/workers", email)
+    await stack.qm.submit(second)
+    res = await result_of(stack, second.request_id, timeout=30)
+    assert res.outcome == "completed"
+    assert sum(1 for m in stack.inbox(email) if m.get("kind") == "terms") == 1
+
+
+@pytest.mark.parametrize("gate", ["terms", "payment_method", "oauth_consent", "purchase"])
+async def test_deny_at_each_gate_leaves_nothing(stack: Stack, gate: str) -> None:
+    email = new_email()
+    service = {"terms": "cloud/r2", "payment_method": "cloud/r2", "oauth_consent": "mail/send:starter",
+               "purchase": "cloud/registrar:domain"}[gate]  # fmt: skip
+    config = {"registrant_contact": "Alice, 1 Main St"} if gate == "purchase" else {}
+    if gate == "oauth_consent":
+        await stack.seed_account("mail", email)
+    req = stack.request(service, email, configuration=config)
+    await stack.qm.submit(req)
+    if gate in ("payment_method", "purchase"):
+        t = await stack.wait_for_approval(req.request_id, "terms")
+        await stack.decide(t["approval_id"], email)
+    if gate == "purchase":
+        pm = await stack.wait_for_approval(req.request_id, "payment_method")
+        await stack.attach_card(pm["details"]["checkout_url"])
+    a = await stack.wait_for_approval(req.request_id, gate)
+    assert (await stack.decide(a["approval_id"], email, "deny", reason="not now")).status == "ACCEPTED"
+    res = await result_of(stack, req.request_id)
+    assert res.outcome in ("undone", "rejected")
+    assert res.error_code == "APPROVAL_DENIED"
+    assert await resources_named(stack, service.split("/")[0], req.name) == []
+    assert await charges_for(stack, req.request_id) == []
+
+
+async def test_forged_replayed_and_wrong_request_approvals_change_nothing(stack: Stack) -> None:
+    email = new_email()
+    req = stack.request("cloud/workers", email)
+    other = stack.request("cloud/workers", email)
+    await stack.qm.submit(req)
+    await stack.qm.submit(other)
+    a = await stack.wait_for_approval(req.request_id, "terms")
+    b = await stack.wait_for_approval(other.request_id, "terms")
+    # forged: a made-up code
+    assert (await stack.decide(a["approval_id"], email, code="AAAAA-BBBBB")).status == "WRONG_CODE"
+    # wrong request: the code of another request's approval
+    other_code = stack.code_for(b["approval_id"], email)
+    assert (await stack.decide(a["approval_id"], email, code=other_code)).status == "WRONG_CODE"
+    handle = stack.client.get_workflow_handle(f"provision-{req.request_id}")
+    assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+    assert [p["kind"] for p in await handle.query("pending_approvals")] == ["terms"]
+    # the real code works once; replaying it is refused
+    good = stack.code_for(a["approval_id"], email)
+    assert (await stack.decide(a["approval_id"], email, code=good)).status == "ACCEPTED"
+    res = await result_of(stack, req.request_id)
+    assert res.outcome == "completed"
+    assert (await stack.decide(a["approval_id"], email, code=good)).status in ("ALREADY_DECIDED", "UNKNOWN_APPROVAL")
+    await stack.decide(b["approval_id"], email, "deny", reason="cleanup")
+
+
+async def test_duplicate_submission_makes_one_resource_one_charge(stack: Stack) -> None:
+    email = new_email()
+    req = stack.request("cloud/r2", email)
+    handles = await asyncio.gather(*(stack.qm.submit(req) for _ in range(5)))
+    assert len({h.id for h in handles}) == 1
+    t = await stack.wait_for_approval(req.request_id, "terms")
+    await stack.decide(t["approval_id"], email)
+    pm = await stack.wait_for_approval(req.request_id, "payment_method")
+    await stack.attach_card(pm["details"]["checkout_url"])
+    first = await result_of(stack, req.request_id)
+    again = await stack.qm.submit(req)  # after completion too: the same workflow, no new purchase
+    assert again.id == f"provision-{req.request_id}"
+    assert (await result_of(stack, req.request_id)).resource_id == first.resource_id
+    assert len(await resources_named(stack, "cloud", req.name)) == 1
+    assert len([c for c in await charges_for(stack, req.request_id) if c.get("status") == "succeeded"]) == 1
+
+
+async def test_bad_input_is_rejected_before_anything(stack: Stack) -> None:
+    from models.errors import QuartermasterError
+
+    email = new_email()
+    for service, config, code in [
+        ("cloud/nope", {}, "UNKNOWN_SERVICE"),
+        ("nowhere/thing", {}, "UNKNOWN_PROVIDER"),
+        ("cloud/registrar:domain", {"tld": 42}, "INVALID_CONFIGURATION"),
+    ]:
+        with pytest.raises(QuartermasterError) as err:
+            await stack.qm.submit(stack.request(service, email, configuration=config))
+        assert err.value.code == code
+    with pytest.raises(QuartermasterError) as err:
+        await stack.qm.submit(stack.request("cloud/r2", email, max_price=Money(amount=1)))
+    assert err.value.code == "PRICE_ABOVE_MAXIMUM"
+    # the workflow refuses the same even when a client skips the pre-check
+    req = stack.request("cloud/r2", email, max_price=Money(amount=1))
+    await stack.qm.submit(req, prevalidate=False)
+    res = await result_of(stack, req.request_id)
+    assert (res.outcome, res.error_code) == ("rejected", "PRICE_ABOVE_MAXIMUM")
+    assert await resources_named(stack, "cloud", req.name) == []
+
+
+async def test_remove_and_rotate(stack: Stack) -> None:
+    email = new_email()
+    req = stack.request("cloud/workers", email)
+    await stack.qm.submit(req)
+    t = await stack.wait_for_approval(req.request_id, "terms")
+    await stack.decide(t["approval_id"], email)
+    res = await result_of(stack, req.request_id)
+    old = res.credential.env["CLOUD_API_TOKEN"].reveal()
+    actor = Actor(principal_email=email, agent="planner")
+    rotated = await stack.qm.rotate(res.resource_id, actor, "r1")
+    assert rotated.outcome == "completed"
+    new = rotated.credential.env["CLOUD_API_TOKEN"].reveal()
+    assert (await introspect(stack, "cloud", old)) == {"active": False}
+    assert (await introspect(stack, "cloud", new))["active"] is True
+    assert (await stack.qm.credentials(res.resource_id))["CLOUD_API_TOKEN"].reveal() == new
+    removed = await stack.qm.remove(res.resource_id, actor)
+    assert removed.outcome == "completed"
+    assert (await introspect(stack, "cloud", new)) == {"active": False}
+    (row,) = await resources_named(stack, "cloud", req.name)
+    assert row["status"] == "removed"

@@ -1,0 +1,139 @@
+"""The Quartermaster worker: configuration -> Temporal client -> adapters -> Worker. Wiring only.
+
+    python worker.py        # connects where temporalio.envconfig points (TEMPORAL_ADDRESS, ...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.accounts import AccountActivities
+from activities.alerts import AlertActivities
+from activities.approvals import ApprovalActivities
+from activities.catalog import CatalogActivities
+from activities.payment import PaymentActivities
+from activities.resources import ResourceActivities
+from activities.spend import SpendActivities
+from models.provisioning import Policy
+from providers.connection_store import ConnectionStore
+from providers.notifier import InboxNotifier, Notifier, WebhookNotifier
+from providers.registry import ProviderRegistry
+from providers.stripe_adapter import StripeAdapter
+from quartermaster.codec import SecretBox
+from quartermaster.config import Settings
+from quartermaster.gateway import assertion_signer
+from quartermaster.keys import Keyring, load_keyring
+from quartermaster.temporal import connect
+from workflows.ledger import SpendLedgerWorkflow
+from workflows.limits import LimitChangeWorkflow, PrincipalLimitsWorkflow
+from workflows.provision import ProvisionWorkflow
+from workflows.resource_actions import RemoveResourceWorkflow, RotateCredentialWorkflow
+
+log = logging.getLogger("quartermaster.worker")
+
+
+def build_notifier(settings: Settings) -> Notifier:
+    if settings.notify_webhook_url:
+        return WebhookNotifier(url=settings.notify_webhook_url)
+    return InboxNotifier(inbox_dir=settings.data_dir / "inbox")
+
+
+def build_activities(settings: Settings, keyring: Keyring, client: Client) -> list[Callable[..., Any]]:
+    """Every activity, bound to adapters built from `settings`. Secrets stay in this process."""
+    approvals = ApprovalActivities(build_notifier(settings))
+    registry = ProviderRegistry.from_settings(settings)
+    stripe = StripeAdapter(
+        api_key=settings.stripe_api_key, base_url=settings.stripe_base_url if settings.stripe_is_local else None
+    )
+    box = SecretBox(keyring)
+    store = ConnectionStore(settings.data_dir / "connections.sqlite", seal=box.seal, unseal=box.unseal)
+    policy = Policy(
+        approval_timeout_seconds=settings.approval_timeout_seconds,
+        purchase_approval_above=settings.purchase_approval_above,
+        public_url=settings.public_url,
+    )
+    catalog = CatalogActivities(registry, policy)
+    accounts = AccountActivities(
+        registry=registry, store=store, signer=assertion_signer(settings), public_url=settings.public_url
+    )
+    payment = PaymentActivities(stripe=stripe, public_url=settings.public_url)
+    resources = ResourceActivities(registry=registry, store=store)
+    spend = SpendActivities(client, settings.task_queue, providers=list(settings.providers))
+    alerts = AlertActivities(build_notifier(settings))
+    return [
+        approvals.notify_approval,
+        catalog.discover,
+        catalog.load_policy,
+        accounts.find_connection,
+        accounts.lookup_account,
+        accounts.terms_accepted,
+        accounts.create_account,
+        accounts.start_oauth,
+        accounts.complete_oauth,
+        payment.resolve_customer,
+        payment.payment_method_status,
+        payment.create_setup_session,
+        payment.issue_payment_token,
+        payment.revoke_payment_token,
+        resources.create_resource,
+        resources.resource_ready,
+        resources.submit_information,
+        resources.remove_resource,
+        resources.mint_credential,
+        resources.revoke_credential,
+        spend.reserve_spend,
+        spend.commit_spend,
+        spend.release_spend,
+        spend.spend_view,
+        spend.set_spend_limit,
+        alerts.spend_alert,
+    ]
+
+
+def workflow_classes() -> Sequence[type]:
+    return [
+        ProvisionWorkflow,
+        RemoveResourceWorkflow,
+        RotateCredentialWorkflow,
+        SpendLedgerWorkflow,
+        PrincipalLimitsWorkflow,
+        LimitChangeWorkflow,
+    ]
+
+
+def build_worker(client: Client, settings: Settings, keyring: Keyring, **options: Any) -> Worker:
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=workflow_classes(),
+        activities=build_activities(settings, keyring, client),
+        **options,
+    )
+
+
+async def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings.from_env()
+    keyring = load_keyring(settings.resolved_keys_file, create=settings.dev)
+    log.info("configuration: %s", settings.describe())
+    client = await connect(settings, keyring)
+    worker = build_worker(client, settings, keyring)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with worker:
+        log.info("worker polling task queue %r", settings.task_queue)
+        await stop.wait()
+        log.info("shutting down: finishing in-flight activities")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,585 @@
+"""The provisioning workflow: discover -> quote -> identity -> account -> pay -> create -> credential.
+
+It stops for a human only where the protocol says a human decides (terms, OAuth consent, payment
+method, irreversible purchases, spend over the cap, missing information). Every side effect carries
+an idempotency key derived from the workflow ID and step. Any failure after money or resources moved
+is compensated, so the result is either `completed` or `undone` (or `rejected` when nothing moved).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from models.approval import ApprovalDecision, ApprovalKind, DecisionOutcome
+    from models.errors import ErrorCode
+    from models.ledger import (
+        CommitLayers,
+        LayeredReserveOutcome,
+        LedgerLayer,
+        ReleaseLayers,
+        ReserveLayers,
+        monthly_ledger_id,
+    )
+    from models.money import Money
+    from models.payment import Customer, PaymentMethodStatus, SetupSession
+    from models.provider import Resource, TermsAcceptance
+    from models.provisioning import (
+        AccountInput,
+        CompleteOAuth,
+        ConnectionRef,
+        CreateResourceInput,
+        DiscoverInput,
+        IssuedCredential,
+        IssuedToken,
+        MintInput,
+        OAuthCallback,
+        OAuthStart,
+        PaymentTokenInput,
+        Policy,
+        ProvisionResult,
+        ProvisionStatus,
+        Quote,
+        ResourceRef,
+        SubmitInformationInput,
+        TermsRecord,
+    )
+    from models.request import ProvisionRequest
+    from models.session import Authorization, AuthorizationRequest, RecordCredential
+    from workflows.approval_gate import ApprovalGate
+    from workflows.audit_trail import AuditTrail
+    from workflows.search_attributes import (
+        QM_AGENT,
+        QM_PRINCIPAL,
+        QM_PROVIDER,
+        QM_RESOURCE,
+        QM_SERVICE,
+        QM_STATE,
+        QM_SESSION,
+        State,
+    )
+    from activities.payment import ResolveCustomer, RevokeTokenInput, SetupInput
+    from activities.resources import RemoveInput
+
+#: provider and Stripe calls: retried with backoff, given up after a bounded time
+CALL = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "schedule_to_close_timeout": timedelta(minutes=10),
+    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
+}
+#: compensations must finish: no overall deadline
+UNDO = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)),
+}
+#: polling a pending resource: the retry policy is the poll
+POLL = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "schedule_to_close_timeout": timedelta(minutes=30),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(milliseconds=500), backoff_coefficient=1.5, maximum_interval=timedelta(seconds=10)
+    ),
+}
+WAITING_CODES: dict[str, ErrorCode] = {
+    "terms": ErrorCode.TERMS_ACCEPTANCE_REQUIRED,
+    "payment_method": ErrorCode.PAYMENT_METHOD_REQUIRED,
+    "oauth_consent": ErrorCode.OAUTH_CONSENT_REQUIRED,
+    "purchase": ErrorCode.PURCHASE_APPROVAL_REQUIRED,
+    "spend_limit": ErrorCode.SPEND_LIMIT_REACHED,
+    "information": ErrorCode.INFORMATION_REQUIRED,
+}
+
+
+class Stop(Exception):
+    """A clean end with a stable code; everything done so far is compensated."""
+
+    def __init__(self, code: ErrorCode | str, message: str) -> None:
+        super().__init__(message)
+        self.code = str(code)
+        self.message = message
+
+
+def stop_from(err: ActivityError) -> Stop:
+    cause = err.cause
+    if isinstance(cause, ApplicationError) and cause.type:
+        return Stop(cause.type, cause.message)
+    return Stop(ErrorCode.PROVIDER_UNAVAILABLE, "a provider call did not succeed in time")
+
+
+@workflow.defn(name="ProvisionWorkflow")
+class ProvisionWorkflow:
+    def __init__(self) -> None:
+        self.gate = ApprovalGate()
+        self.step = "received"
+        self.oauth: OAuthCallback | None = None
+        self.payment_method_ready = False
+        self.undo: list[tuple[str, Any]] = []
+        self.result = ProvisionResult(request_id="", outcome="rejected", service_id="")
+        self.audit: AuditTrail | None = None
+
+    # -- handlers ---------------------------------------------------------------------------------
+    @workflow.update(name="submit_decision")
+    async def submit_decision(self, decision: ApprovalDecision) -> DecisionOutcome:
+        outcome = self.gate.decide(decision)  # before any await: atomic
+        if outcome.status != "ACCEPTED" and self.audit is not None:
+            await self.audit.record(
+                "approval.forged_attempt", outcome="refused", reason=outcome.status,
+                details={"approval_id": decision.approval_id},
+            )  # fmt: skip
+        return outcome
+
+    @workflow.signal(name="decide")
+    async def decide(self, decision: ApprovalDecision) -> None:
+        await self.submit_decision(decision)
+
+    @workflow.signal(name="oauth_callback")
+    def oauth_callback(self, callback: OAuthCallback) -> None:
+        if self.oauth is None:
+            self.oauth = callback
+
+    @workflow.signal(name="payment_method_ready")
+    def payment_method_ready_signal(self) -> None:
+        self.payment_method_ready = True
+
+    @workflow.query(name="status")
+    def status(self) -> ProvisionStatus:
+        return ProvisionStatus(
+            request_id=self.result.request_id,
+            step=self.step,
+            pending_approvals=[r.model_dump(mode="json") for r in self.gate.pending()],
+            resource_id=self.result.resource_id,
+            link_action=self.result.link_action,
+        )
+
+    @workflow.query(name="pending_approvals")
+    def pending_approvals(self) -> list[dict[str, Any]]:
+        return [r.model_dump(mode="json") for r in self.gate.pending()]
+
+    # -- main -------------------------------------------------------------------------------------
+    @workflow.run
+    async def run(self, req: ProvisionRequest) -> ProvisionResult:
+        self.req = req
+        self.wid = workflow.info().workflow_id
+        self.result = ProvisionResult(request_id=req.request_id, outcome="rejected", service_id=req.service_id)
+        try:
+            await self._provision(req)
+            self.result.outcome = "completed"
+            workflow.upsert_search_attributes([QM_STATE.value_set(State.COMPLETED)])
+        except Stop as stop:
+            moved = bool(self.undo)
+            await self._compensate()
+            self.result.outcome = "undone" if moved else "rejected"
+            self.result.error_code = stop.code
+            self.result.error_message = stop.message
+            workflow.upsert_search_attributes(
+                [QM_STATE.value_set(State.COMPENSATED if moved else State.FAILED)]
+            )
+        if self.audit is not None:
+            await self.audit.record(
+                "request.completed" if self.result.outcome == "completed" else "request.failed",
+                outcome="success" if self.result.outcome == "completed" else "failure",
+                reason=self.result.error_code, resource_id=self.result.resource_id,
+            )  # fmt: skip
+            await self.audit.flush()
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return self.result
+
+    async def _call(self, activity: str, arg: Any, result_type: type | None, summary: str, **opts: Any) -> Any:
+        options = {**CALL, **opts}
+        try:
+            return await workflow.execute_activity(
+                activity, arg, result_type=result_type, summary=summary, **options
+            )
+        except ActivityError as err:
+            raise stop_from(err) from None
+
+    async def _ask(self, kind: ApprovalKind, summary: str, details: dict[str, Any], **wait: Any) -> ApprovalDecision | None:
+        """A human gate. Returns the decision (None when satisfied otherwise); raises Stop on deny."""
+        approval_id = f"{self.wid}.{kind}"
+        n = sum(1 for a in self.gate.closed if a.startswith(approval_id))
+        if n:
+            approval_id = f"{approval_id}-{n + 1}"
+        assert self.audit is not None
+        self.step = f"awaiting {kind} approval"
+        await self.audit.record("approval.requested", details={"approval_id": approval_id, "kind": kind})
+        res = await self.gate.ask(
+            approval_id=approval_id, kind=kind, principal_id=self.principal_id,
+            principal_email=str(self.req.actor.principal_email), summary=summary, details=details,
+            timeout=timedelta(seconds=self.policy.approval_timeout_seconds), **wait,
+        )  # fmt: skip
+        if res.status == "approved":
+            await self.audit.record(
+                "approval.granted", approved_by=self.principal_id if res.decision else None,
+                details={"approval_id": approval_id, "kind": kind, "via": "code" if res.decision else "provider"},
+            )  # fmt: skip
+            return res.decision
+        action = "approval.timed_out" if res.status == "timed_out" else "approval.denied"
+        reason = res.decision.reason if res.decision and res.decision.reason else res.status
+        await self.audit.record(action, outcome="refused", reason=reason, details={"approval_id": approval_id})
+        if res.status == "timed_out":
+            raise Stop(ErrorCode.APPROVAL_TIMED_OUT, f"{kind} approval timed out")
+        if res.status == "locked_out":
+            raise Stop(ErrorCode.APPROVAL_REJECTED, f"{kind} approval closed after too many wrong codes")
+        raise Stop(ErrorCode.APPROVAL_DENIED, f"{kind} denied: {reason}")
+
+    async def _provision(self, req: ProvisionRequest) -> None:
+        provider = req.provider
+        self.policy: Policy = await self._call("load_policy", None, Policy, "policy")
+        # 0. who is asking, and may they
+        auth: Authorization = await self._call(
+            "authorize_actor",
+            AuthorizationRequest(actor=req.actor, service_id=req.service_id, amount=req.max_price, action="provision"),
+            Authorization,
+            "authorize the actor",
+        )
+        self.principal_id = auth.principal_id
+        self.auth = auth
+        self.result.principal_id = auth.principal_id
+        self.result.agent_chain = auth.agent_chain
+        self.audit = AuditTrail(
+            workflow_id=self.wid, principal_id=auth.principal_id, agent_chain=auth.agent_chain,
+            session_ids=auth.session_ids, request_id=req.request_id, provider=provider, service_id=req.service_id,
+        )  # fmt: skip
+        attrs = [
+            QM_PRINCIPAL.value_set(auth.principal_id),
+            QM_PROVIDER.value_set(provider),
+            QM_SERVICE.value_set(req.service_id),
+            QM_AGENT.value_set(auth.agent_chain[-1] if auth.agent_chain else req.actor.agent),
+            QM_STATE.value_set(State.RUNNING),
+        ]
+        if auth.session_ids:
+            attrs.append(QM_SESSION.value_set(auth.session_ids[-1]))
+        workflow.upsert_search_attributes(attrs)
+        await self.audit.record("request.received", details={"name": req.name})
+        await self.audit.record(
+            "authorization.decided", outcome="success" if auth.allowed else "refused", reason=auth.reason
+        )
+        if not auth.allowed:
+            raise Stop(auth.code or ErrorCode.SESSION_INVALID, auth.reason or "not authorized")
+
+        # 1-2. discover and quote
+        self.step = "discover"
+        quote: Quote = await self._call(
+            "discover",
+            DiscoverInput(service_id=req.service_id, configuration=req.configuration, max_price=req.max_price),
+            Quote,
+            f"discover {req.service_id}",
+        )
+        offered = quote.service.scopes
+        scopes = req.scopes or offered
+        if auth.allowed_scopes is not None:
+            scopes = [s for s in scopes if s in auth.allowed_scopes]
+        if not set(scopes) <= set(offered) or not scopes and offered:
+            raise Stop(ErrorCode.INVALID_REQUEST, "requested scopes are not offered by the service or not allowed")
+
+        # 3. identity
+        self.step = "identity"
+        customer: Customer = await self._call(
+            "resolve_customer",
+            ResolveCustomer(
+                email=str(req.actor.principal_email), principal_id=self.principal_id,
+                idempotency_key=f"customer-{self.principal_id}",
+            ),
+            Customer,
+            "resolve the principal's Stripe customer",
+        )  # fmt: skip
+
+        # 4. account
+        self.step = "account"
+        conn = await self._account(req, quote, customer)
+        self.result.link_action = conn.link_action
+
+        # 5. pay
+        token: IssuedToken | None = None
+        if quote.due_now is not None and quote.due_now.amount > 0:
+            self.step = "payment"
+            token = await self._pay(req, quote, customer)
+
+        # 6. create
+        self.step = "create"
+        resource: Resource = await self._call(
+            "create_resource",
+            CreateResourceInput(
+                principal_id=self.principal_id, provider=provider, service_id=req.service_id, name=req.name,
+                configuration=req.configuration, payment_token=token.token_id if token else None,
+                idempotency_key=f"{self.wid}:create",
+            ),
+            Resource,
+            f"create {req.service_id} {req.name}",
+        )  # fmt: skip
+        ref = ResourceRef(principal_id=self.principal_id, provider=provider, resource_id=resource.resource_id)
+        if quote.reversible:
+            self.undo.append(("remove_resource", ref))
+        self.result.resource_id = resource.resource_id
+        workflow.upsert_search_attributes([QM_RESOURCE.value_set(resource.resource_id)])
+        resource = await self._settle(ref, resource)
+        self.result.resource_status = resource.status
+        if resource.charge is not None:
+            self.result.charge = resource.charge
+            await self.audit.record("charge.made", amount=resource.charge.amount, resource_id=ref.resource_id)
+        await self.audit.record("resource.created", resource_id=ref.resource_id)
+        if token is not None:
+            await self._commit_spend(resource)
+            await self._revoke_token(token, "consumed")
+
+        # 7. credential
+        self.step = "credential"
+        ttl = req.credential_ttl_seconds
+        if auth.max_credential_ttl_seconds is not None:
+            ttl = min(ttl, auth.max_credential_ttl_seconds)
+        cred: IssuedCredential = await self._call(
+            "mint_credential",
+            MintInput(ref=ref, scopes=scopes, ttl_seconds=ttl, idempotency_key=f"{self.wid}:credential"),
+            IssuedCredential,
+            f"mint a {ttl}s credential",
+        )
+        self.result.credential = cred
+        await self.audit.record("credential.minted", resource_id=ref.resource_id, credential_id=cred.credential_id)
+        if auth.session_ids:
+            await self._call(
+                "record_credential",
+                RecordCredential(
+                    session_id=auth.session_ids[-1], provider=provider, credential_id=cred.credential_id,
+                    account_ref=self.principal_id, expires_at=cred.expires_at,
+                ),
+                None,
+                "record the credential on the session",
+            )  # fmt: skip
+        self.undo.clear()  # fully done: nothing to compensate any more
+        self.step = "done"
+
+    async def _account(self, req: ProvisionRequest, quote: Quote, customer: Customer) -> ConnectionRef:
+        assert self.audit is not None
+        provider = req.provider
+        existing: ConnectionRef | None = await self._call(
+            "find_connection",
+            TermsRecord(principal_id=self.principal_id, provider=provider, terms_version=quote.terms_version),
+            ConnectionRef,
+            "reuse a connection",
+        )
+        if existing is not None:
+            return existing
+        inp = AccountInput(
+            provider=provider, principal_id=self.principal_id, principal_email=str(req.actor.principal_email),
+            customer_id=customer.customer_id, idempotency_key=f"{self.wid}.oauth_consent",
+        )  # fmt: skip
+        exists: bool = await self._call("lookup_account", inp, bool, f"does the principal have a {provider} account")
+        if exists:
+            start: OAuthStart = await self._call("start_oauth", inp, OAuthStart, "start OAuth + PKCE")
+            await self._ask(
+                "oauth_consent",
+                f"link your existing {provider} account to Quartermaster",
+                {"authorization_url": start.authorization_url, "provider": provider},
+                satisfied_by=lambda: self.oauth is not None and self.oauth.state == start.state,
+            )
+            cb = self.oauth
+            if cb is None or cb.code is None:
+                raise Stop(ErrorCode.APPROVAL_DENIED, f"OAuth consent refused at {provider}")
+            conn: ConnectionRef = await self._call(
+                "complete_oauth",
+                CompleteOAuth(provider=provider, principal_id=self.principal_id, state=start.state, code=cb.code),
+                ConnectionRef,
+                "exchange the authorization code",
+            )
+            await self.audit.record("account.linked", details={"link_action": conn.link_action})
+            return conn
+        record = TermsRecord(principal_id=self.principal_id, provider=provider, terms_version=quote.terms_version)
+        approval_id = f"{self.wid}.terms"
+        if not await self._call("terms_accepted", record, bool, "terms accepted before?"):
+            await self._ask(
+                "terms",
+                f"accept {provider}'s terms of service version {quote.terms_version}",
+                {"tos_url": quote.tos_url, "terms_version": quote.terms_version, "provider": provider},
+            )
+            await self.audit.record("terms.accepted", details={"terms_version": quote.terms_version})
+        inp.terms = TermsAcceptance(
+            terms_version=quote.terms_version, accepted_at=workflow.now(), accepted_by=self.principal_id,
+            approval_id=approval_id,
+        )  # fmt: skip
+        inp.idempotency_key = f"{self.wid}:account"
+        conn = await self._call("create_account", inp, ConnectionRef, f"create a {provider} account")
+        await self.audit.record("account.created", details={"link_action": conn.link_action})
+        return conn
+
+    async def _pay(self, req: ProvisionRequest, quote: Quote, customer: Customer) -> IssuedToken:
+        assert self.audit is not None and quote.due_now is not None
+        amount = quote.due_now
+        pm: PaymentMethodStatus = await self._call(
+            "payment_method_status", customer.customer_id, PaymentMethodStatus, "payment method on file?"
+        )
+        if not pm.has_payment_method:
+            setup: SetupSession = await self._call(
+                "create_setup_session",
+                SetupInput(customer_id=customer.customer_id, workflow_id=self.wid, idempotency_key=f"{self.wid}:setup"),
+                SetupSession,
+                "Checkout setup session",
+            )
+            latest: list[PaymentMethodStatus] = []
+
+            async def poll() -> bool:
+                status: PaymentMethodStatus = await self._call(
+                    "payment_method_status", customer.customer_id, PaymentMethodStatus, "payment method attached?"
+                )
+                latest.append(status)
+                return status.has_payment_method
+
+            await self._ask(
+                "payment_method",
+                "add a payment method (the agent never sees it)",
+                {"checkout_url": setup.url},
+                satisfied_by=lambda: self.payment_method_ready,
+                poll=poll,
+                poll_every=timedelta(seconds=self.policy.payment_poll_seconds),
+            )
+            pm = await self._call(
+                "payment_method_status", customer.customer_id, PaymentMethodStatus, "payment method attached"
+            )
+            if not pm.has_payment_method or pm.payment_method_id is None:
+                raise Stop(ErrorCode.PAYMENT_METHOD_REQUIRED, "no payment method was attached")
+        if not quote.reversible and amount.amount > self.policy.purchase_approval_above:
+            await self._ask(
+                "purchase",
+                f"approve an irreversible purchase of {req.service_id} '{req.name}' for {amount}",
+                {"amount": amount.model_dump(), "service_id": req.service_id, "name": req.name, "reversible": False},
+            )
+        await self._reserve(req, amount)
+        assert pm.payment_method_id is not None
+        token: IssuedToken = await self._call(
+            "issue_payment_token",
+            PaymentTokenInput(
+                customer_id=customer.customer_id, payment_method_id=pm.payment_method_id, provider=req.provider,
+                amount=amount, idempotency_key=f"{self.wid}:payment-token",
+                metadata={"qm_workflow_id": self.wid, "qm_request_id": req.request_id},
+            ),
+            IssuedToken,
+            f"payment token for {amount} at {req.provider}",
+        )  # fmt: skip
+        self.undo.append(("revoke_payment_token", token))
+        await self.audit.record("payment_token.issued", amount=amount)
+        return token
+
+    def _layers(self, req: ProvisionRequest, amount: Money) -> list[LedgerLayer]:
+        layers = [
+            LedgerLayer(
+                ledger_id=monthly_ledger_id(self.principal_id, req.provider, workflow.now()),
+                limit=Money(amount=10_000, currency=amount.currency),  # monthly: the ledger reads the real limit
+                kind="monthly",
+            )
+        ]
+        layers += [LedgerLayer.model_validate(layer) for layer in self.auth.budget_layers]
+        if req.budget is not None:
+            layers.append(LedgerLayer(ledger_id=f"budget-request-{req.request_id}", limit=req.budget, kind="budget"))
+        return layers
+
+    async def _reserve(self, req: ProvisionRequest, amount: Money) -> None:
+        assert self.audit is not None
+        self.layers = self._layers(req, amount)
+        purchase_id = self.wid
+        override: str | None = None
+        while True:
+            out: LayeredReserveOutcome = await self._call(
+                "reserve_spend",
+                ReserveLayers(
+                    purchase_id=purchase_id, amount=amount, layers=self.layers, principal_id=self.principal_id,
+                    override_approval_id=override,
+                ),
+                LayeredReserveOutcome,
+                f"reserve {amount} under every limit",
+            )  # fmt: skip
+            if out.ok:
+                self.undo.append(("release_spend", ReleaseLayers(purchase_id=purchase_id, layers=self.layers)))
+                return
+            refused = out.refused_by
+            if refused is None or refused.kind != "monthly" or override is not None:
+                raise Stop(ErrorCode.BUDGET_EXCEEDED, f"{amount} does not fit the budget {refused.ledger_id if refused else ''}")
+            o = out.outcome
+            details = {"amount": amount.model_dump(), "provider": req.provider}
+            if o is not None:
+                details |= {"limit": o.limit.model_dump(), "committed": o.committed.model_dump(),
+                            "reserved": o.reserved.model_dump()}  # fmt: skip
+            await self._ask(
+                "spend_limit",
+                f"{amount} at {req.provider} would exceed this month's limit"
+                + (f" of {o.limit} ({o.committed} already spent)" if o else ""),
+                details,
+            )
+            override = f"{self.wid}.spend_limit"
+
+    async def _commit_spend(self, resource: Resource) -> None:
+        charged = resource.charge.amount if resource.charge else Money(amount=0)
+        await self._call(
+            "commit_spend",
+            CommitLayers(purchase_id=self.wid, amount=charged, layers=self.layers),
+            None,
+            f"commit {charged}",
+            **UNDO,
+        )
+        self.undo = [(k, v) for k, v in self.undo if k != "release_spend"]
+
+    async def _revoke_token(self, token: IssuedToken, why: str) -> None:
+        assert self.audit is not None
+        await workflow.execute_activity(
+            "revoke_payment_token",
+            RevokeTokenInput(token_id=token.token_id, idempotency_key=f"{self.wid}:payment-token-revoke"),
+            summary=f"revoke the payment token ({why})",
+            **UNDO,
+        )
+        self.undo = [(k, v) for k, v in self.undo if k != "revoke_payment_token"]
+        await self.audit.record("payment_token.revoked", reason=why)
+
+    async def _settle(self, ref: ResourceRef, resource: Resource) -> Resource:
+        """Follow `needs_information` (ask the human) and `pending` (poll) to a final status."""
+        for round_ in range(1, 4):
+            if resource.status == "pending":
+                try:
+                    resource = await workflow.execute_activity(
+                        "resource_ready", ref, result_type=Resource, summary="wait for the resource", **POLL
+                    )
+                except ActivityError as err:
+                    raise stop_from(err) from None
+            if resource.status != "needs_information":
+                break
+            decision = await self._ask(
+                "information",
+                f"{ref.provider} needs more information for {ref.resource_id}",
+                {"schema": resource.needs_information_schema or {}, "resource_id": ref.resource_id},
+            )
+            info = decision.information if decision and decision.information else {}
+            resource = await self._call(
+                "submit_information",
+                SubmitInformationInput(ref=ref, information=info, idempotency_key=f"{self.wid}:information-{round_}"),
+                Resource,
+                "submit the missing information",
+            )
+        if resource.status != "complete":
+            raise Stop(ErrorCode.PROVIDER_ERROR, f"resource ended {resource.status}: {resource.error_message or ''}")
+        return resource
+
+    async def _compensate(self) -> None:
+        """Undo in reverse order; every step retries until it succeeds."""
+        for kind, arg in reversed(self.undo):
+            if kind == "revoke_payment_token":
+                await self._revoke_token(arg, "compensation")
+                self.result.compensations.append("payment token revoked")
+            if kind == "remove_resource":
+                await workflow.execute_activity(
+                    "remove_resource",
+                    RemoveInput(**arg.model_dump(), idempotency_key=f"{self.wid}:compensate-remove"),
+                    result_type=Resource,
+                    summary="compensate: remove the half-created resource",
+                    **UNDO,
+                )
+                self.result.compensations.append("resource removed")
+                if self.audit:
+                    await self.audit.record("resource.removed", reason="compensation", resource_id=arg.resource_id)
+            elif kind == "release_spend":
+                await workflow.execute_activity(
+                    "release_spend", arg, summary="compensate: release the spend reservation", **UNDO
+                )
+                self.result.compensations.append("reservation released")
+        self.undo.clear()
