@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -36,6 +37,19 @@ def _ensure_venv() -> None:
         STAMP.write_text(digest)
 
 
+def _ensure_chromium() -> None:
+    """The browser tests drive Debian's chromium; install it when missing, only as root with apt-get."""
+    if shutil.which("chromium") or os.name == "nt" or not shutil.which("apt-get"):
+        return
+    if os.geteuid() != 0:
+        print("chromium is missing: browser tests will fail (install it, or run pytest -m 'not browser')")
+        return
+    print("installing chromium (apt-get) for the browser tests ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, env=env)
+
+
 def _run(*argv: str) -> int:
     return subprocess.run([str(BIN / argv[0]), *argv[1:]], cwd=ROOT).returncode
 
@@ -52,6 +66,7 @@ def main() -> int:
         print("$", " ".join(step), flush=True)
         if rc := _run(*step):
             return rc
+    _ensure_chromium()
     print("$ pytest", " ".join(extra), flush=True)
     return _run("python", "-m", "pytest", *extra)
 

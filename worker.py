@@ -13,15 +13,24 @@ from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.accounts import AccountActivities
 from activities.alerts import AlertActivities
 from activities.approvals import ApprovalActivities
+from activities.audit import AuditActivities
 from activities.catalog import CatalogActivities
 from activities.payment import PaymentActivities
 from activities.resources import ResourceActivities
+from activities.session_revocation import (
+    ConnectionStoreAccounts,
+    RegistryCredentialRevoker,
+    SessionRevocationActivities,
+)
+from activities.sessions import SessionActivities
 from activities.spend import SpendActivities
 from models.provisioning import Policy
+from providers.audit import open_audit_store
 from providers.connection_store import ConnectionStore
 from providers.notifier import InboxNotifier, Notifier, WebhookNotifier
 from providers.registry import ProviderRegistry
@@ -31,10 +40,12 @@ from quartermaster.config import Settings
 from quartermaster.gateway import assertion_signer
 from quartermaster.keys import Keyring, load_keyring
 from quartermaster.temporal import connect
+from workflows.agent_freeze import AgentWorkflow
 from workflows.ledger import SpendLedgerWorkflow
 from workflows.limits import LimitChangeWorkflow, PrincipalLimitsWorkflow
 from workflows.provision import ProvisionWorkflow
 from workflows.resource_actions import RemoveResourceWorkflow, RotateCredentialWorkflow
+from workflows.session import SessionWorkflow
 
 log = logging.getLogger("quartermaster.worker")
 
@@ -67,7 +78,14 @@ def build_activities(settings: Settings, keyring: Keyring, client: Client) -> li
     resources = ResourceActivities(registry=registry, store=store)
     spend = SpendActivities(client, settings.task_queue, providers=list(settings.providers))
     alerts = AlertActivities(build_notifier(settings))
+    revoker = RegistryCredentialRevoker(registry=registry, accounts=ConnectionStoreAccounts(store))
+    sessions = SessionActivities.from_settings(settings, keyring, client, revoker=revoker)
+    session_revocation = SessionRevocationActivities(client=client, revoker=revoker)
+    audit = AuditActivities(open_audit_store(settings.resolved_audit_db))
     return [
+        audit.record,
+        *sessions.all(),
+        *session_revocation.all(),
         approvals.notify_approval,
         catalog.discover,
         catalog.load_policy,
@@ -105,10 +123,20 @@ def workflow_classes() -> Sequence[type]:
         SpendLedgerWorkflow,
         PrincipalLimitsWorkflow,
         LimitChangeWorkflow,
+        SessionWorkflow,
+        AgentWorkflow,
     ]
 
 
+#: deterministic, side-effect-free modules the workflow sandbox may share instead of re-importing
+PASSTHROUGH = ("models", "pydantic", "pydantic_core", "email_validator", "idna", "annotated_types")
+
+
 def build_worker(client: Client, settings: Settings, keyring: Keyring, **options: Any) -> Worker:
+    options.setdefault(
+        "workflow_runner",
+        SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)),
+    )
     return Worker(
         client,
         task_queue=settings.task_queue,

@@ -109,6 +109,8 @@ class SessionOpenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     session_id: SessionId
+    #: opaque id of the principal (`Keyring.principal_id(email)`, computed by the client)
+    principal_id: str = Field(pattern=r"^p[a-f0-9]{20}$")
     principal_email: EmailStr
     agent: AgentName
     allowed_services: list[ServicePattern] = Field(min_length=1, max_length=50)
@@ -264,12 +266,12 @@ class AgentUnfreezeRequest(BaseModel):
 
 
 class AgentSessionRef(BaseModel):
-    agent: str
+    agent: AgentName
     session_id: str
 
 
 class AgentStatus(BaseModel):
-    agent: str
+    agent: AgentName
     frozen: bool = False
     frozen_by: str | None = None
     frozen_at: datetime | None = None
@@ -287,6 +289,8 @@ class FreezeResult(BaseModel):
 class RevokeSessions(BaseModel):
     session_ids: list[str]
     request: RevokeRequest
+    #: also revoke every running session of this agent that a visibility search finds
+    agent: AgentName | None = None
 
 
 class RevokeSessionsResult(BaseModel):

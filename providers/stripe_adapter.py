@@ -129,7 +129,7 @@ def _charge(intent: Any) -> ChargeResult:
 
 def _metadata(obj: Any) -> dict[str, str]:
     raw = getattr(obj, "metadata", None)
-    return {str(k): str(v) for k, v in raw.items()} if raw else {}
+    return {str(k): str(v) for k, v in raw.to_dict().items()} if raw else {}
 
 
 def _token_path(token_id: Secret) -> str:

@@ -16,7 +16,12 @@ from typing import Any
 
 from pydantic import BaseModel
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
-from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
@@ -139,11 +144,11 @@ class QuartermasterClient:
         wid = workflow_id_for(req.request_id)
         attrs = TypedSearchAttributes(
             [
-                QM_STATE.value_set(State.RUNNING),
-                QM_PROVIDER.value_set(req.provider),
-                QM_SERVICE.value_set(req.service_id),
-                QM_AGENT.value_set(req.actor.agent),
-                QM_PRINCIPAL.value_set(self.keyring.principal_id(str(req.actor.principal_email))),
+                SearchAttributePair(QM_STATE, State.RUNNING),
+                SearchAttributePair(QM_PROVIDER, req.provider),
+                SearchAttributePair(QM_SERVICE, req.service_id),
+                SearchAttributePair(QM_AGENT, req.actor.agent),
+                SearchAttributePair(QM_PRINCIPAL, self.keyring.principal_id(str(req.actor.principal_email))),
             ]
         )
         try:
@@ -168,7 +173,7 @@ class QuartermasterClient:
         except RPCError:
             raise QuartermasterError(ErrorCode.NOT_FOUND, f"no request {request_id}") from None
         if desc.status == CLOSED_OK:
-            result: ProvisionResult = await handle.result(result_type=ProvisionResult)
+            result: ProvisionResult = await self.temporal.get_workflow_handle(handle.id, result_type=ProvisionResult).result()
             return result
         if desc.status != WorkflowExecutionStatus.RUNNING:
             raise QuartermasterError(ErrorCode.UNKNOWN_ERROR, f"request {request_id} ended {desc.status.name}")
@@ -210,8 +215,8 @@ class QuartermasterClient:
             outcome: DecisionOutcome = await handle.execute_update(
                 "submit_decision", decision, result_type=DecisionOutcome
             )
-        except RPCError:
-            raise QuartermasterError(ErrorCode.NOT_FOUND, f"no open approval {decision.approval_id}") from None
+        except RPCError as err:
+            raise QuartermasterError(ErrorCode.NOT_FOUND, f"no open approval {decision.approval_id}: {err.message}") from None
         return outcome
 
     # -- resources --------------------------------------------------------------------------------
@@ -221,7 +226,7 @@ class QuartermasterClient:
             query += f" AND {QM_PRINCIPAL.name} = '{self.keyring.principal_id(email)}'"
         out = []
         async for wf in self.temporal.list_workflows(query):
-            res: ProvisionResult = await self.temporal.get_workflow_handle(wf.id).result(result_type=ProvisionResult)
+            res: ProvisionResult = await self.temporal.get_workflow_handle(wf.id, result_type=ProvisionResult).result()
             if res.resource_id is None or await self._removed(res.resource_id):
                 continue
             cred = await self._current_credential(res)
@@ -239,7 +244,7 @@ class QuartermasterClient:
         query = f"WorkflowType = 'ProvisionWorkflow' AND QmResource = '{resource_id}'"
         async for wf in self.temporal.list_workflows(query):
             if wf.status == CLOSED_OK:
-                res: ProvisionResult = await self.temporal.get_workflow_handle(wf.id).result(result_type=ProvisionResult)
+                res: ProvisionResult = await self.temporal.get_workflow_handle(wf.id, result_type=ProvisionResult).result()
                 if res.outcome == "completed":
                     return res
         raise QuartermasterError(ErrorCode.NOT_FOUND, f"no resource {resource_id}")
@@ -252,7 +257,7 @@ class QuartermasterClient:
             return False
         if desc.status != CLOSED_OK:
             return False
-        res: ResourceActionResult = await handle.result(result_type=ResourceActionResult)
+        res: ResourceActionResult = await self.temporal.get_workflow_handle(handle.id, result_type=ResourceActionResult).result()
         return res.outcome == "completed"
 
     async def _rotations(self, resource_id: str) -> list[ResourceActionResult]:
@@ -260,9 +265,9 @@ class QuartermasterClient:
         out = []
         async for wf in self.temporal.list_workflows(query):  # newest first
             if wf.status == CLOSED_OK:
-                res: ResourceActionResult = await self.temporal.get_workflow_handle(wf.id).result(
-                    result_type=ResourceActionResult
-                )
+                res: ResourceActionResult = await self.temporal.get_workflow_handle(
+                    wf.id, result_type=ResourceActionResult
+                ).result()
                 if res.outcome == "completed" and res.credential:
                     out.append(res)
         return out

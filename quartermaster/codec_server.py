@@ -106,6 +106,18 @@ def redact_payload(payload: Payload) -> Payload:
     return out
 
 
+def allowed_origins(configured: str, *, dev: bool) -> frozenset[str]:
+    """The UI origins answered: a comma-separated list; in dev also the localhost/127.0.0.1 twin."""
+    origins = {o.strip().rstrip("/") for o in configured.split(",") if o.strip()}
+    if dev:
+        twins = {"//localhost:": "//127.0.0.1:", "//127.0.0.1:": "//localhost:"}
+        for origin in list(origins):
+            for a, b in twins.items():
+                if a in origin:
+                    origins.add(origin.replace(a, b))
+    return frozenset(origins)
+
+
 def create_app(
     *,
     keyring: Keyring,
@@ -122,10 +134,11 @@ def create_app(
     if not dev and not auth_token:
         raise ValueError("outside dev the codec server needs QM_CODEC_AUTH_TOKEN (a bearer token)")
     keys = CodecKeys(keyring, reload_from)
-    origin = allowed_origin.rstrip("/")
+    origins = allowed_origins(allowed_origin, dev=dev)
 
     def cors_headers(request: Request) -> dict[str, str]:
-        if request.headers.get("origin") != origin:
+        origin = request.headers.get("origin")
+        if origin not in origins:
             return {}
         return {
             "Access-Control-Allow-Origin": origin,

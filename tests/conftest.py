@@ -25,6 +25,11 @@ network_guard.install()
 pytest_plugins: list[str] = []
 pytest_plugins.append("tests.fixtures.providers")
 pytest_plugins.append("tests.fixtures.audit")
+pytest_plugins.append("tests.fixtures.spend")
+pytest_plugins.append("tests.fixtures.stripe")
+pytest_plugins.append("tests.fixtures.stack")
+pytest_plugins.append("tests.fixtures.browser")
+pytest_plugins.append("tests.fixtures.sessions")
 
 BIN = Path(sys.executable).parent
 

@@ -26,7 +26,8 @@ ISSUER = "http://127.0.0.1:8700"
 
 def _segments(token: str) -> tuple[dict[str, object], dict[str, object]]:
     def dec(part: str) -> dict[str, object]:
-        return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+        doc: dict[str, object] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+        return doc
 
     header, payload, _ = token.split(".")
     return dec(header), dec(payload)
@@ -120,9 +121,13 @@ def test_algorithm_allow_list_and_typ(signer: AssertionSigner) -> None:
     assert _refused(plain_jwt, signer) == "assertion_invalid"
     long_lived = {**claims, "exp": claims["iat"] + 3600}  # type: ignore[operator]
     header = {"alg": "Ed25519", "kid": signer.current_kid, "typ": ASSERTION_TYP}
-    assert _refused(jwt.encode(header, long_lived, key, algorithms=["Ed25519"]), signer) == "assertion_invalid"
+    assert (
+        _refused(jwt.encode(header, long_lived, key, algorithms=["Ed25519"]), signer) == "assertion_invalid"
+    )
     unverified = {**claims, "email_verified": False}
-    assert _refused(jwt.encode(header, unverified, key, algorithms=["Ed25519"]), signer) == "assertion_invalid"
+    assert (
+        _refused(jwt.encode(header, unverified, key, algorithms=["Ed25519"]), signer) == "assertion_invalid"
+    )
     assert _refused("not-a-jwt", signer) == "assertion_invalid"
 
 
@@ -143,7 +148,10 @@ def test_rotation_keeps_old_key_until_its_assertions_expire(tmp_path: Path) -> N
     old_token = signer.sign(subject="cus_1", email="a@example.com", audience="cloud").reveal()
     new_kid = signer.rotate()
     assert new_kid != old_kid
-    assert _segments(signer.sign(subject="c", email="a@example.com", audience="cloud").reveal())[0]["kid"] == new_kid
+    assert (
+        _segments(signer.sign(subject="c", email="a@example.com", audience="cloud").reveal())[0]["kid"]
+        == new_kid
+    )
     assert {k["kid"] for k in signer.jwks()["keys"]} == {old_kid, new_kid}
     verify_assertion(old_token, jwks=signer.jwks(), issuer=ISSUER, audience="cloud")
     reloaded = AssertionSigner.load_or_create(path, issuer=ISSUER)

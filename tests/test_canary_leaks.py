@@ -79,20 +79,22 @@ class ProbeActivities:
 class CanaryProbe:
     @workflow.run
     async def run(self, inp: ProbeInput) -> ProbeResult:
-        opts = {"start_to_close_timeout": timedelta(seconds=10)}
-        result = await workflow.execute_activity_method(ProbeActivities.issue, inp, **opts)  # type: ignore[arg-type]
+        timeout = timedelta(seconds=10)
+        result: ProbeResult = await workflow.execute_activity_method(
+            ProbeActivities.issue, inp, start_to_close_timeout=timeout
+        )
         try:
             await workflow.execute_activity_method(
                 ProbeActivities.configure,
                 inp,
+                start_to_close_timeout=timeout,
                 retry_policy=RetryPolicy(maximum_attempts=2, initial_interval=timedelta(milliseconds=10)),
-                **opts,  # type: ignore[arg-type]
             )
         except ActivityError:
             await workflow.execute_activity_method(
                 ProbeActivities.revoke,
                 RevokeInput(resource_id=inp.resource_id, issued=result.issued),
-                **opts,  # type: ignore[arg-type]
+                start_to_close_timeout=timeout,
             )
             result.compensated = True
         if inp.fail_workflow:
@@ -178,6 +180,10 @@ async def test_real_converter_leaks_no_canary(temporal_env: WorkflowEnvironment,
     assert findings == [], "\n".join(f"{f.canary[:8]}… in {f.source} as {f.form}" for f in findings)
     counts = await scan_for_canaries(temporal_env.client, run.workflow_ids, run.canaries, run.blobs)
     assert counts == dict.fromkeys(run.canaries, 0)
+    # memo values are payloads too: encrypted (memo keys and search attributes are not)
+    desc = await temporal_env.client.get_workflow_handle(run.workflow_ids[0]).describe()
+    memo = desc.raw_description.workflow_execution_info.memo.fields["resource"]
+    assert memo.metadata["encoding"] == b"binary/encrypted"
 
 
 async def test_scan_finds_canaries_when_the_codec_is_off(temporal_env: WorkflowEnvironment, capfd) -> None:

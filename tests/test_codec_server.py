@@ -21,13 +21,14 @@ from temporalio.exceptions import ApplicationError
 
 from models.secret import Secret
 from quartermaster.codec import EncryptionCodec
-from quartermaster.codec_server import create_app
+from quartermaster.codec_server import allowed_origins, create_app
 from quartermaster.converter import data_converter
 from quartermaster.keys import Keyring, write_key_file
 from tests.fixtures.servers import free_port, serve_asgi
 from tests.leak_scan import find_in_blobs
 
 UI_ORIGIN = "http://localhost:18233"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class Grant(BaseModel):
@@ -120,10 +121,12 @@ async def test_only_the_ui_origin_gets_a_cors_grant(keys: Keyring) -> None:
         async with httpx.AsyncClient(base_url=base) as http:
             good = await http.options("/decode", headers={"Origin": UI_ORIGIN, **preflight})
             evil = await http.options("/decode", headers={"Origin": "http://evil.example", **preflight})
+            twin = await http.options("/decode", headers={"Origin": "http://127.0.0.1:18233", **preflight})
             evil_post = await http.post(
                 "/decode", content=body, headers=_headers(Origin="http://localhost:9999")
             )
     assert good.status_code == 204
+    assert twin.headers["access-control-allow-origin"] == "http://127.0.0.1:18233"  # dev: same UI
     assert good.headers["access-control-allow-origin"] == UI_ORIGIN
     assert "x-namespace" in good.headers["access-control-allow-headers"]
     assert "POST" in good.headers["access-control-allow-methods"]
@@ -151,6 +154,7 @@ async def test_bearer_token_required_outside_dev(keys: Keyring) -> None:
                 "/decode", headers={"Origin": UI_ORIGIN, "Access-Control-Request-Method": "POST"}
             )
             ok = await http.post("/decode", content=body, headers=_headers(Authorization=f"Bearer {bearer}"))
+    assert "http://127.0.0.1:18233" not in allowed_origins(UI_ORIGIN, dev=False)
     assert none.status_code == 401
     assert wrong.status_code == 401
     assert b"res_visible_77" not in none.content + wrong.content
@@ -174,24 +178,28 @@ async def test_bad_bodies_and_foreign_ciphertext_are_400(keys: Keyring) -> None:
     assert elsewhere.status_code == 404
 
 
+def _spawn_codec_server(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {
+        "QM_DATA_DIR": str(data_dir),
+        "QM_DEV": "1",
+        "QM_CODEC_CORS_ORIGIN": UI_ORIGIN,
+        "PATH": "/usr/bin:/bin",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "quartermaster.codec_server", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
 async def test_reloads_rotated_key_file_and_main_starts_from_env(tmp_path: Path) -> None:
     """`python -m quartermaster.codec_server` as `qm dev` runs it, then a rotation while it runs."""
     full = Keyring.generate()
     write_key_file(tmp_path / "codec-keys.json", full.codec_only())
     port = free_port()
-    env = {
-        "QM_DATA_DIR": str(tmp_path),
-        "QM_DEV": "1",
-        "QM_CODEC_CORS_ORIGIN": UI_ORIGIN,
-        "PATH": "/usr/bin:/bin",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "quartermaster.codec_server", "--port", str(port)],
-        env=env,
-        cwd=Path(__file__).resolve().parent.parent,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = _spawn_codec_server(tmp_path, port)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
             deadline = time.monotonic() + 20

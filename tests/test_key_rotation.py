@@ -105,7 +105,9 @@ async def test_history_from_old_key_decodes_and_replays_after_rotation(
     workflow_id = f"rotation-probe-{uuid.uuid4().hex[:8]}"
 
     old_client = _client(temporal_env, old)
-    async with Worker(old_client, task_queue=task_queue, workflows=[RotationProbe], activities=[reissue_token]):
+    async with Worker(
+        old_client, task_queue=task_queue, workflows=[RotationProbe], activities=[reissue_token]
+    ):
         handle = await old_client.start_workflow(
             RotationProbe.run,
             GrantInput(resource_id="res_rot_1", token=Secret(token)),
@@ -124,7 +126,9 @@ async def test_history_from_old_key_decodes_and_replays_after_rotation(
     assert load_keyring(tmp_path / "codec-keys.json").seal == ()
 
     new_client = _client(temporal_env, new)
-    async with Worker(new_client, task_queue=task_queue, workflows=[RotationProbe], activities=[reissue_token]):
+    async with Worker(
+        new_client, task_queue=task_queue, workflows=[RotationProbe], activities=[reissue_token]
+    ):
         new_handle = new_client.get_workflow_handle_for(RotationProbe.run, workflow_id)
         await new_handle.signal(RotationProbe.approve, Approval(approver_note=Secret(note)))
         result = await asyncio.wait_for(new_handle.result(), timeout=30)

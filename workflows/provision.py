@@ -193,7 +193,7 @@ class ProvisionWorkflow:
         options = {**CALL, **opts}
         try:
             return await workflow.execute_activity(
-                activity, arg, result_type=result_type, summary=summary, **options
+                activity, args=[] if arg is None else [arg], result_type=result_type, summary=summary, **options
             )
         except ActivityError as err:
             raise stop_from(err) from None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -98,7 +98,9 @@ class SessionWorkflow:
                 created_at=workflow.now(),
             )
         else:
-            raise ApplicationError("a session starts from an open request or a delegated state", non_retryable=True)
+            raise ApplicationError(
+                "a session starts from an open request or a delegated state", non_retryable=True
+            )
 
     # ---- queries -------------------------------------------------------------------------------
     @workflow.query(name="state")
@@ -231,7 +233,11 @@ class SessionWorkflow:
         )
         try:
             grant = attenuate(
-                parent.grant, parent_depth=parent.depth, ask=ask, now=now, parent_remaining=check.parent_remaining
+                parent.grant,
+                parent_depth=parent.depth,
+                ask=ask,
+                now=now,
+                parent_remaining=check.parent_remaining,
             )
         except AttenuationError as exc:
             raise _refuse(exc.code, exc.message) from exc
@@ -270,7 +276,7 @@ class SessionWorkflow:
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def _sign(self, s: SessionState) -> SignedSessionToken:
-        return await workflow.execute_activity(
+        signed: SignedSessionToken = await workflow.execute_activity(
             "sign_session_token",
             SessionTokenRequest(
                 session_id=s.session_id,
@@ -287,14 +293,22 @@ class SessionWorkflow:
             start_to_close_timeout=timedelta(seconds=30),
             summary="sign the session token",
         )
+        return signed
 
-    def _audit(self, action: AuditAction, step: str, *, outcome: str = "success", **details: Any) -> None:
+    def _audit(
+        self,
+        action: AuditAction,
+        step: str,
+        *,
+        outcome: Literal["success", "failure", "refused"] = "success",
+        **details: Any,
+    ) -> None:
         s = self.state
         event = AuditEvent(
             event_id=f"{workflow.info().workflow_id}:{step}",
             time=workflow.now(),
             action=action,
-            outcome=outcome,  # type: ignore[arg-type]
+            outcome=outcome,
             reason=s.closed_reason if action in ("session.revoked", "session.expired") else None,
             principal_id=s.principal_id,
             agent_chain=s.chain,
@@ -395,7 +409,7 @@ class SessionWorkflow:
             try:
                 child_summary: CloseSummary = await handle
                 descendants += 1 + child_summary.descendants_closed
-            except Exception:  # noqa: BLE001 - a failed child is still closed for enforcement
+            except Exception:
                 descendants += 1
         action: AuditAction = "session.expired" if s.status == "expired" else "session.revoked"
         self._audit(action, s.status, credentials_revoked=revoked, credential_failures=failed)
@@ -470,7 +484,7 @@ class SessionWorkflow:
                 timeout_summary="session expiry",
             )
             summary = await self._close(s.status)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             summary = await self._close("expired")
         return await self._finish(summary)
 

@@ -191,7 +191,16 @@ class _Immediate:
         self._conn.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is not None:
+            self._conn.execute("ROLLBACK")
+            return
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error:
+            # never leave the connection inside a half-finished transaction
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
 
 
 def _where(f: AuditFilters) -> tuple[list[str], list[Any]]:

@@ -150,7 +150,9 @@ def create_app(config: SimConfig) -> Starlette:
         store, url=config.webhook_url, secret=config.webhook_secret or "",
         max_attempts=config.webhook_max_attempts, retry_base=config.webhook_retry_base_seconds,
     )  # fmt: skip
-    logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _QuietDrops) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(_QuietDrops())
 
     def base_url(request: Request) -> str:
         return (config.public_url or str(request.base_url)).rstrip("/")

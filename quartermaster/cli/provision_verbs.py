@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -19,7 +19,8 @@ from models.secret import Secret
 from quartermaster.cli.output import add_common, emit, report_error, table
 from quartermaster.client import QuartermasterClient, Waiting, actor_from_env
 
-Sub = argparse._SubParsersAction[argparse.ArgumentParser]
+if TYPE_CHECKING:
+    Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def _money(text: str) -> Money:

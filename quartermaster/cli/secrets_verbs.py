@@ -32,6 +32,19 @@ ENV_WARNING = (
 )
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BARE_VALUE = re.compile(r"[A-Za-z0-9_\-./:+=@%,]*")
+#: names a provider's credential may not take: they would change what the child runs or loads
+RESERVED_ENV = frozenset(
+    {"PATH", "HOME", "SHELL", "USER", "IFS", "ENV", "BASH_ENV", "PYTHONPATH", "NODE_OPTIONS"}
+)
+_RESERVED_PREFIXES = ("LD_", "DYLD_", "QM_", "TEMPORAL_")
+#: Quartermaster's own secrets stay with `qm`: the child gets the resource's credentials only
+NOT_INHERITED = (
+    "QM_KEYS",
+    "QM_CODEC_AUTH_TOKEN",
+    "STRIPE_API_KEY",
+    "STRIPE_WEBHOOK_SECRET",
+    "TEMPORAL_API_KEY",
+)
 
 
 def env_names(creds: Mapping[str, Secret]) -> dict[str, Secret]:
@@ -41,6 +54,10 @@ def env_names(creds: Mapping[str, Secret]) -> dict[str, Secret]:
         env_name = re.sub(r"[^A-Za-z0-9_]", "_", name).upper()
         if not _ENV_NAME.fullmatch(env_name):
             env_name = "_" + env_name
+        if env_name in RESERVED_ENV or env_name.startswith(_RESERVED_PREFIXES):
+            raise QuartermasterError(
+                ErrorCode.INVALID_CONFIGURATION, f"a credential may not set the variable {env_name}"
+            )
         if env_name in out:
             raise QuartermasterError(
                 ErrorCode.INVALID_CONFIGURATION, f"two credentials map to the variable {env_name}"
@@ -54,12 +71,12 @@ def run_with_credentials(
 ) -> int:
     """Run `command` with `creds` added to the CHILD's environment; returns the child's exit code.
 
-    The values never enter this process's `os.environ`. A child killed by signal N gives 128 + N,
-    like a shell.
+    The values never enter this process's `os.environ`; Quartermaster's own secrets (`NOT_INHERITED`)
+    are not passed on. A child killed by signal N gives 128 + N, like a shell.
     """
     if not command:
         raise QuartermasterError(ErrorCode.INVALID_REQUEST, "give a command after `--`")
-    env = dict(os.environ if base_env is None else base_env)
+    env = {k: v for k, v in (os.environ if base_env is None else base_env).items() if k not in NOT_INHERITED}
     env.update({name: secret.reveal() for name, secret in env_names(creds).items()})
     try:
         proc = subprocess.Popen(list(command), env=env)

@@ -22,3 +22,11 @@ REGISTRY.append(audit_verbs.register)
 from quartermaster.cli import provision_verbs  # noqa: E402
 
 REGISTRY.append(provision_verbs.register)
+
+from quartermaster.cli import billing_verbs  # noqa: E402
+
+REGISTRY.append(billing_verbs.register)
+
+from quartermaster.cli import session_verbs  # noqa: E402
+
+REGISTRY.append(session_verbs.register)

@@ -90,9 +90,12 @@ def attenuate(
     depth = parent_depth + 1
     if depth > parent.max_depth:
         raise AttenuationError(
-            ErrorCode.INVALID_REQUEST, f"delegation depth {depth} exceeds the session's limit {parent.max_depth}"
+            ErrorCode.INVALID_REQUEST,
+            f"delegation depth {depth} exceeds the session's limit {parent.max_depth}",
         )
-    services = list(ask.allowed_services) if ask.allowed_services is not None else list(parent.allowed_services)
+    services = (
+        list(ask.allowed_services) if ask.allowed_services is not None else list(parent.allowed_services)
+    )
     if not services:
         raise AttenuationError(ErrorCode.INVALID_REQUEST, "a session needs at least one allowed service")
     for pattern in services:
@@ -104,7 +107,9 @@ def attenuate(
     if parent_remaining is not None:
         if parent_remaining.currency != parent.budget.currency:
             raise AttenuationError(ErrorCode.CURRENCY_MISMATCH, "the parent's ledger is in another currency")
-        remaining = Money(amount=min(parent_remaining.amount, parent.budget.amount), currency=remaining.currency)
+        remaining = Money(
+            amount=min(parent_remaining.amount, parent.budget.amount), currency=remaining.currency
+        )
     budget = ask.budget if ask.budget is not None else remaining
     if budget.currency != parent.budget.currency:
         raise AttenuationError(ErrorCode.CURRENCY_MISMATCH, "the budget's currency differs from the parent's")

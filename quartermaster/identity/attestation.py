@@ -26,7 +26,9 @@ from quartermaster.identity.settings import AUDIENCE, MAX_IDENTITY_TTL_SECONDS, 
 
 IDENTITY_TYP = "qm-agent+jwt"
 AGENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-_INTERPRETERS = re.compile(r"^(python[0-9.]*|pypy[0-9.]*|node|nodejs|deno|bun|ruby|perl|php|bash|sh|zsh|dash)$")
+_INTERPRETERS = re.compile(
+    r"^(python[0-9.]*|pypy[0-9.]*|node|nodejs|deno|bun|ruby|perl|php|bash|sh|zsh|dash)$"
+)
 #: interpreter options that consume the next argument
 _OPTIONS_WITH_VALUE = frozenset({"-X", "-W", "-Q", "-r", "--require", "-I", "-e"})
 
@@ -104,7 +106,7 @@ def measure(argv: list[str], *, cwd: Path | None = None, now: datetime | None = 
     if not argv:
         raise MeasurementError("no command to run")
     base = cwd or Path.cwd()
-    found = shutil.which(argv[0]) if os.sep not in argv[0] else str((base / argv[0]))
+    found = shutil.which(argv[0]) if os.sep not in argv[0] else str(base / argv[0])
     if not found or not Path(found).is_file():
         raise MeasurementError(f"command not found: {argv[0]}")
     executable = Path(found).resolve()
@@ -120,6 +122,7 @@ def measure(argv: list[str], *, cwd: Path | None = None, now: datetime | None = 
     elif _shebang_interpreter(executable):
         script = executable  # `./agent.py` with a shebang: the script is the thing to vouch for
     try:
+        of: Literal["script", "binary", "inline"]
         if script is not None:
             sha, of = sha256_file(script), "script"
         elif inline is not None:
@@ -132,7 +135,7 @@ def measure(argv: list[str], *, cwd: Path | None = None, now: datetime | None = 
         executable=str(executable),
         script=str(script) if script is not None else None,
         sha256=sha,
-        sha256_of=of,  # type: ignore[arg-type]
+        sha256_of=of,
         argv=list(argv),
         uid=os.getuid(),
         host=socket.gethostname(),
@@ -165,7 +168,9 @@ class Attestor:
         if settings.attestor_keys_json:
             keys = SigningKeys.from_json(settings.attestor_keys_json)
         else:
-            keys = SigningKeys.load_or_create(settings.resolved_attestor_keys_file, prefix="att", create=create)
+            keys = SigningKeys.load_or_create(
+                settings.resolved_attestor_keys_file, prefix="att", create=create
+            )
         return cls(
             keys=keys,
             issuer=settings.issuer,
@@ -174,7 +179,12 @@ class Attestor:
         )
 
     def issue(
-        self, agent: str, measurement: Measurement, *, now: datetime | None = None, ttl_seconds: int | None = None
+        self,
+        agent: str,
+        measurement: Measurement,
+        *,
+        now: datetime | None = None,
+        ttl_seconds: int | None = None,
     ) -> IssuedIdentity:
         """A signed identity token for `agent`, carrying `measurement` as the `qm_measurement` claim."""
         if not AGENT_NAME.match(agent):

@@ -1,13 +1,13 @@
 """Identity settings, read from the environment next to `quartermaster.config.Settings`.
 
-    QM_TRUST_DOMAIN          SPIFFE trust domain of agent ids (default quartermaster.local)
-    QM_ATTESTOR_ISSUER       `iss` of the local attestor (default spiffe://<trust domain>/attestor)
-    QM_ATTESTOR_KEYS_FILE    attestor signing keys (default <data dir>/attestor-keys.json, 0600)
-    QM_ATTESTOR_KEYS         the same JSON document inline (wins over the file)
-    QM_SESSION_KEYS_FILE     session-token signing keys (default <data dir>/session-keys.json, 0600)
-    QM_IDENTITY_TTL_SECONDS  lifetime of an agent identity token (default 600, at most 900)
-    QM_TRUSTED_ATTESTORS     JSON list of external attestors (see TrustedAttestor)
-    QM_REQUIRE_SESSION       1 = refuse requests without a session token (default off in dev)
+QM_TRUST_DOMAIN          SPIFFE trust domain of agent ids (default quartermaster.local)
+QM_ATTESTOR_ISSUER       `iss` of the local attestor (default spiffe://<trust domain>/attestor)
+QM_ATTESTOR_KEYS_FILE    attestor signing keys (default <data dir>/attestor-keys.json, 0600)
+QM_ATTESTOR_KEYS         the same JSON document inline (wins over the file)
+QM_SESSION_KEYS_FILE     session-token signing keys (default <data dir>/session-keys.json, 0600)
+QM_IDENTITY_TTL_SECONDS  lifetime of an agent identity token (default 600, at most 900)
+QM_TRUSTED_ATTESTORS     JSON list of external attestors (see TrustedAttestor)
+QM_REQUIRE_SESSION       1 = refuse requests without a session token (default off in dev)
 """
 
 from __future__ import annotations

@@ -47,8 +47,8 @@ class ReplayGuard:
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
             db.execute(
-                "CREATE TABLE IF NOT EXISTS jti (issuer TEXT NOT NULL, jti TEXT NOT NULL, exp INTEGER NOT NULL,"
-                " state TEXT NOT NULL, use_id TEXT, PRIMARY KEY (issuer, jti))"
+                "CREATE TABLE IF NOT EXISTS jti (issuer TEXT NOT NULL, jti TEXT NOT NULL,"
+                " exp INTEGER NOT NULL, state TEXT NOT NULL, use_id TEXT, PRIMARY KEY (issuer, jti))"
             )
 
     def _connect(self) -> sqlite3.Connection:
@@ -61,7 +61,9 @@ class ReplayGuard:
         (a retried activity); False for any other presentation."""
         with self._lock, self._connect() as db:
             db.execute("DELETE FROM jti WHERE exp < ?", (int(time.time()) - LEEWAY_SECONDS,))
-            row = db.execute("SELECT state, use_id FROM jti WHERE issuer = ? AND jti = ?", (issuer, jti)).fetchone()
+            row = db.execute(
+                "SELECT state, use_id FROM jti WHERE issuer = ? AND jti = ?", (issuer, jti)
+            ).fetchone()
             if row is None:
                 db.execute("INSERT INTO jti VALUES (?, ?, ?, 'consumed', ?)", (issuer, jti, exp, use_id))
                 return True
@@ -214,7 +216,9 @@ class IdentityVerifier:
         mapped = attestor.agent_for(sub)
         if mapped is None:
             raise _refuse("the attestor's subject maps to no agent")
-        if attestor.single_use and not self._replay.consume(issuer, jti, exp, use_id or secrets.token_hex(12)):
+        if attestor.single_use and not self._replay.consume(
+            issuer, jti, exp, use_id or secrets.token_hex(12)
+        ):
             raise _refuse("replayed: this token was already used")
         if attestor.single_use is False and self._replay.is_retired(issuer, jti):
             raise _refuse("replayed")

@@ -1,0 +1,324 @@
+"""Session enforcement: verify an actor's identity + session tokens, answer what it may do, sign tokens.
+
+`authorize_actor` is the enforcement point the provisioning, remove and rotate workflows call first.
+It verifies the agent identity token (attestor signature, audience, expiry, replay), the session token
+(Quartermaster's signature, expiry) and that the session is bound to that very identity, then asks the
+session entities (root to leaf) and the agent entities whether anything was revoked, expired or frozen.
+Refusals are answers (`Authorization.allowed = False` with an ErrorCode), not exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from temporalio import activity
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.session_revocation import CredentialRevoker
+from models.errors import ErrorCode, QuartermasterError
+from models.ledger import LedgerView
+from models.money import Money
+from models.secret import Secret
+from models.session import (
+    AgentStatus,
+    Authorization,
+    AuthorizationRequest,
+    DelegationCheck,
+    DelegationCheckResult,
+    RecordCredential,
+    SessionState,
+    SessionTokenRequest,
+    SignedSessionToken,
+    agent_workflow_id,
+    session_workflow_id,
+)
+from quartermaster.config import Settings
+from quartermaster.identity.attenuation import services_allowed
+from quartermaster.identity.attestation import Attestor, spiffe_id
+from quartermaster.identity.keys import SigningKeys
+from quartermaster.identity.settings import IdentitySettings
+from quartermaster.identity.tokens import SessionClaims, SessionTokens
+from quartermaster.identity.verification import IdentityVerifier, ReplayGuard, VerifiedIdentity
+from quartermaster.keys import Keyring
+
+
+@dataclass(frozen=True)
+class VerifiedPresentation:
+    identity: VerifiedIdentity
+    claims: SessionClaims
+    #: the session entities, root first
+    states: list[SessionState]
+
+
+def _layer(state: SessionState) -> dict[str, object]:
+    """A `models.ledger.LedgerLayer`-shaped dict for one session's budget."""
+    return {
+        "ledger_id": state.budget_ledger_id,
+        "limit": state.grant.budget.model_dump(mode="json"),
+        "kind": "budget",
+    }
+
+
+class SessionActivities:
+    """Activities over the Temporal client (to query session and agent entities) and the token keys."""
+
+    def __init__(
+        self,
+        *,
+        client: Client,
+        keyring: Keyring,
+        verifier: IdentityVerifier,
+        tokens: SessionTokens,
+        revoker: CredentialRevoker | None = None,
+        require_session: bool = False,
+    ) -> None:
+        self._client = client
+        self._keyring = keyring
+        self._verifier = verifier
+        self._tokens = tokens
+        self._revoker = revoker
+        self.require_session = require_session
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        keyring: Keyring,
+        client: Client,
+        *,
+        revoker: CredentialRevoker | None = None,
+        identity: IdentitySettings | None = None,
+    ) -> SessionActivities:
+        """Keys and trust from the data dir and the environment (see quartermaster.identity.settings)."""
+        ids = identity or IdentitySettings.from_env(settings.data_dir)
+        try:
+            local: SigningKeys | None = Attestor.from_settings(ids, create=settings.dev).keys
+        except FileNotFoundError:
+            local = None  # no local attestor on this deployment: only trusted external attestors
+        verifier = IdentityVerifier(
+            trust_domain=ids.trust_domain,
+            local_issuer=ids.issuer,
+            local_keys=local,
+            trusted=ids.trusted_attestors,
+            replay=ReplayGuard(ids.replay_db),
+        )
+        tokens = SessionTokens(
+            keys=SigningKeys.load_or_create(ids.resolved_session_keys_file, prefix="ses"),
+            issuer=ids.session_issuer,
+        )
+        return cls(
+            client=client,
+            keyring=keyring,
+            verifier=verifier,
+            tokens=tokens,
+            revoker=revoker,
+            require_session=ids.require_session,
+        )
+
+    def all(self) -> list[Callable[..., Any]]:
+        """Every activity of this class, for the worker."""
+        return [self.authorize_actor, self.record_credential, self.sign_session_token, self.check_delegation]
+
+    # ---- entity lookups -------------------------------------------------------------------------
+    async def session_state(self, session_id: str) -> SessionState | None:
+        """The session entity's state, or None when there is no such session."""
+        handle = self._client.get_workflow_handle(session_workflow_id(session_id))
+        try:
+            state: SessionState = await handle.query("state", result_type=SessionState)
+            return state
+        except RPCError as exc:
+            if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+                return None
+            raise
+
+    async def agent_status(self, agent: str) -> AgentStatus:
+        handle = self._client.get_workflow_handle(agent_workflow_id(agent))
+        try:
+            status: AgentStatus = await handle.query("status", result_type=AgentStatus)
+            return status
+        except RPCError as exc:
+            if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+                return AgentStatus(agent=agent)  # never registered, never frozen
+            raise
+
+    async def _remaining(self, ledger_id: str, budget: Money) -> Money:
+        """What is left of a budget: its limit minus what its ledger has committed or reserved."""
+        handle = self._client.get_workflow_handle(ledger_id)
+        try:
+            view = await handle.query("view", result_type=LedgerView)
+        except RPCError as exc:
+            if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+                return budget  # no purchase yet
+            raise
+        used = view.committed.amount + view.reserved.amount
+        return Money(amount=max(budget.amount - used, 0), currency=budget.currency)
+
+    # ---- verification ---------------------------------------------------------------------------
+    async def verify_presentation(
+        self, session_token: Secret, identity_token: Secret, *, use_id: str | None = None
+    ) -> VerifiedPresentation:
+        """Identity token, session token, binding, and the live status of every session in the chain
+        and of every agent in it. Raises QuartermasterError with the refusal's code."""
+        identity = await self._verifier.verify(identity_token.reveal(), use_id=use_id)
+        claims = self._tokens.verify(session_token.reveal())
+        if claims.agent_identity != identity.spiffe_id:
+            raise QuartermasterError(ErrorCode.SESSION_INVALID, "the session is bound to another agent")
+        ids = [*claims.ancestors, claims.session_id]
+        found = await asyncio.gather(*(self.session_state(sid) for sid in ids))
+        if any(state is None or state.session_id != sid for sid, state in zip(ids, found, strict=True)):
+            raise QuartermasterError(ErrorCode.SESSION_INVALID, "unknown session")
+        states = [s for s in found if s is not None]
+        leaf = states[-1]
+        if leaf.agent_identity != identity.spiffe_id or leaf.chain_identities != claims.chain_identities:
+            raise QuartermasterError(ErrorCode.SESSION_INVALID, "the token does not match the session")
+        if leaf.principal_id != claims.principal_id:
+            raise QuartermasterError(ErrorCode.SESSION_INVALID, "the token does not match the session")
+        # the kill switch first: a frozen agent's sessions are also revoked, but the cause is the freeze
+        agents = await asyncio.gather(*(self.agent_status(a) for a in dict.fromkeys(leaf.chain)))
+        for status in agents:
+            if status.frozen:
+                raise QuartermasterError(ErrorCode.AGENT_FROZEN, f"agent {status.agent} is frozen")
+        now = datetime.now(UTC)
+        for state in states:
+            sid = state.session_id
+            if state.status == "revoked":
+                raise QuartermasterError(ErrorCode.SESSION_REVOKED, f"session {sid} has been revoked")
+            if state.status == "expired" or state.grant.expires_at <= now:
+                raise QuartermasterError(ErrorCode.SESSION_EXPIRED, f"session {sid} has expired")
+            if state.status != "active":
+                raise QuartermasterError(ErrorCode.SESSION_INVALID, f"session {sid} is {state.status}")
+        return VerifiedPresentation(identity=identity, claims=claims, states=states)
+
+    # ---- activities -----------------------------------------------------------------------------
+    @activity.defn(name="authorize_actor")
+    async def authorize_actor(self, req: AuthorizationRequest) -> Authorization:
+        """May this actor do `req.action` on `req.service_id` (for `req.amount`)? Never raises a
+        refusal: the answer carries `allowed`, an ErrorCode and the reason."""
+        actor = req.actor
+        principal_id = self._keyring.principal_id(str(actor.principal_email))
+
+        def refuse(code: ErrorCode, reason: str, chain: list[str] | None = None) -> Authorization:
+            return Authorization(
+                allowed=False,
+                code=str(code),
+                reason=reason,
+                principal_id=principal_id,
+                agent_chain=chain or [],
+            )
+
+        info = activity.info()
+        use_id = f"{info.workflow_id}:{info.activity_id}"
+        try:
+            if actor.session_token is None:
+                return await self._authorize_without_session(req, principal_id, use_id)
+            if actor.identity_token is None:
+                return refuse(ErrorCode.IDENTITY_INVALID, "a session token needs the agent's identity token")
+            seen = await self.verify_presentation(actor.session_token, actor.identity_token, use_id=use_id)
+        except QuartermasterError as err:
+            return refuse(err.code, err.message, [actor.agent])
+        leaf = seen.states[-1]
+        chain = leaf.chain
+        if leaf.principal_id != principal_id:
+            return refuse(ErrorCode.SESSION_INVALID, "the session belongs to another principal", chain)
+        if seen.identity.agent != actor.agent:
+            return refuse(ErrorCode.IDENTITY_INVALID, "the identity token is for another agent", chain)
+        if not all(services_allowed(s.grant.allowed_services, req.service_id) for s in seen.states):
+            return refuse(
+                ErrorCode.SERVICE_NOT_ALLOWED, f"the session does not allow {req.service_id}", chain
+            )
+        if req.amount is not None:
+            if req.amount.currency != leaf.grant.budget.currency:
+                return refuse(
+                    ErrorCode.CURRENCY_MISMATCH, "the amount's currency differs from the budget's", chain
+                )
+            if req.amount.amount > min(s.grant.budget.amount for s in seen.states):
+                return refuse(ErrorCode.BUDGET_EXCEEDED, "the amount exceeds the session's budget", chain)
+        remaining = int((leaf.grant.expires_at - datetime.now(UTC)).total_seconds())
+        return Authorization(
+            allowed=True,
+            principal_id=principal_id,
+            agent_chain=chain,
+            session_ids=leaf.session_ids,
+            budget_layers=[_layer(s) for s in seen.states],
+            max_credential_ttl_seconds=max(remaining, 0),
+            allowed_scopes=None if leaf.grant.allowed_scopes is None else list(leaf.grant.allowed_scopes),
+            agent_identity=seen.identity.spiffe_id,
+        )
+
+    async def _authorize_without_session(
+        self, req: AuthorizationRequest, principal_id: str, use_id: str
+    ) -> Authorization:
+        """The pre-session mode (`--email/--agent`): allowed unless QM_REQUIRE_SESSION=1 or frozen."""
+        actor = req.actor
+        if self.require_session:
+            raise QuartermasterError(
+                ErrorCode.SESSION_INVALID, "a session is required (QM_REQUIRE_SESSION=1)"
+            )
+        identity: str | None = None
+        if actor.identity_token is not None:
+            verified = await self._verifier.verify(actor.identity_token.reveal(), use_id=use_id)
+            if verified.agent != actor.agent:
+                raise QuartermasterError(
+                    ErrorCode.IDENTITY_INVALID, "the identity token is for another agent"
+                )
+            identity = verified.spiffe_id
+        if (await self.agent_status(actor.agent)).frozen:
+            raise QuartermasterError(ErrorCode.AGENT_FROZEN, f"agent {actor.agent} is frozen")
+        return Authorization(
+            allowed=True, principal_id=principal_id, agent_chain=[actor.agent], agent_identity=identity
+        )
+
+    @activity.defn(name="record_credential")
+    async def record_credential(self, rec: RecordCredential) -> None:
+        """Record a credential minted under a session. If the session closed meanwhile, revoke the
+        credential at once and fail with SESSION_REVOKED (non-retryable): it must not outlive it."""
+        handle = self._client.get_workflow_handle(session_workflow_id(rec.session_id))
+        try:
+            await handle.execute_update("record_credential", rec)
+            return
+        except WorkflowUpdateFailedError:
+            pass
+        except RPCError as exc:
+            if exc.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
+                raise
+        if self._revoker is not None:
+            await self._revoker.revoke(
+                provider=rec.provider, account_ref=rec.account_ref, credential_id=rec.credential_id
+            )
+        raise ApplicationError(
+            "the session is no longer active; the credential was revoked",
+            type=str(ErrorCode.SESSION_REVOKED),
+            non_retryable=True,
+        )
+
+    @activity.defn(name="sign_session_token")
+    async def sign_session_token(self, req: SessionTokenRequest) -> SignedSessionToken:
+        return SignedSessionToken(token=self._tokens.issue(req))
+
+    @activity.defn(name="check_delegation")
+    async def check_delegation(self, req: DelegationCheck) -> DelegationCheckResult:
+        """The delegating agent holds this very session (identity + token); the target is not frozen;
+        how much of the parent's budget is left."""
+        info = activity.info()
+        try:
+            seen = await self.verify_presentation(
+                req.session_token, req.identity_token, use_id=f"{info.workflow_id}:{info.activity_id}"
+            )
+            if seen.claims.session_id != req.session_id:
+                raise QuartermasterError(ErrorCode.SESSION_INVALID, "the token is for another session")
+            if (await self.agent_status(req.to_agent)).frozen:
+                raise QuartermasterError(ErrorCode.AGENT_FROZEN, f"agent {req.to_agent} is frozen")
+        except QuartermasterError as err:
+            return DelegationCheckResult(ok=False, code=str(err.code), reason=err.message)
+        remaining = await self._remaining(req.budget_ledger_id, req.budget)
+        return DelegationCheckResult(
+            ok=True,
+            parent_remaining=remaining,
+            to_agent_identity=spiffe_id(self._verifier.trust_domain, req.to_agent),
+        )
