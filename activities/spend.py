@@ -62,6 +62,9 @@ T = TypeVar("T")
 #: both are "try again shortly", never a verdict on the purchase
 _TRANSIENT = frozenset({RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.UNAVAILABLE, RPCStatusCode.ABORTED})
 _MAX_TRIES = 200
+#: updates one worker process keeps in flight per ledger: under the server's per-workflow limit (10),
+#: so callers queue here instead of hammering the server with refused requests
+PER_LEDGER_IN_FLIGHT = 8
 
 
 def _layer_order(layer: LedgerLayer) -> tuple[bool, str]:
@@ -96,8 +99,23 @@ class SpendActivities:
         self._ledger_workflow = ledger_workflow
         self._search_attributes = search_attributes
         self._can_after = continue_as_new_after_events
+        self._in_flight: dict[str, tuple[asyncio.Semaphore, int]] = {}
 
     # ---- plumbing ---------------------------------------------------------------------------------
+
+    async def _queued(self, ledger_id: str, call: Any) -> Any:
+        """Run `call` with at most PER_LEDGER_IN_FLIGHT calls per ledger in flight from this process."""
+        sem, users = self._in_flight.get(ledger_id) or (asyncio.Semaphore(PER_LEDGER_IN_FLIGHT), 0)
+        self._in_flight[ledger_id] = (sem, users + 1)
+        try:
+            async with sem:
+                return await self._retrying(call)
+        finally:
+            sem, users = self._in_flight[ledger_id]
+            if users == 1:
+                del self._in_flight[ledger_id]
+            else:
+                self._in_flight[ledger_id] = (sem, users - 1)
 
     async def _retrying(self, call: Any) -> Any:
         """Run `call()` again on transient server refusals, with jittered backoff."""
@@ -169,7 +187,7 @@ class SpendActivities:
             return result
 
         try:
-            return await self._retrying(call)  # type: ignore[no-any-return]
+            return await self._queued(layer.ledger_id, call)  # type: ignore[no-any-return]
         except WorkflowAlreadyStartedError as err:
             message = f"LEDGER_CLOSED: ledger {layer.ledger_id} has finished"
             raise ApplicationError(message, type="LEDGER_CLOSED", non_retryable=True) from err
@@ -283,8 +301,8 @@ class SpendActivities:
         """Commit or release on an existing ledger (never starts one: there is nothing to settle)."""
         handle = self._client.get_workflow_handle(layer.ledger_id)
         try:
-            out: SettleOutcome = await self._retrying(
-                lambda: handle.execute_update(update, arg, result_type=SettleOutcome)
+            out: SettleOutcome = await self._queued(
+                layer.ledger_id, lambda: handle.execute_update(update, arg, result_type=SettleOutcome)
             )
             return out
         except RPCError as err:

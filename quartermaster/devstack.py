@@ -85,6 +85,7 @@ def components(data_dir: Path, p: dict[str, int]) -> list[Component]:
         "--db-filename", str(data_dir / "temporal.sqlite"),
         "--ui-codec-endpoint", f"http://127.0.0.1:{p['codec']}",
         "--log-level", "error",
+        "--ui-disable-news-fetch",
     ]  # fmt: skip
     for key in SEARCH_ATTRIBUTES:
         temporal += ["--search-attribute", f"{key.name}=Keyword"]

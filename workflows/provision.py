@@ -68,7 +68,7 @@ with workflow.unsafe.imports_passed_through():
 
 #: provider and Stripe calls: retried with backoff, given up after a bounded time
 CALL = {
-    "start_to_close_timeout": timedelta(seconds=30),
+    "start_to_close_timeout": timedelta(seconds=15),  # adapters time out after 10 s
     "schedule_to_close_timeout": timedelta(minutes=10),
     "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
 }

@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-FaultKind = Literal["latency", "error_500", "error_429", "timeout", "crash_after_commit"]
-DEFAULT_SECONDS: dict[str, float] = {"latency": 0.5, "error_429": 1.0, "timeout": 30.0}
+FaultKind = Literal["latency", "error_500", "error_429", "timeout", "crash_after_commit", "delay_after_commit"]
+DEFAULT_SECONDS: dict[str, float] = {"latency": 0.5, "error_429": 1.0, "timeout": 30.0, "delay_after_commit": 5.0}
 
 
 class FaultSpec(BaseModel):
@@ -108,6 +108,17 @@ class FaultMiddleware:
             # hold the request longer than the caller waits, then fail without doing the work
             await asyncio.sleep(seconds)
             await _respond(send, 504, _error_body("simulated_timeout", "injected timeout"))
+        elif fault.kind == "delay_after_commit":
+            # the write commits at once; its response is held back (a caller killed meanwhile never sees it)
+            held: list[Message] = []
+
+            async def hold(message: Message) -> None:
+                held.append(message)
+
+            await self.app(scope, receive, hold)
+            await asyncio.sleep(seconds)
+            for message in held:
+                await send(message)
         else:
             await self._crash_after_commit(scope, receive, send)
 
