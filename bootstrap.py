@@ -23,7 +23,7 @@ STAMP = VENV / ".qm-installed"
 
 
 def _ensure_venv() -> None:
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this file runs before the venv exists
         sys.exit("Quartermaster needs Python 3.11 or newer")
     if not (BIN / "python").exists():
         print("creating .venv ...", flush=True)
@@ -61,7 +61,7 @@ def main() -> int:
     _ensure_venv()
     extra = sys.argv[2:]
     if sys.argv[1] == "dev":
-        os.execv(str(BIN / "qm"), [str(BIN / "qm"), "dev", *extra])
+        os.execv(str(BIN / "qm"), [str(BIN / "qm"), "dev", *extra])  # noqa: S606
     for step in (("ruff", "check", "."), ("ruff", "format", "--check", "."), ("mypy", ".")):
         print("$", " ".join(step), flush=True)
         if rc := _run(*step):

@@ -1,6 +1,6 @@
 """The Quartermaster worker: configuration -> Temporal client -> adapters -> Worker. Wiring only.
 
-    python worker.py        # connects where temporalio.envconfig points (TEMPORAL_ADDRESS, ...)
+python worker.py        # connects where temporalio.envconfig points (TEMPORAL_ADDRESS, ...)
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def build_activities(settings: Settings, keyring: Keyring, client: Client) -> li
     approvals = ApprovalActivities(build_notifier(settings))
     registry = ProviderRegistry.from_settings(settings)
     stripe = StripeAdapter(
-        api_key=settings.stripe_api_key, base_url=settings.stripe_base_url if settings.stripe_is_local else None
+        api_key=settings.stripe_api_key,
+        base_url=settings.stripe_base_url if settings.stripe_is_local else None,
     )
     box = SecretBox(keyring)
     store = ConnectionStore(settings.data_dir / "connections.sqlite", seal=box.seal, unseal=box.unseal)
@@ -135,7 +136,9 @@ PASSTHROUGH = ("models", "pydantic", "pydantic_core", "email_validator", "idna",
 def build_worker(client: Client, settings: Settings, keyring: Keyring, **options: Any) -> Worker:
     options.setdefault(
         "workflow_runner",
-        SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)),
+        SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
+        ),
     )
     return Worker(
         client,

@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+
 from temporalio import activity
 
+from activities.errors import adapter_errors, permanent
 from models.errors import ErrorCode
 from models.provider import ProviderAccount
 from models.provisioning import AccountInput, CompleteOAuth, ConnectionRef, OAuthStart, TermsRecord
@@ -15,8 +17,6 @@ from models.secret import Secret
 from providers.assertions import AssertionSigner
 from providers.connection_store import ConnectionStore
 from providers.registry import ProviderRegistry
-
-from activities.errors import adapter_errors, permanent
 
 OAUTH_CLIENT_ID = "quartermaster"
 
@@ -50,9 +50,11 @@ class AccountActivities:
             scopes=account.scopes,
         )
         return ConnectionRef(
-            provider=inp_provider, principal_id=principal_id, account_id=account.account_id,
+            provider=inp_provider,
+            principal_id=principal_id,
+            account_id=account.account_id,
             link_action=account.link_action,
-        )  # fmt: skip
+        )
 
     @activity.defn(name="find_connection")
     async def find_connection(self, ref: TermsRecord) -> ConnectionRef | None:
@@ -61,9 +63,11 @@ class AccountActivities:
         if conn is None:
             return None
         return ConnectionRef(
-            provider=ref.provider, principal_id=ref.principal_id, account_id=conn.account_id,
-            link_action=conn.link_action,  # type: ignore[arg-type]
-        )  # fmt: skip
+            provider=ref.provider,
+            principal_id=ref.principal_id,
+            account_id=conn.account_id,
+            link_action=conn.link_action,
+        )
 
     @activity.defn(name="lookup_account")
     async def lookup_account(self, inp: AccountInput) -> bool:
@@ -85,9 +89,12 @@ class AccountActivities:
         if inp.terms is None:
             raise permanent(ErrorCode.TERMS_ACCEPTANCE_REQUIRED, "no terms acceptance to present")
         self._store.record_terms(
-            principal_id=inp.principal_id, provider=inp.provider, terms_version=inp.terms.terms_version,
-            accepted_at=inp.terms.accepted_at, approval_id=inp.terms.approval_id,
-        )  # fmt: skip
+            principal_id=inp.principal_id,
+            provider=inp.provider,
+            terms_version=inp.terms.terms_version,
+            accepted_at=inp.terms.accepted_at,
+            approval_id=inp.terms.approval_id,
+        )
         with adapter_errors("account creation"):
             account = await self._registry.get(inp.provider).create_account(
                 assertion=self._assertion(inp), terms=inp.terms, idempotency_key=inp.idempotency_key
@@ -100,15 +107,22 @@ class AccountActivities:
         verifier, challenge = pkce_pair()
         state = f"{inp.idempotency_key}.{secrets.token_urlsafe(16)}"
         self._store.put_oauth_pending(
-            state=state, principal_id=inp.principal_id, provider=inp.provider, verifier=verifier,
+            state=state,
+            principal_id=inp.principal_id,
+            provider=inp.provider,
+            verifier=verifier,
             redirect_uri=self._redirect_uri,
-        )  # fmt: skip
+        )
         provider = self._registry.get(inp.provider)
         scopes: list[str] = []
         url = provider.authorization_url(
-            client_id=OAUTH_CLIENT_ID, redirect_uri=self._redirect_uri, state=state, code_challenge=challenge,
-            scopes=scopes, login_hint=inp.principal_email,
-        )  # fmt: skip
+            client_id=OAUTH_CLIENT_ID,
+            redirect_uri=self._redirect_uri,
+            state=state,
+            code_challenge=challenge,
+            scopes=scopes,
+            login_hint=inp.principal_email,
+        )
         return OAuthStart(authorization_url=url, state=state)
 
     @activity.defn(name="complete_oauth")

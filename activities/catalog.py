@@ -5,12 +5,11 @@ from __future__ import annotations
 import jsonschema
 from temporalio import activity
 
+from activities.errors import adapter_errors, permanent
 from models.catalog import Catalog
 from models.errors import ErrorCode, QuartermasterError
 from models.provisioning import DiscoverInput, Policy, Quote
 from providers.registry import ProviderRegistry, UnknownProviderError
-
-from activities.errors import adapter_errors, permanent
 
 
 def make_quote(catalog: Catalog, inp: DiscoverInput) -> Quote:
@@ -22,15 +21,20 @@ def make_quote(catalog: Catalog, inp: DiscoverInput) -> Quote:
         jsonschema.validate(inp.configuration, entry.configuration_schema)
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
-        raise QuartermasterError(ErrorCode.INVALID_CONFIGURATION, f"configuration {where}: {exc.message}") from None
+        raise QuartermasterError(
+            ErrorCode.INVALID_CONFIGURATION, f"configuration {where}: {exc.message}"
+        ) from None
     price = entry.pricing.price if entry.pricing.type == "paid" else None
     if price is not None and inp.max_price is not None:
         if inp.max_price.currency != price.currency:
             raise QuartermasterError(
-                ErrorCode.CURRENCY_MISMATCH, f"price is in {price.currency}, maximum in {inp.max_price.currency}"
+                ErrorCode.CURRENCY_MISMATCH,
+                f"price is in {price.currency}, maximum in {inp.max_price.currency}",
             )
         if price.amount > inp.max_price.amount:
-            raise QuartermasterError(ErrorCode.PRICE_ABOVE_MAXIMUM, f"price {price} is above the maximum {inp.max_price}")
+            raise QuartermasterError(
+                ErrorCode.PRICE_ABOVE_MAXIMUM, f"price {price} is above the maximum {inp.max_price}"
+            )
     interval = entry.pricing.interval if price is not None else None
     return Quote(
         service=entry,

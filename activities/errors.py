@@ -41,7 +41,9 @@ def adapter_errors(step: str) -> Iterator[None]:
     except RetryableProviderError as exc:
         delay = timedelta(seconds=exc.retry_after) if exc.retry_after else None
         raise ApplicationError(
-            f"{step}: {exc.code} (will retry)", type=str(ErrorCode.PROVIDER_UNAVAILABLE), next_retry_delay=delay
+            f"{step}: {exc.code} (will retry)",
+            type=str(ErrorCode.PROVIDER_UNAVAILABLE),
+            next_retry_delay=delay,
         ) from exc
     except PermanentProviderError as exc:
         code = _CODES.get(exc.code, ErrorCode.PROVIDER_ERROR)

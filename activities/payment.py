@@ -7,12 +7,11 @@ from datetime import UTC, datetime, timedelta
 from pydantic import BaseModel
 from temporalio import activity
 
+from activities.errors import adapter_errors
 from models.payment import Customer, PaymentMethodStatus, SetupSession
 from models.provisioning import IssuedToken, PaymentTokenInput
 from models.secret import Secret
 from providers.stripe_adapter import StripeAdapter
-
-from activities.errors import adapter_errors
 
 TOKEN_LIFETIME = timedelta(hours=1)
 
@@ -82,4 +81,6 @@ class PaymentActivities:
     @activity.defn(name="revoke_payment_token")
     async def revoke_payment_token(self, inp: RevokeTokenInput) -> None:
         with adapter_errors("stripe revoke token"):
-            await self._stripe.revoke_payment_token(token_id=inp.token_id, idempotency_key=inp.idempotency_key)
+            await self._stripe.revoke_payment_token(
+                token_id=inp.token_id, idempotency_key=inp.idempotency_key
+            )

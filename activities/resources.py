@@ -5,6 +5,7 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.errors import adapter_errors, permanent
 from models.errors import ErrorCode
 from models.provider import Resource
 from models.provisioning import (
@@ -18,8 +19,6 @@ from models.provisioning import (
 from models.secret import Secret
 from providers.connection_store import ConnectionStore
 from providers.registry import ProviderRegistry
-
-from activities.errors import adapter_errors, permanent
 
 
 class RemoveInput(ResourceRef):
@@ -46,9 +45,13 @@ class ResourceActivities:
         account = self._account(inp.principal_id, inp.provider)
         with adapter_errors("create resource"):
             return await self._registry.get(inp.provider).create_resource(
-                account=account, service_id=inp.service_id, name=inp.name, configuration=inp.configuration,
-                payment_token=inp.payment_token, idempotency_key=inp.idempotency_key,
-            )  # fmt: skip
+                account=account,
+                service_id=inp.service_id,
+                name=inp.name,
+                configuration=inp.configuration,
+                payment_token=inp.payment_token,
+                idempotency_key=inp.idempotency_key,
+            )
 
     @activity.defn(name="resource_ready")
     async def resource_ready(self, ref: ResourceRef) -> Resource:
@@ -66,26 +69,32 @@ class ResourceActivities:
     async def submit_information(self, inp: SubmitInformationInput) -> Resource:
         with adapter_errors("submit information"):
             return await self._registry.get(inp.ref.provider).submit_information(
-                account=self._account(inp.ref.principal_id, inp.ref.provider), resource_id=inp.ref.resource_id,
-                information=inp.information, idempotency_key=inp.idempotency_key,
-            )  # fmt: skip
+                account=self._account(inp.ref.principal_id, inp.ref.provider),
+                resource_id=inp.ref.resource_id,
+                information=inp.information,
+                idempotency_key=inp.idempotency_key,
+            )
 
     @activity.defn(name="remove_resource")
     async def remove_resource(self, inp: RemoveInput) -> Resource:
         with adapter_errors("remove resource"):
             return await self._registry.get(inp.provider).remove_resource(
-                account=self._account(inp.principal_id, inp.provider), resource_id=inp.resource_id,
+                account=self._account(inp.principal_id, inp.provider),
+                resource_id=inp.resource_id,
                 idempotency_key=inp.idempotency_key,
-            )  # fmt: skip
+            )
 
     @activity.defn(name="mint_credential")
     async def mint_credential(self, inp: MintInput) -> IssuedCredential:
         ref = inp.ref
         with adapter_errors("mint credential"):
             cred = await self._registry.get(ref.provider).mint_credential(
-                account=self._account(ref.principal_id, ref.provider), resource_id=ref.resource_id,
-                scopes=inp.scopes, ttl_seconds=inp.ttl_seconds, idempotency_key=inp.idempotency_key,
-            )  # fmt: skip
+                account=self._account(ref.principal_id, ref.provider),
+                resource_id=ref.resource_id,
+                scopes=inp.scopes,
+                ttl_seconds=inp.ttl_seconds,
+                idempotency_key=inp.idempotency_key,
+            )
         prefix = env_prefix(ref.provider)
         return IssuedCredential(
             credential_id=cred.credential_id,

@@ -69,6 +69,11 @@ WAITING_FOR_HUMAN = frozenset(
 )
 
 
+def code_of(value: str | None) -> ErrorCode:
+    """The ErrorCode named `value`, or UNKNOWN_ERROR for anything else (a result's code is data)."""
+    return ErrorCode(value) if value is not None and value in ErrorCode.__members__ else ErrorCode.UNKNOWN_ERROR
+
+
 def exit_code(code: ErrorCode) -> int:
     """The CLI's exit code for an error code: 2 bad input, 3 waiting for a human, 1 otherwise."""
     if code in BAD_INPUT:

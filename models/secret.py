@@ -13,6 +13,7 @@ from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
 SECRET_MARKER = "__qm_secret__"
+#: the redaction marker (not a password)
 REDACTED = "***"
 
 

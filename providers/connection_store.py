@@ -50,19 +50,31 @@ class ConnectionStore:
         self._unseal = unseal
 
     def put_connection(
-        self, *, principal_id: str, provider: str, account_id: str, link_action: str, credential: Secret,
+        self,
+        *,
+        principal_id: str,
+        provider: str,
+        account_id: str,
+        link_action: str,
+        credential: Secret,
         scopes: list[str],
-    ) -> None:  # fmt: skip
+    ) -> None:
         with self._lock:
             self._db.execute(
-                "INSERT INTO connections VALUES (?,?,?,?,?,?,?) ON CONFLICT(principal_id, provider) DO UPDATE SET "
+                "INSERT INTO connections VALUES (?,?,?,?,?,?,?) "
+                "ON CONFLICT(principal_id, provider) DO UPDATE SET "
                 "account_id=excluded.account_id, link_action=excluded.link_action, "
                 "credential=excluded.credential, scopes=excluded.scopes, updated_at=excluded.updated_at",
                 (
-                    principal_id, provider, account_id, link_action, self._seal(credential.reveal()),
-                    " ".join(scopes), datetime.now(UTC).isoformat(),
+                    principal_id,
+                    provider,
+                    account_id,
+                    link_action,
+                    self._seal(credential.reveal()),
+                    " ".join(scopes),
+                    datetime.now(UTC).isoformat(),
                 ),
-            )  # fmt: skip
+            )
 
     def get_connection(self, *, principal_id: str, provider: str) -> StoredConnection | None:
         with self._lock:
@@ -81,15 +93,22 @@ class ConnectionStore:
         with self._lock:
             self._db.execute(
                 "INSERT OR IGNORE INTO oauth_pending VALUES (?,?,?,?,?,?)",
-                (state, principal_id, provider, self._seal(verifier.reveal()), redirect_uri,
-                 datetime.now(UTC).isoformat()),
-            )  # fmt: skip
+                (
+                    state,
+                    principal_id,
+                    provider,
+                    self._seal(verifier.reveal()),
+                    redirect_uri,
+                    datetime.now(UTC).isoformat(),
+                ),
+            )
 
     def get_oauth_pending(self, state: str) -> tuple[str, str, Secret, str] | None:
         """(principal_id, provider, verifier, redirect_uri) for a state, or None."""
         with self._lock:
             row = self._db.execute(
-                "SELECT principal_id, provider, verifier, redirect_uri FROM oauth_pending WHERE state=?", (state,)
+                "SELECT principal_id, provider, verifier, redirect_uri FROM oauth_pending WHERE state=?",
+                (state,),
             ).fetchone()
         if row is None:
             return None
@@ -104,7 +123,9 @@ class ConnectionStore:
                 (principal_id, provider, terms_version, accepted_at.isoformat(), approval_id),
             )
 
-    def accepted_terms(self, *, principal_id: str, provider: str, terms_version: str) -> tuple[str, str] | None:
+    def accepted_terms(
+        self, *, principal_id: str, provider: str, terms_version: str
+    ) -> tuple[str, str] | None:
         """(accepted_at ISO, approval_id) if this principal accepted this version, else None."""
         with self._lock:
             row = self._db.execute(

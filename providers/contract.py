@@ -31,18 +31,30 @@ class Provider(Protocol):
     ) -> ProviderAccount: ...
 
     def authorization_url(
-        self, *, client_id: str, redirect_uri: str, state: str, code_challenge: str, scopes: list[str],
+        self,
+        *,
+        client_id: str,
+        redirect_uri: str,
+        state: str,
+        code_challenge: str,
+        scopes: list[str],
         login_hint: str | None = None,
-    ) -> str: ...  # fmt: skip
+    ) -> str: ...
 
     async def exchange_code(
         self, *, client_id: str, code: Secret, code_verifier: Secret, redirect_uri: str
     ) -> ProviderAccount: ...
 
     async def create_resource(
-        self, *, account: Secret, service_id: str, name: str, configuration: dict[str, Any],
-        payment_token: Secret | None, idempotency_key: str,
-    ) -> Resource: ...  # fmt: skip
+        self,
+        *,
+        account: Secret,
+        service_id: str,
+        name: str,
+        configuration: dict[str, Any],
+        payment_token: Secret | None,
+        idempotency_key: str,
+    ) -> Resource: ...
 
     async def get_resource(self, *, account: Secret, resource_id: str) -> Resource: ...
 

@@ -32,8 +32,12 @@ class PaymentDeclinedError(PermanentProviderError):
     """The card was declined (Stripe `CardError`, HTTP 402): never retried; the human must act."""
 
     def __init__(
-        self, code: str = "payment_declined", message: str = "", *, status: int | None = 402,
+        self,
+        code: str = "payment_declined",
+        message: str = "",
+        *,
+        status: int | None = 402,
         decline_code: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(code, message, status=status)
         self.decline_code = decline_code

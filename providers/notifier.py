@@ -52,11 +52,15 @@ class WebhookNotifier:
 
     async def deliver(self, *, principal_id: str, principal_email: str, message: dict[str, Any]) -> None:
         try:
-            resp = await self._http.post(self._url, json={"principal_id": principal_id, "to": principal_email, **message})
+            resp = await self._http.post(
+                self._url, json={"principal_id": principal_id, "to": principal_email, **message}
+            )
         except httpx.HTTPError as exc:
             raise RetryableProviderError("notifier_unreachable", type(exc).__name__) from exc
         if resp.status_code >= 300:
-            raise RetryableProviderError("notifier_failed", f"status {resp.status_code}", status=resp.status_code)
+            raise RetryableProviderError(
+                "notifier_failed", f"status {resp.status_code}", status=resp.status_code
+            )
 
 
 def read_inbox(inbox_dir: Path, principal_id: str) -> list[dict[str, Any]]:

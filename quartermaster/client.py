@@ -1,8 +1,8 @@
 """The Python client for agents (and the layer under the `qm` CLI).
 
-    async with QuartermasterClient.from_env() as qm:
-        wf_id = await qm.submit(request)
-        result = await qm.wait(request.request_id, timeout=60)
+async with QuartermasterClient.from_env() as qm:
+    wf_id = await qm.submit(request)
+    result = await qm.wait(request.request_id, timeout=60)
 """
 
 from __future__ import annotations
@@ -100,7 +100,9 @@ def workflow_id_for(request_id: str) -> str:
 
 
 class QuartermasterClient:
-    def __init__(self, *, temporal: Client, settings: Settings, keyring: Keyring, registry: ProviderRegistry) -> None:
+    def __init__(
+        self, *, temporal: Client, settings: Settings, keyring: Keyring, registry: ProviderRegistry
+    ) -> None:
         self.temporal = temporal
         self.settings = settings
         self.keyring = keyring
@@ -112,7 +114,12 @@ class QuartermasterClient:
         settings = Settings.from_env()
         keyring = load_keyring(settings.resolved_keys_file, create=False)
         temporal = await connect(settings, keyring)
-        yield cls(temporal=temporal, settings=settings, keyring=keyring, registry=ProviderRegistry.from_settings(settings))
+        yield cls(
+            temporal=temporal,
+            settings=settings,
+            keyring=keyring,
+            registry=ProviderRegistry.from_settings(settings),
+        )
 
     # -- discovery --------------------------------------------------------------------------------
     async def catalog(self, provider: str | None = None) -> list[Catalog]:
@@ -134,7 +141,10 @@ class QuartermasterClient:
         if "/" not in service_id:
             raise QuartermasterError(ErrorCode.INVALID_REQUEST, "a service is named provider/service")
         (catalog,) = await self.catalog(service_id.split("/", 1)[0])
-        return make_quote(catalog, DiscoverInput(service_id=service_id, configuration=configuration or {}, max_price=max_price))
+        return make_quote(
+            catalog,
+            DiscoverInput(service_id=service_id, configuration=configuration or {}, max_price=max_price),
+        )
 
     # -- provisioning -----------------------------------------------------------------------------
     async def submit(self, req: ProvisionRequest, *, prevalidate: bool = True) -> WorkflowHandle[Any, Any]:
@@ -173,10 +183,15 @@ class QuartermasterClient:
         except RPCError:
             raise QuartermasterError(ErrorCode.NOT_FOUND, f"no request {request_id}") from None
         if desc.status == CLOSED_OK:
-            result: ProvisionResult = await self.temporal.get_workflow_handle(handle.id, result_type=ProvisionResult).result()
+            result: ProvisionResult = await self.temporal.get_workflow_handle(
+                handle.id, result_type=ProvisionResult
+            ).result()
             return result
         if desc.status != WorkflowExecutionStatus.RUNNING:
-            raise QuartermasterError(ErrorCode.UNKNOWN_ERROR, f"request {request_id} ended {desc.status.name}")
+            raise QuartermasterError(
+                ErrorCode.UNKNOWN_ERROR,
+                f"request {request_id} ended {desc.status.name if desc.status else 'unknown'}",
+            )
         st: ProvisionStatus = await handle.query("status", result_type=ProvisionStatus)
         if st.pending_approvals:
             approvals = [ApprovalRequest.model_validate(a) for a in st.pending_approvals]
@@ -207,7 +222,7 @@ class QuartermasterClient:
 
     async def decide(self, decision: ApprovalDecision) -> DecisionOutcome:
         """Send a human's decision; the workflow checks the one-time code and answers."""
-        wid, sep, kind = decision.approval_id.rpartition(".")
+        wid, sep, _kind = decision.approval_id.rpartition(".")
         if not sep or not wid:
             raise QuartermasterError(ErrorCode.INVALID_REQUEST, "malformed approval id")
         handle = self.temporal.get_workflow_handle(wid)
@@ -216,7 +231,9 @@ class QuartermasterClient:
                 "submit_decision", decision, result_type=DecisionOutcome
             )
         except RPCError as err:
-            raise QuartermasterError(ErrorCode.NOT_FOUND, f"no open approval {decision.approval_id}: {err.message}") from None
+            raise QuartermasterError(
+                ErrorCode.NOT_FOUND, f"no open approval {decision.approval_id}: {err.message}"
+            ) from None
         return outcome
 
     # -- resources --------------------------------------------------------------------------------
@@ -226,25 +243,32 @@ class QuartermasterClient:
             query += f" AND {QM_PRINCIPAL.name} = '{self.keyring.principal_id(email)}'"
         out = []
         async for wf in self.temporal.list_workflows(query):
-            res: ProvisionResult = await self.temporal.get_workflow_handle(wf.id, result_type=ProvisionResult).result()
+            res: ProvisionResult = await self.temporal.get_workflow_handle(
+                wf.id, result_type=ProvisionResult
+            ).result()
             if res.resource_id is None or await self._removed(res.resource_id):
                 continue
             cred = await self._current_credential(res)
             out.append(
                 ResourceInfo(
-                    resource_id=res.resource_id, service_id=res.service_id, request_id=res.request_id,
-                    workflow_id=wf.id, credential_id=cred[0] if cred else None,
+                    resource_id=res.resource_id,
+                    service_id=res.service_id,
+                    request_id=res.request_id,
+                    workflow_id=wf.id,
+                    credential_id=cred[0] if cred else None,
                     credential_names=sorted(cred[1]) if cred else [],
                     expires_at=cred[2] if cred else None,
                 )
-            )  # fmt: skip
+            )
         return out
 
     async def _provision_of(self, resource_id: str) -> ProvisionResult:
         query = f"WorkflowType = 'ProvisionWorkflow' AND QmResource = '{resource_id}'"
         async for wf in self.temporal.list_workflows(query):
             if wf.status == CLOSED_OK:
-                res: ProvisionResult = await self.temporal.get_workflow_handle(wf.id, result_type=ProvisionResult).result()
+                res: ProvisionResult = await self.temporal.get_workflow_handle(
+                    wf.id, result_type=ProvisionResult
+                ).result()
                 if res.outcome == "completed":
                     return res
         raise QuartermasterError(ErrorCode.NOT_FOUND, f"no resource {resource_id}")
@@ -257,7 +281,9 @@ class QuartermasterClient:
             return False
         if desc.status != CLOSED_OK:
             return False
-        res: ResourceActionResult = await self.temporal.get_workflow_handle(handle.id, result_type=ResourceActionResult).result()
+        res: ResourceActionResult = await self.temporal.get_workflow_handle(
+            handle.id, result_type=ResourceActionResult
+        ).result()
         return res.outcome == "completed"
 
     async def _rotations(self, resource_id: str) -> list[ResourceActionResult]:
@@ -292,12 +318,19 @@ class QuartermasterClient:
         rotations = await self._rotations(resource_id)
         creds = [r.credential.credential_id for r in rotations if r.credential]
         creds += [res.credential.credential_id] if res.credential else []
-        req = RemoveRequest(resource_id=resource_id, service_id=res.service_id, actor=actor, credential_ids=creds)
+        req = RemoveRequest(
+            resource_id=resource_id, service_id=res.service_id, actor=actor, credential_ids=creds
+        )
         result: ResourceActionResult = await self.temporal.execute_workflow(
-            "RemoveResourceWorkflow", req, id=f"remove-{resource_id}", task_queue=self.settings.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, result_type=ResourceActionResult,
-            static_summary=f"remove {resource_id}", execution_timeout=timedelta(hours=1),
-        )  # fmt: skip
+            "RemoveResourceWorkflow",
+            req,
+            id=f"remove-{resource_id}",
+            task_queue=self.settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            result_type=ResourceActionResult,
+            static_summary=f"remove {resource_id}",
+            execution_timeout=timedelta(hours=1),
+        )
         return result
 
     async def rotate(self, resource_id: str, actor: Actor, request_id: str) -> ResourceActionResult:
@@ -305,12 +338,20 @@ class QuartermasterClient:
         rotations = await self._rotations(resource_id)
         current = rotations[0].credential if rotations else res.credential
         req = RotateRequest(
-            resource_id=resource_id, service_id=res.service_id, request_id=request_id, actor=actor,
-            scopes=current.scopes if current else [], credential_ids=[current.credential_id] if current else [],
-        )  # fmt: skip
+            resource_id=resource_id,
+            service_id=res.service_id,
+            request_id=request_id,
+            actor=actor,
+            scopes=current.scopes if current else [],
+            credential_ids=[current.credential_id] if current else [],
+        )
         result: ResourceActionResult = await self.temporal.execute_workflow(
-            "RotateCredentialWorkflow", req, id=f"rotate-{resource_id}-{request_id}",
-            task_queue=self.settings.task_queue, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            result_type=ResourceActionResult, static_summary=f"rotate the credential of {resource_id}",
-        )  # fmt: skip
+            "RotateCredentialWorkflow",
+            req,
+            id=f"rotate-{resource_id}-{request_id}",
+            task_queue=self.settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            result_type=ResourceActionResult,
+            static_summary=f"rotate the credential of {resource_id}",
+        )
         return result

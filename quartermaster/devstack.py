@@ -78,15 +78,23 @@ def child_env(data_dir: Path, p: dict[str, int]) -> dict[str, str]:
 def components(data_dir: Path, p: dict[str, int]) -> list[Component]:
     py = sys.executable
     temporal = [
-        str(BIN / "temporal"), "server", "start-dev",
-        "--ip", "127.0.0.1",
-        "--port", str(p["temporal"]),
-        "--ui-port", str(p["ui"]),
-        "--db-filename", str(data_dir / "temporal.sqlite"),
-        "--ui-codec-endpoint", f"http://127.0.0.1:{p['codec']}",
-        "--log-level", "error",
+        str(BIN / "temporal"),
+        "server",
+        "start-dev",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(p["temporal"]),
+        "--ui-port",
+        str(p["ui"]),
+        "--db-filename",
+        str(data_dir / "temporal.sqlite"),
+        "--ui-codec-endpoint",
+        f"http://127.0.0.1:{p['codec']}",
+        "--log-level",
+        "error",
         "--ui-disable-news-fetch",
-    ]  # fmt: skip
+    ]
     for key in SEARCH_ATTRIBUTES:
         temporal += ["--search-attribute", f"{key.name}=Keyword"]
     sims = [
@@ -186,9 +194,13 @@ def run(data_dir: Path, offset: int = 0) -> int:
     try:
         for comp in components(data_dir, p):
             comp.proc = subprocess.Popen(
-                comp.argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509
-            )  # fmt: skip
+                comp.argv,
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
             started.append(comp)
             threading.Thread(target=_pump, args=(comp.name, comp.proc.stdout), daemon=True).start()
             if comp.port is not None and not _wait_port(comp.port, comp.proc):
@@ -198,7 +210,7 @@ def run(data_dir: Path, offset: int = 0) -> int:
                 return 1
             if stopping.is_set():
                 return 130
-        print("\nQuartermaster dev stack is up (data in %s):" % data_dir)
+        print(f"\nQuartermaster dev stack is up (data in {data_dir}):")
         for comp in started:
             print(f"  {comp.name:8} {comp.url}")
         print("  Ctrl-C stops everything.\n", flush=True)

@@ -29,7 +29,9 @@ log = logging.getLogger("quartermaster.gateway")
 
 def assertion_signer(settings: Settings) -> AssertionSigner:
     """The one place the signer is loaded: worker (signs) and gateway (publishes the JWKS)."""
-    return AssertionSigner.load_or_create(settings.data_dir / "assertion-keys.json", issuer=settings.public_url)
+    return AssertionSigner.load_or_create(
+        settings.data_dir / "assertion-keys.json", issuer=settings.public_url
+    )
 
 
 def webhook_secret(settings: Settings) -> str | None:
@@ -41,12 +43,15 @@ def webhook_secret(settings: Settings) -> str | None:
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(
-        f"<!doctype html><title>{html.escape(title)}</title><h1>{html.escape(title)}</h1><p>{html.escape(body)}</p>",
+        f"<!doctype html><title>{html.escape(title)}</title>"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(body)}</p>",
         status_code=status,
     )
 
 
-def create_app(*, settings: Settings, client: Client, signer: AssertionSigner, inbox: Any | None) -> Starlette:
+def create_app(
+    *, settings: Settings, client: Client, signer: AssertionSigner, inbox: Any | None
+) -> Starlette:
     """`inbox` is a `quartermaster.stripe_webhooks.WebhookInbox` (None: webhooks disabled)."""
 
     async def jwks(_: Request) -> JSONResponse:
@@ -64,9 +69,13 @@ def create_app(*, settings: Settings, client: Client, signer: AssertionSigner, i
         try:
             await client.get_workflow_handle(workflow_id).signal("oauth_callback", callback)
         except RPCError:
-            return _page("Request not found", "The request this consent belonged to is no longer waiting.", 404)
+            return _page(
+                "Request not found", "The request this consent belonged to is no longer waiting.", 404
+            )
         if error:
-            return _page("Consent refused", "Quartermaster will not link the account. You can close this tab.")
+            return _page(
+                "Consent refused", "Quartermaster will not link the account. You can close this tab."
+            )
         return _page("Account linked", "Quartermaster completes the link now. You can close this tab.")
 
     async def stripe_webhook(request: Request) -> Response:
@@ -133,7 +142,9 @@ def main() -> None:
 
     async def serve() -> None:
         client = await connect(settings, load_keyring(settings.resolved_keys_file, create=settings.dev))
-        app = create_app(settings=settings, client=client, signer=assertion_signer(settings), inbox=build_inbox(settings))
+        app = create_app(
+            settings=settings, client=client, signer=assertion_signer(settings), inbox=build_inbox(settings)
+        )
         server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
         await server.serve()
 

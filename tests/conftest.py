@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import hypothesis  # noqa: F401 - imported now: its plugin's late import can trip a CPython 3.11.7 AST bug
 import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -52,10 +53,12 @@ async def temporal_env(keyring: Keyring) -> AsyncIterator[WorkflowEnvironment]:
         search_attributes=SEARCH_ATTRIBUTES,
         dev_server_log_level="error",
         dev_server_extra_args=[
-            "--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true",
-            "--dynamic-config-value", "frontend.enableExecuteMultiOperation=true",
+            "--dynamic-config-value",
+            "frontend.enableUpdateWorkflowExecution=true",
+            "--dynamic-config-value",
+            "frontend.enableExecuteMultiOperation=true",
         ],
-    )  # fmt: skip
+    )
     yield env
     await env.shutdown()
 

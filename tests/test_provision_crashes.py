@@ -57,9 +57,11 @@ async def test_worker_killed_between_commit_and_response(stack: Stack) -> None:
     task_queue = f"qm-crash-{uuid.uuid4().hex[:6]}"
     settings = stack.settings.model_copy(update={"task_queue": task_queue})
     qm = QuartermasterClient(
-        temporal=stack.client, settings=settings, keyring=stack.keyring,
+        temporal=stack.client,
+        settings=settings,
+        keyring=stack.keyring,
         registry=ProviderRegistry.from_settings(settings),
-    )  # fmt: skip
+    )
     address = stack.client.service_client.config.target_host
     email = new_email()
     req = stack.request("cloud/r2", email)
@@ -99,7 +101,10 @@ async def test_dev_server_killed_while_waiting_for_approval(stack: Stack, tmp_pa
     with temporal_dev_server(db, codec_endpoint=None, port=port, ui_port=free_port()) as server:
         client = await connect_when_ready(server.address, converter)
         qm = QuartermasterClient(
-            temporal=client, settings=settings, keyring=stack.keyring, registry=ProviderRegistry.from_settings(settings)
+            temporal=client,
+            settings=settings,
+            keyring=stack.keyring,
+            registry=ProviderRegistry.from_settings(settings),
         )
         req = stack.request("cloud/workers", email)
         async with worker_module.build_worker(client, settings, stack.keyring):
@@ -116,7 +121,10 @@ async def test_dev_server_killed_while_waiting_for_approval(stack: Stack, tmp_pa
     with temporal_dev_server(db, codec_endpoint=None, port=port, ui_port=free_port()) as server:
         client = await connect_when_ready(server.address, converter)
         qm = QuartermasterClient(
-            temporal=client, settings=settings, keyring=stack.keyring, registry=ProviderRegistry.from_settings(settings)
+            temporal=client,
+            settings=settings,
+            keyring=stack.keyring,
+            registry=ProviderRegistry.from_settings(settings),
         )
         async with worker_module.build_worker(client, settings, stack.keyring):
             pending = await qm.approvals(email)  # the restarted server still lists it
@@ -126,11 +134,18 @@ async def test_dev_server_killed_while_waiting_for_approval(stack: Stack, tmp_pa
             from models.secret import Secret
 
             outcome = await qm.decide(
-                ApprovalDecision(approval_id=approval_id, decision="approve", code=Secret(stack.code_for(approval_id, email)))
+                ApprovalDecision(
+                    approval_id=approval_id,
+                    decision="approve",
+                    code=Secret(stack.code_for(approval_id, email)),
+                )
             )
             assert outcome.status == "ACCEPTED"
             res = await asyncio.wait_for(
-                client.get_workflow_handle(f"provision-{req.request_id}", result_type=ProvisionResult).result(), 60
+                client.get_workflow_handle(
+                    f"provision-{req.request_id}", result_type=ProvisionResult
+                ).result(),
+                60,
             )
     assert res.outcome == "completed", res
     assert len(await resources_named(stack, "cloud", req.name)) == 1

@@ -105,10 +105,16 @@ async def test_terms_acceptance_is_remembered(stack: Stack) -> None:
 @pytest.mark.parametrize("gate", ["terms", "payment_method", "oauth_consent", "purchase"])
 async def test_deny_at_each_gate_leaves_nothing(stack: Stack, gate: str) -> None:
     email = new_email()
-    service = {"terms": "cloud/r2", "payment_method": "cloud/r2", "oauth_consent": "mail/send:starter",
-               "purchase": "cloud/registrar:domain"}[gate]  # fmt: skip
+    service = {
+        "terms": "cloud/r2",
+        "payment_method": "cloud/r2",
+        "oauth_consent": "mail/send:starter",
+        "purchase": "cloud/registrar:domain",
+    }[gate]
     contact = {"name": "Alice", "email": "alice@example.com", "country": "DE"}
-    config = {"domain": f"{secrets.token_hex(4)}.dev", "registrant_contact": contact} if gate == "purchase" else {}
+    config = (
+        {"domain": f"{secrets.token_hex(4)}.dev", "registrant_contact": contact} if gate == "purchase" else {}
+    )
     if gate == "oauth_consent":
         await stack.seed_account("mail", email)
     req = stack.request(service, email, configuration=config)

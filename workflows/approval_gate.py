@@ -8,7 +8,6 @@ the approval as denied. A timeout is caught and returned as an outcome, never le
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -88,7 +87,7 @@ class ApprovalGate:
             entry.decision = d
             return DecisionOutcome(status="ACCEPTED", approval_id=d.approval_id)
         self.attempts.append(RejectedAttempt(d.approval_id, status))
-        return DecisionOutcome(status=status, approval_id=d.approval_id)  # type: ignore[arg-type]
+        return DecisionOutcome(status=status, approval_id=d.approval_id)
 
     async def ask(
         self,
@@ -141,7 +140,7 @@ class ApprovalGate:
             while True:
                 remaining = deadline - workflow.now()
                 if remaining <= timedelta(0):
-                    raise asyncio.TimeoutError
+                    raise TimeoutError
                 try:
                     await workflow.wait_condition(
                         lambda: entry.decision is not None or entry.locked_out or satisfied(),
@@ -149,7 +148,7 @@ class ApprovalGate:
                         timeout_summary=f"{kind} approval",
                     )
                     break
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if poll is None or workflow.now() >= deadline:
                         raise
                     if await poll():
@@ -157,15 +156,22 @@ class ApprovalGate:
             if entry.locked_out:
                 result = GateResult("locked_out")
             elif entry.decision is not None:
-                result = GateResult("approved" if entry.decision.decision == "approve" else "denied", entry.decision)
+                result = GateResult(
+                    "approved" if entry.decision.decision == "approve" else "denied", entry.decision
+                )
             else:
                 result = GateResult("approved")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             result = GateResult("timed_out")
-        finally:
-            self.open.pop(approval_id, None)
-            self.closed.add(approval_id)
-            self._publish()
-            workflow.upsert_search_attributes([QM_STATE.value_set(State.RUNNING), QM_AWAITING.value_unset()])
-            workflow.set_current_details("")
+        except Exception:  # not `finally`: an evicted workflow (GeneratorExit) must not touch the runtime
+            self._close(approval_id)
+            raise
+        self._close(approval_id)
         return result
+
+    def _close(self, approval_id: str) -> None:
+        self.open.pop(approval_id, None)
+        self.closed.add(approval_id)
+        self._publish()
+        workflow.upsert_search_attributes([QM_STATE.value_set(State.RUNNING), QM_AWAITING.value_unset()])
+        workflow.set_current_details("")

@@ -18,6 +18,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    import email_validator  # noqa: F401  (pydantic's EmailStr imports it lazily, inside the sandbox)
+
     from models.approval import ApprovalDecision, ApprovalRequest, DecisionOutcome
     from models.audit import AuditEvent
     from models.limits import (

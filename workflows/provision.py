@@ -16,7 +16,10 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.payment import ResolveCustomer, RevokeTokenInput, SetupInput
+    from activities.resources import RemoveInput
     from models.approval import ApprovalDecision, ApprovalKind, DecisionOutcome
+    from models.audit import AuditAction
     from models.errors import ErrorCode
     from models.ledger import (
         CommitLayers,
@@ -59,30 +62,32 @@ with workflow.unsafe.imports_passed_through():
         QM_PROVIDER,
         QM_RESOURCE,
         QM_SERVICE,
-        QM_STATE,
         QM_SESSION,
+        QM_STATE,
         State,
     )
-    from activities.payment import ResolveCustomer, RevokeTokenInput, SetupInput
-    from activities.resources import RemoveInput
 
 #: provider and Stripe calls: retried with backoff, given up after a bounded time
-CALL = {
+CALL: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=15),  # adapters time out after 10 s
     "schedule_to_close_timeout": timedelta(minutes=10),
-    "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
+    ),
 }
 #: compensations must finish: no overall deadline
-UNDO = {
+UNDO: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),
     "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)),
 }
 #: polling a pending resource: the retry policy is the poll
-POLL = {
+POLL: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),
     "schedule_to_close_timeout": timedelta(minutes=30),
     "retry_policy": RetryPolicy(
-        initial_interval=timedelta(milliseconds=500), backoff_coefficient=1.5, maximum_interval=timedelta(seconds=10)
+        initial_interval=timedelta(milliseconds=500),
+        backoff_coefficient=1.5,
+        maximum_interval=timedelta(seconds=10),
     ),
 }
 WAITING_CODES: dict[str, ErrorCode] = {
@@ -125,17 +130,22 @@ class ProvisionWorkflow:
     # -- handlers ---------------------------------------------------------------------------------
     @workflow.update(name="submit_decision")
     async def submit_decision(self, decision: ApprovalDecision) -> DecisionOutcome:
-        outcome = self.gate.decide(decision)  # before any await: atomic
-        if outcome.status != "ACCEPTED" and self.audit is not None:
-            await self.audit.record(
-                "approval.forged_attempt", outcome="refused", reason=outcome.status,
-                details={"approval_id": decision.approval_id},
-            )  # fmt: skip
-        return outcome
+        return await self._decide(decision)
 
     @workflow.signal(name="decide")
     async def decide(self, decision: ApprovalDecision) -> None:
-        await self.submit_decision(decision)
+        await self._decide(decision)
+
+    async def _decide(self, decision: ApprovalDecision) -> DecisionOutcome:
+        outcome = self.gate.decide(decision)  # before any await: atomic
+        if outcome.status != "ACCEPTED" and self.audit is not None:
+            await self.audit.record(
+                "approval.forged_attempt",
+                outcome="refused",
+                reason=outcome.status,
+                details={"approval_id": decision.approval_id},
+            )
+        return outcome
 
     @workflow.signal(name="oauth_callback")
     def oauth_callback(self, callback: OAuthCallback) -> None:
@@ -165,7 +175,9 @@ class ProvisionWorkflow:
     async def run(self, req: ProvisionRequest) -> ProvisionResult:
         self.req = req
         self.wid = workflow.info().workflow_id
-        self.result = ProvisionResult(request_id=req.request_id, outcome="rejected", service_id=req.service_id)
+        self.result = ProvisionResult(
+            request_id=req.request_id, outcome="rejected", service_id=req.service_id
+        )
         try:
             await self._provision(req)
             self.result.outcome = "completed"
@@ -183,22 +195,31 @@ class ProvisionWorkflow:
             await self.audit.record(
                 "request.completed" if self.result.outcome == "completed" else "request.failed",
                 outcome="success" if self.result.outcome == "completed" else "failure",
-                reason=self.result.error_code, resource_id=self.result.resource_id,
-            )  # fmt: skip
+                reason=self.result.error_code,
+                resource_id=self.result.resource_id,
+            )
             await self.audit.flush()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.result
 
-    async def _call(self, activity: str, arg: Any, result_type: type | None, summary: str, **opts: Any) -> Any:
+    async def _call(
+        self, activity: str, arg: Any, result_type: type | None, summary: str, **opts: Any
+    ) -> Any:
         options = {**CALL, **opts}
         try:
             return await workflow.execute_activity(
-                activity, args=[] if arg is None else [arg], result_type=result_type, summary=summary, **options
+                activity,
+                args=[] if arg is None else [arg],
+                result_type=result_type,
+                summary=summary,
+                **options,
             )
         except ActivityError as err:
             raise stop_from(err) from None
 
-    async def _ask(self, kind: ApprovalKind, summary: str, details: dict[str, Any], **wait: Any) -> ApprovalDecision | None:
+    async def _ask(
+        self, kind: ApprovalKind, summary: str, details: dict[str, Any], **wait: Any
+    ) -> ApprovalDecision | None:
         """A human gate. Returns the decision (None when satisfied otherwise); raises Stop on deny."""
         approval_id = f"{self.wid}.{kind}"
         n = sum(1 for a in self.gate.closed if a.startswith(approval_id))
@@ -208,19 +229,31 @@ class ProvisionWorkflow:
         self.step = f"awaiting {kind} approval"
         await self.audit.record("approval.requested", details={"approval_id": approval_id, "kind": kind})
         res = await self.gate.ask(
-            approval_id=approval_id, kind=kind, principal_id=self.principal_id,
-            principal_email=str(self.req.actor.principal_email), summary=summary, details=details,
-            timeout=timedelta(seconds=self.policy.approval_timeout_seconds), **wait,
-        )  # fmt: skip
+            approval_id=approval_id,
+            kind=kind,
+            principal_id=self.principal_id,
+            principal_email=str(self.req.actor.principal_email),
+            summary=summary,
+            details=details,
+            timeout=timedelta(seconds=self.policy.approval_timeout_seconds),
+            **wait,
+        )
         if res.status == "approved":
             await self.audit.record(
-                "approval.granted", approved_by=self.principal_id if res.decision else None,
-                details={"approval_id": approval_id, "kind": kind, "via": "code" if res.decision else "provider"},
-            )  # fmt: skip
+                "approval.granted",
+                approved_by=self.principal_id if res.decision else None,
+                details={
+                    "approval_id": approval_id,
+                    "kind": kind,
+                    "via": "code" if res.decision else "provider",
+                },
+            )
             return res.decision
-        action = "approval.timed_out" if res.status == "timed_out" else "approval.denied"
+        action: AuditAction = "approval.timed_out" if res.status == "timed_out" else "approval.denied"
         reason = res.decision.reason if res.decision and res.decision.reason else res.status
-        await self.audit.record(action, outcome="refused", reason=reason, details={"approval_id": approval_id})
+        await self.audit.record(
+            action, outcome="refused", reason=reason, details={"approval_id": approval_id}
+        )
         if res.status == "timed_out":
             raise Stop(ErrorCode.APPROVAL_TIMED_OUT, f"{kind} approval timed out")
         if res.status == "locked_out":
@@ -233,7 +266,9 @@ class ProvisionWorkflow:
         # 0. who is asking, and may they
         auth: Authorization = await self._call(
             "authorize_actor",
-            AuthorizationRequest(actor=req.actor, service_id=req.service_id, amount=req.max_price, action="provision"),
+            AuthorizationRequest(
+                actor=req.actor, service_id=req.service_id, amount=req.max_price, action="provision"
+            ),
             Authorization,
             "authorize the actor",
         )
@@ -242,9 +277,14 @@ class ProvisionWorkflow:
         self.result.principal_id = auth.principal_id
         self.result.agent_chain = auth.agent_chain
         self.audit = AuditTrail(
-            workflow_id=self.wid, principal_id=auth.principal_id, agent_chain=auth.agent_chain,
-            session_ids=auth.session_ids, request_id=req.request_id, provider=provider, service_id=req.service_id,
-        )  # fmt: skip
+            workflow_id=self.wid,
+            principal_id=auth.principal_id,
+            agent_chain=auth.agent_chain,
+            session_ids=auth.session_ids,
+            request_id=req.request_id,
+            provider=provider,
+            service_id=req.service_id,
+        )
         attrs = [
             QM_PRINCIPAL.value_set(auth.principal_id),
             QM_PROVIDER.value_set(provider),
@@ -266,7 +306,9 @@ class ProvisionWorkflow:
         self.step = "discover"
         quote: Quote = await self._call(
             "discover",
-            DiscoverInput(service_id=req.service_id, configuration=req.configuration, max_price=req.max_price),
+            DiscoverInput(
+                service_id=req.service_id, configuration=req.configuration, max_price=req.max_price
+            ),
             Quote,
             f"discover {req.service_id}",
         )
@@ -274,20 +316,23 @@ class ProvisionWorkflow:
         scopes = req.scopes or offered
         if auth.allowed_scopes is not None:
             scopes = [s for s in scopes if s in auth.allowed_scopes]
-        if not set(scopes) <= set(offered) or not scopes and offered:
-            raise Stop(ErrorCode.INVALID_REQUEST, "requested scopes are not offered by the service or not allowed")
+        if not set(scopes) <= set(offered) or (not scopes and offered):
+            raise Stop(
+                ErrorCode.INVALID_REQUEST, "requested scopes are not offered by the service or not allowed"
+            )
 
         # 3. identity
         self.step = "identity"
         customer: Customer = await self._call(
             "resolve_customer",
             ResolveCustomer(
-                email=str(req.actor.principal_email), principal_id=self.principal_id,
+                email=str(req.actor.principal_email),
+                principal_id=self.principal_id,
                 idempotency_key=f"customer-{self.principal_id}",
             ),
             Customer,
             "resolve the principal's Stripe customer",
-        )  # fmt: skip
+        )
 
         # 4. account
         self.step = "account"
@@ -305,13 +350,17 @@ class ProvisionWorkflow:
         resource: Resource = await self._call(
             "create_resource",
             CreateResourceInput(
-                principal_id=self.principal_id, provider=provider, service_id=req.service_id, name=req.name,
-                configuration=req.configuration, payment_token=token.token_id if token else None,
+                principal_id=self.principal_id,
+                provider=provider,
+                service_id=req.service_id,
+                name=req.name,
+                configuration=req.configuration,
+                payment_token=token.token_id if token else None,
                 idempotency_key=f"{self.wid}:create",
             ),
             Resource,
             f"create {req.service_id} {req.name}",
-        )  # fmt: skip
+        )
         ref = ResourceRef(principal_id=self.principal_id, provider=provider, resource_id=resource.resource_id)
         if quote.reversible:
             self.undo.append(("remove_resource", ref))
@@ -339,17 +388,22 @@ class ProvisionWorkflow:
             f"mint a {ttl}s credential",
         )
         self.result.credential = cred
-        await self.audit.record("credential.minted", resource_id=ref.resource_id, credential_id=cred.credential_id)
+        await self.audit.record(
+            "credential.minted", resource_id=ref.resource_id, credential_id=cred.credential_id
+        )
         if auth.session_ids:
             await self._call(
                 "record_credential",
                 RecordCredential(
-                    session_id=auth.session_ids[-1], provider=provider, credential_id=cred.credential_id,
-                    account_ref=self.principal_id, expires_at=cred.expires_at,
+                    session_id=auth.session_ids[-1],
+                    provider=provider,
+                    credential_id=cred.credential_id,
+                    account_ref=self.principal_id,
+                    expires_at=cred.expires_at,
                 ),
                 None,
                 "record the credential on the session",
-            )  # fmt: skip
+            )
         self.undo.clear()  # fully done: nothing to compensate any more
         self.step = "done"
 
@@ -365,10 +419,15 @@ class ProvisionWorkflow:
         if existing is not None:
             return existing
         inp = AccountInput(
-            provider=provider, principal_id=self.principal_id, principal_email=str(req.actor.principal_email),
-            customer_id=customer.customer_id, idempotency_key=f"{self.wid}.oauth_consent",
-        )  # fmt: skip
-        exists: bool = await self._call("lookup_account", inp, bool, f"does the principal have a {provider} account")
+            provider=provider,
+            principal_id=self.principal_id,
+            principal_email=str(req.actor.principal_email),
+            customer_id=customer.customer_id,
+            idempotency_key=f"{self.wid}.oauth_consent",
+        )
+        exists: bool = await self._call(
+            "lookup_account", inp, bool, f"does the principal have a {provider} account"
+        )
         if exists:
             start: OAuthStart = await self._call("start_oauth", inp, OAuthStart, "start OAuth + PKCE")
             await self._ask(
@@ -382,13 +441,17 @@ class ProvisionWorkflow:
                 raise Stop(ErrorCode.APPROVAL_DENIED, f"OAuth consent refused at {provider}")
             conn: ConnectionRef = await self._call(
                 "complete_oauth",
-                CompleteOAuth(provider=provider, principal_id=self.principal_id, state=start.state, code=cb.code),
+                CompleteOAuth(
+                    provider=provider, principal_id=self.principal_id, state=start.state, code=cb.code
+                ),
                 ConnectionRef,
                 "exchange the authorization code",
             )
             await self.audit.record("account.linked", details={"link_action": conn.link_action})
             return conn
-        record = TermsRecord(principal_id=self.principal_id, provider=provider, terms_version=quote.terms_version)
+        record = TermsRecord(
+            principal_id=self.principal_id, provider=provider, terms_version=quote.terms_version
+        )
         approval_id = f"{self.wid}.terms"
         if not await self._call("terms_accepted", record, bool, "terms accepted before?"):
             await self._ask(
@@ -398,9 +461,11 @@ class ProvisionWorkflow:
             )
             await self.audit.record("terms.accepted", details={"terms_version": quote.terms_version})
         inp.terms = TermsAcceptance(
-            terms_version=quote.terms_version, accepted_at=workflow.now(), accepted_by=self.principal_id,
+            terms_version=quote.terms_version,
+            accepted_at=workflow.now(),
+            accepted_by=self.principal_id,
             approval_id=approval_id,
-        )  # fmt: skip
+        )
         inp.idempotency_key = f"{self.wid}:account"
         conn = await self._call("create_account", inp, ConnectionRef, f"create a {provider} account")
         await self.audit.record("account.created", details={"link_action": conn.link_action})
@@ -415,7 +480,11 @@ class ProvisionWorkflow:
         if not pm.has_payment_method:
             setup: SetupSession = await self._call(
                 "create_setup_session",
-                SetupInput(customer_id=customer.customer_id, workflow_id=self.wid, idempotency_key=f"{self.wid}:setup"),
+                SetupInput(
+                    customer_id=customer.customer_id,
+                    workflow_id=self.wid,
+                    idempotency_key=f"{self.wid}:setup",
+                ),
                 SetupSession,
                 "Checkout setup session",
             )
@@ -423,7 +492,10 @@ class ProvisionWorkflow:
 
             async def poll() -> bool:
                 status: PaymentMethodStatus = await self._call(
-                    "payment_method_status", customer.customer_id, PaymentMethodStatus, "payment method attached?"
+                    "payment_method_status",
+                    customer.customer_id,
+                    PaymentMethodStatus,
+                    "payment method attached?",
                 )
                 latest.append(status)
                 return status.has_payment_method
@@ -445,20 +517,28 @@ class ProvisionWorkflow:
             await self._ask(
                 "purchase",
                 f"approve an irreversible purchase of {req.service_id} '{req.name}' for {amount}",
-                {"amount": amount.model_dump(), "service_id": req.service_id, "name": req.name, "reversible": False},
+                {
+                    "amount": amount.model_dump(),
+                    "service_id": req.service_id,
+                    "name": req.name,
+                    "reversible": False,
+                },
             )
         await self._reserve(req, amount)
         assert pm.payment_method_id is not None
         token: IssuedToken = await self._call(
             "issue_payment_token",
             PaymentTokenInput(
-                customer_id=customer.customer_id, payment_method_id=pm.payment_method_id, provider=req.provider,
-                amount=amount, idempotency_key=f"{self.wid}:payment-token",
+                customer_id=customer.customer_id,
+                payment_method_id=pm.payment_method_id,
+                provider=req.provider,
+                amount=amount,
+                idempotency_key=f"{self.wid}:payment-token",
                 metadata={"qm_workflow_id": self.wid, "qm_request_id": req.request_id},
             ),
             IssuedToken,
             f"payment token for {amount} at {req.provider}",
-        )  # fmt: skip
+        )
         self.undo.append(("revoke_payment_token", token))
         await self.audit.record("payment_token.issued", amount=amount)
         return token
@@ -467,13 +547,17 @@ class ProvisionWorkflow:
         layers = [
             LedgerLayer(
                 ledger_id=monthly_ledger_id(self.principal_id, req.provider, workflow.now()),
-                limit=Money(amount=10_000, currency=amount.currency),  # monthly: the ledger reads the real limit
+                limit=Money(
+                    amount=10_000, currency=amount.currency
+                ),  # monthly: the ledger reads the real limit
                 kind="monthly",
             )
         ]
         layers += [LedgerLayer.model_validate(layer) for layer in self.auth.budget_layers]
         if req.budget is not None:
-            layers.append(LedgerLayer(ledger_id=f"budget-request-{req.request_id}", limit=req.budget, kind="budget"))
+            layers.append(
+                LedgerLayer(ledger_id=f"budget-request-{req.request_id}", limit=req.budget, kind="budget")
+            )
         return layers
 
     async def _reserve(self, req: ProvisionRequest, amount: Money) -> None:
@@ -485,23 +569,34 @@ class ProvisionWorkflow:
             out: LayeredReserveOutcome = await self._call(
                 "reserve_spend",
                 ReserveLayers(
-                    purchase_id=purchase_id, amount=amount, layers=self.layers, principal_id=self.principal_id,
+                    purchase_id=purchase_id,
+                    amount=amount,
+                    layers=self.layers,
+                    principal_id=self.principal_id,
                     override_approval_id=override,
                 ),
                 LayeredReserveOutcome,
                 f"reserve {amount} under every limit",
-            )  # fmt: skip
+            )
             if out.ok:
-                self.undo.append(("release_spend", ReleaseLayers(purchase_id=purchase_id, layers=self.layers)))
+                self.undo.append(
+                    ("release_spend", ReleaseLayers(purchase_id=purchase_id, layers=self.layers))
+                )
                 return
             refused = out.refused_by
             if refused is None or refused.kind != "monthly" or override is not None:
-                raise Stop(ErrorCode.BUDGET_EXCEEDED, f"{amount} does not fit the budget {refused.ledger_id if refused else ''}")
+                raise Stop(
+                    ErrorCode.BUDGET_EXCEEDED,
+                    f"{amount} does not fit the budget {refused.ledger_id if refused else ''}",
+                )
             o = out.outcome
             details = {"amount": amount.model_dump(), "provider": req.provider}
             if o is not None:
-                details |= {"limit": o.limit.model_dump(), "committed": o.committed.model_dump(),
-                            "reserved": o.reserved.model_dump()}  # fmt: skip
+                details |= {
+                    "limit": o.limit.model_dump(),
+                    "committed": o.committed.model_dump(),
+                    "reserved": o.reserved.model_dump(),
+                }
             await self._ask(
                 "spend_limit",
                 f"{amount} at {req.provider} would exceed this month's limit"
@@ -552,12 +647,16 @@ class ProvisionWorkflow:
             info = decision.information if decision and decision.information else {}
             resource = await self._call(
                 "submit_information",
-                SubmitInformationInput(ref=ref, information=info, idempotency_key=f"{self.wid}:information-{round_}"),
+                SubmitInformationInput(
+                    ref=ref, information=info, idempotency_key=f"{self.wid}:information-{round_}"
+                ),
                 Resource,
                 "submit the missing information",
             )
         if resource.status != "complete":
-            raise Stop(ErrorCode.PROVIDER_ERROR, f"resource ended {resource.status}: {resource.error_message or ''}")
+            raise Stop(
+                ErrorCode.PROVIDER_ERROR, f"resource ended {resource.status}: {resource.error_message or ''}"
+            )
         return resource
 
     async def _compensate(self) -> None:
@@ -576,7 +675,9 @@ class ProvisionWorkflow:
                 )
                 self.result.compensations.append("resource removed")
                 if self.audit:
-                    await self.audit.record("resource.removed", reason="compensation", resource_id=arg.resource_id)
+                    await self.audit.record(
+                        "resource.removed", reason="compensation", resource_id=arg.resource_id
+                    )
             elif kind == "release_spend":
                 await workflow.execute_activity(
                     "release_spend", arg, summary="compensate: release the spend reservation", **UNDO

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -26,7 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.provision import CALL, Stop, stop_from
     from workflows.search_attributes import QM_AGENT, QM_PRINCIPAL, QM_PROVIDER, QM_RESOURCE, QM_SERVICE
 
-UNTIL_DONE = {
+UNTIL_DONE: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),
     "retry_policy": RetryPolicy(maximum_interval=timedelta(minutes=1)),
 }
@@ -35,10 +36,10 @@ UNTIL_DONE = {
 async def _authorize(actor: object, service_id: str, action: str) -> Authorization:
     auth: Authorization = await workflow.execute_activity(
         "authorize_actor",
-        AuthorizationRequest(actor=actor, service_id=service_id, amount=None, action=action),  # type: ignore[arg-type]
+        AuthorizationRequest(actor=actor, service_id=service_id, amount=None, action=action),
         result_type=Authorization,
         summary=f"authorize {action}",
-        **CALL,  # type: ignore[arg-type]
+        **CALL,
     )
     return auth
 
@@ -57,10 +58,14 @@ def _tag(auth: Authorization, service_id: str, resource_id: str) -> None:
 
 def _trail(auth: Authorization, service_id: str, resource_id: str) -> AuditTrail:
     return AuditTrail(
-        workflow_id=workflow.info().workflow_id, principal_id=auth.principal_id, agent_chain=auth.agent_chain,
-        session_ids=auth.session_ids, provider=service_id.split("/", 1)[0], service_id=service_id,
+        workflow_id=workflow.info().workflow_id,
+        principal_id=auth.principal_id,
+        agent_chain=auth.agent_chain,
+        session_ids=auth.session_ids,
+        provider=service_id.split("/", 1)[0],
+        service_id=service_id,
         resource_id=resource_id,
-    )  # fmt: skip
+    )
 
 
 @workflow.defn(name="RemoveResourceWorkflow")
@@ -71,32 +76,47 @@ class RemoveResourceWorkflow:
         auth = await _authorize(req.actor, req.service_id, "remove")
         _tag(auth, req.service_id, req.resource_id)
         trail = _trail(auth, req.service_id, req.resource_id)
-        await trail.record("authorization.decided", outcome="success" if auth.allowed else "refused", reason=auth.reason)
+        await trail.record(
+            "authorization.decided", outcome="success" if auth.allowed else "refused", reason=auth.reason
+        )
         if not auth.allowed:
             await trail.flush()
             return ResourceActionResult(
-                resource_id=req.resource_id, outcome="rejected", error_code=auth.code, error_message=auth.reason
+                resource_id=req.resource_id,
+                outcome="rejected",
+                error_code=auth.code,
+                error_message=auth.reason,
             )
         ref = ResourceRef(
-            principal_id=auth.principal_id, provider=req.service_id.split("/", 1)[0], resource_id=req.resource_id
+            principal_id=auth.principal_id,
+            provider=req.service_id.split("/", 1)[0],
+            resource_id=req.resource_id,
         )
         try:
             for cred_id in req.credential_ids:
                 await workflow.execute_activity(
-                    "revoke_credential", RevokeCredentialInput(ref=ref, credential_id=cred_id),
-                    summary=f"revoke credential {cred_id}", **UNTIL_DONE,
-                )  # fmt: skip
+                    "revoke_credential",
+                    RevokeCredentialInput(ref=ref, credential_id=cred_id),
+                    summary=f"revoke credential {cred_id}",
+                    **UNTIL_DONE,
+                )
                 await trail.record("credential.revoked", credential_id=cred_id)
             await workflow.execute_activity(
-                "remove_resource", RemoveInput(**ref.model_dump(), idempotency_key=f"{wid}:remove"),
-                result_type=Resource, summary=f"remove {req.resource_id}", **CALL,
-            )  # fmt: skip
+                "remove_resource",
+                RemoveInput(**ref.model_dump(), idempotency_key=f"{wid}:remove"),
+                result_type=Resource,
+                summary=f"remove {req.resource_id}",
+                **CALL,
+            )
         except ActivityError as err:
             stop = stop_from(err)
             await trail.record("resource.removed", outcome="failure", reason=stop.code)
             await trail.flush()
             return ResourceActionResult(
-                resource_id=req.resource_id, outcome="rejected", error_code=stop.code, error_message=stop.message
+                resource_id=req.resource_id,
+                outcome="rejected",
+                error_code=stop.code,
+                error_message=stop.message,
             )
         await trail.record("resource.removed")
         await trail.flush()
@@ -111,14 +131,21 @@ class RotateCredentialWorkflow:
         auth = await _authorize(req.actor, req.service_id, "rotate")
         _tag(auth, req.service_id, req.resource_id)
         trail = _trail(auth, req.service_id, req.resource_id)
-        await trail.record("authorization.decided", outcome="success" if auth.allowed else "refused", reason=auth.reason)
+        await trail.record(
+            "authorization.decided", outcome="success" if auth.allowed else "refused", reason=auth.reason
+        )
         if not auth.allowed:
             await trail.flush()
             return ResourceActionResult(
-                resource_id=req.resource_id, outcome="rejected", error_code=auth.code, error_message=auth.reason
+                resource_id=req.resource_id,
+                outcome="rejected",
+                error_code=auth.code,
+                error_message=auth.reason,
             )
         ref = ResourceRef(
-            principal_id=auth.principal_id, provider=req.service_id.split("/", 1)[0], resource_id=req.resource_id
+            principal_id=auth.principal_id,
+            provider=req.service_id.split("/", 1)[0],
+            resource_id=req.resource_id,
         )
         ttl = req.ttl_seconds
         if auth.max_credential_ttl_seconds is not None:
@@ -130,29 +157,40 @@ class RotateCredentialWorkflow:
             cred: IssuedCredential = await workflow.execute_activity(
                 "mint_credential",
                 MintInput(ref=ref, scopes=scopes, ttl_seconds=ttl, idempotency_key=f"{wid}:credential"),
-                result_type=IssuedCredential, summary="mint the new credential", **CALL,
-            )  # fmt: skip
+                result_type=IssuedCredential,
+                summary="mint the new credential",
+                **CALL,
+            )
         except ActivityError as err:
             stop: Stop = stop_from(err)
             await trail.flush()
             return ResourceActionResult(
-                resource_id=req.resource_id, outcome="rejected", error_code=stop.code, error_message=stop.message
+                resource_id=req.resource_id,
+                outcome="rejected",
+                error_code=stop.code,
+                error_message=stop.message,
             )
         await trail.record("credential.rotated", credential_id=cred.credential_id)
         if auth.session_ids:
             await workflow.execute_activity(
                 "record_credential",
                 RecordCredential(
-                    session_id=auth.session_ids[-1], provider=ref.provider, credential_id=cred.credential_id,
-                    account_ref=auth.principal_id, expires_at=cred.expires_at,
+                    session_id=auth.session_ids[-1],
+                    provider=ref.provider,
+                    credential_id=cred.credential_id,
+                    account_ref=auth.principal_id,
+                    expires_at=cred.expires_at,
                 ),
-                summary="record the credential on the session", **UNTIL_DONE,
-            )  # fmt: skip
+                summary="record the credential on the session",
+                **UNTIL_DONE,
+            )
         for old in req.credential_ids:
             await workflow.execute_activity(
-                "revoke_credential", RevokeCredentialInput(ref=ref, credential_id=old),
-                summary=f"revoke the old credential {old}", **UNTIL_DONE,
-            )  # fmt: skip
+                "revoke_credential",
+                RevokeCredentialInput(ref=ref, credential_id=old),
+                summary=f"revoke the old credential {old}",
+                **UNTIL_DONE,
+            )
             await trail.record("credential.revoked", credential_id=old)
         await trail.flush()
         return ResourceActionResult(resource_id=req.resource_id, outcome="completed", credential=cred)

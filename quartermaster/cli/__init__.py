@@ -12,9 +12,9 @@ import inspect
 import sys
 from collections.abc import Sequence
 
+from models.errors import ErrorCode, QuartermasterError
 from quartermaster.cli import verbs
 from quartermaster.cli.output import report_error
-from models.errors import ErrorCode, QuartermasterError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ from models.limits import LimitChangeRequest, SpendSummary, SpendSummaryRequest
 from models.money import MAX_MINOR_UNITS, Money
 from quartermaster.cli.output import add_common, emit, table
 
+
 def _usd(text: str) -> Money:
     try:
         cents = Decimal(text) * 100

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from models.approval import ApprovalDecision
-from models.errors import ErrorCode, QuartermasterError, exit_code
+from models.errors import ErrorCode, QuartermasterError, code_of, exit_code
 from models.money import Money
 from models.provisioning import ProvisionResult, ResourceActionResult
 from models.request import ProvisionRequest
@@ -144,24 +144,44 @@ def _print_outcome(args: argparse.Namespace, st: Any) -> int:
             text = (
                 f"{st.service_id} {st.resource_id}: {st.resource_status}, account {st.link_action}"
                 + (f", charged {st.charge.amount}" if st.charge else "")
-                + (f"\ncredential {cred.credential_id} ({', '.join(sorted(cred.env))}) expires {cred.expires_at}"
-                   "\nuse it with: qm exec " + (st.resource_id or "") + " -- COMMAND" if cred else "")  # fmt: skip
+                + (
+                    f"\ncredential {cred.credential_id} ({', '.join(sorted(cred.env))})"
+                    f" expires {cred.expires_at}"
+                    "\nuse it with: qm exec " + (st.resource_id or "") + " -- COMMAND"
+                    if cred
+                    else ""
+                )
             )
             emit(args, _revealed(st), text)
             return 0
-        code = ErrorCode(st.error_code) if st.error_code in ErrorCode.__members__ else ErrorCode.UNKNOWN_ERROR
-        msg = f"{st.error_message} ({st.outcome}" + (f": {', '.join(st.compensations)})" if st.compensations else ")")
+        code = code_of(st.error_code)
+        msg = f"{st.error_message} ({st.outcome}" + (
+            f": {', '.join(st.compensations)})" if st.compensations else ")"
+        )
         if args.json:
-            print(json.dumps({"error": {"code": st.error_code, "message": msg}, "result": st.model_dump(mode="json")}))
+            print(
+                json.dumps(
+                    {"error": {"code": st.error_code, "message": msg}, "result": st.model_dump(mode="json")}
+                )
+            )
             return exit_code(code)
         return report_error(args, code, msg)
     if isinstance(st, Waiting):
         a = st.approvals[0]
         if args.json:
-            print(json.dumps({"error": {"code": str(st.code), "message": a.summary}, "waiting": st.model_dump(mode="json")}))
+            print(
+                json.dumps(
+                    {
+                        "error": {"code": str(st.code), "message": a.summary},
+                        "waiting": st.model_dump(mode="json"),
+                    }
+                )
+            )
         else:
             extra = "".join(f"\n  {k}: {v}" for k, v in a.details.items() if k.endswith("url"))
-            print(f"{st.code}: {a.summary}\n  approval {a.approval_id} (the principal received a code){extra}")
+            print(
+                f"{st.code}: {a.summary}\n  approval {a.approval_id} (the principal received a code){extra}"
+            )
         return 3
     emit(args, st, f"request {st.request_id}: {st.step}")
     return 0
@@ -171,10 +191,16 @@ async def provision(args: argparse.Namespace) -> int:
     request_id = args.request_id or uuid.uuid4().hex[:16]
     try:
         req = ProvisionRequest(
-            request_id=request_id, service_id=args.service, name=args.name, configuration=args.config,
-            max_price=args.max_price, budget=args.budget, scopes=args.scope, credential_ttl_seconds=args.ttl,
+            request_id=request_id,
+            service_id=args.service,
+            name=args.name,
+            configuration=args.config,
+            max_price=args.max_price,
+            budget=args.budget,
+            scopes=args.scope,
+            credential_ttl_seconds=args.ttl,
             actor=actor_from_env(args.email, args.agent),
-        )  # fmt: skip
+        )
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
@@ -194,7 +220,10 @@ async def status(args: argparse.Namespace) -> int:
 async def approvals(args: argparse.Namespace) -> int:
     async with QuartermasterClient.from_env() as qm:
         items = await qm.approvals(args.email)
-    rows = [{"approval": a.approval_id, "kind": a.kind, "summary": a.summary, "expires": a.expires_at} for a in items]
+    rows = [
+        {"approval": a.approval_id, "kind": a.kind, "summary": a.summary, "expires": a.expires_at}
+        for a in items
+    ]
     emit(args, items, table(rows, ["approval", "kind", "summary", "expires"]))
     return 0
 
@@ -223,8 +252,15 @@ async def inbox(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     pid = load_keyring(settings.resolved_keys_file).principal_id(args.email)
     items = read_inbox(settings.data_dir / "inbox", pid)
-    rows = [{"approval": m.get("approval_id", "-"), "kind": m.get("kind", m.get("type")), "code": m.get("code", ""),
-             "summary": m.get("summary", "")} for m in items]  # fmt: skip
+    rows = [
+        {
+            "approval": m.get("approval_id", "-"),
+            "kind": m.get("kind", m.get("type")),
+            "code": m.get("code", ""),
+            "summary": m.get("summary", ""),
+        }
+        for m in items
+    ]
     emit(args, items, table(rows, ["approval", "kind", "code", "summary"]))
     return 0
 
@@ -249,12 +285,14 @@ async def rotate(args: argparse.Namespace) -> int:
             args.resource_id, actor_from_env(args.email, args.agent), args.request_id or uuid.uuid4().hex[:12]
         )
     cred = res.credential
-    return _action_outcome(args, res, f"new credential {cred.credential_id} expires {cred.expires_at}" if cred else "")
+    return _action_outcome(
+        args, res, f"new credential {cred.credential_id} expires {cred.expires_at}" if cred else ""
+    )
 
 
 def _action_outcome(args: argparse.Namespace, res: ResourceActionResult, text: str) -> int:
     if res.outcome != "completed":
-        code = ErrorCode(res.error_code) if res.error_code in ErrorCode.__members__ else ErrorCode.UNKNOWN_ERROR
+        code = code_of(res.error_code)
         return report_error(args, code, res.error_message or "refused")
     emit(args, _revealed(res), text)
     return 0

@@ -1,0 +1,102 @@
+"""The engine's floor: a workflow with the same number and sequence of activities as a real
+provisioning, each doing nothing. Its plan is read from a real history, so the floor follows the
+provisioning workflow as it changes.
+
+Audit activities (`record_audit`) are started without waiting, as `workflows.audit_trail` does, and
+awaited at the end; every other activity is awaited before the next, as `ProvisionWorkflow` does. So
+the floor's workflow tasks group the same activities as the real history's (`wft_shape` compares them).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel
+from temporalio import activity, workflow
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+#: activities the real workflow starts without awaiting them at once
+BACKGROUND = frozenset({"record_audit"})
+FLOOR_WORKFLOW = "BenchFloor"
+
+
+class FloorStep(BaseModel):
+    activity: str
+    background: bool = False
+
+
+class FloorPlan(BaseModel):
+    steps: list[FloorStep]
+
+
+class FloorCall(BaseModel):
+    activity: str
+
+
+@activity.defn(name="floor_noop")
+async def floor_noop(call: FloorCall) -> None:
+    """Does nothing: the cost of an activity to the engine alone."""
+
+
+@workflow.defn(name=FLOOR_WORKFLOW)
+class FloorWorkflow:
+    @workflow.run
+    async def run(self, plan: FloorPlan) -> int:
+        pending: list[Any] = []
+        for step in plan.steps:
+            handle = workflow.start_activity(
+                floor_noop, FloorCall(activity=step.activity), start_to_close_timeout=timedelta(seconds=30)
+            )
+            if step.background:
+                pending.append(handle)
+            else:
+                await handle
+        for handle in pending:
+            await handle
+        return len(plan.steps)
+
+
+def scheduled_activities(history: WorkflowHistory) -> list[str]:
+    """Activity types in the order the workflow scheduled them."""
+    return [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+
+
+def plan_from_history(history: WorkflowHistory) -> FloorPlan:
+    """The floor plan of a real provisioning: its activities, in order."""
+    return FloorPlan(
+        steps=[FloorStep(activity=name, background=name in BACKGROUND) for name in scheduled_activities(history)]
+    )
+
+
+def wft_shape(history: WorkflowHistory) -> list[int]:
+    """How many activities each completed workflow task scheduled (zeros left out)."""
+    per_task: dict[int, int] = {}
+    for e in history.events:
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            wft = e.activity_task_scheduled_event_attributes.workflow_task_completed_event_id
+            per_task[wft] = per_task.get(wft, 0) + 1
+    return [per_task[k] for k in sorted(per_task)]
+
+
+def floor_worker(client: Any, task_queue: str, options: dict[str, Any]) -> Worker:
+    """A worker for the floor with the same options and sandbox as `worker.build_worker`'s."""
+    from worker import PASSTHROUGH
+
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[FloorWorkflow],
+        activities=[floor_noop],
+        workflow_runner=SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
+        ),
+        **options,
+    )

@@ -1,0 +1,196 @@
+"""Throughput and latency of unattended provisionings, against the engine's floor.
+
+    .venv/bin/python -m bench.throughput              # N=500 per kind, C=50
+    .venv/bin/python -m bench.throughput --quick      # a tiny N, to check it runs
+
+Principals are prepared first through the real human steps (terms by inbox code, a card on the local
+Checkout page, the paid provider's limit raised by an approved limit change), so the measured
+requests reuse the connection and need no human. For each kind (free, paid) the same N requests at
+concurrency C run on the real worker, then N floor workflows (same activities, each a no-op, read from
+a real history of that kind) on an identical worker: the ratio of their throughputs is the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from temporalio.client import WorkflowHistory
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+
+from bench.floor import FLOOR_WORKFLOW, FloorPlan, floor_worker, plan_from_history, wft_shape
+from bench.stack import (
+    WORKER_OPTIONS,
+    Bench,
+    bench_stack,
+    percentile,
+    prepare_principals,
+    print_machine,
+    quiet_stdout,
+    result_of,
+    table,
+)
+from workflows.search_attributes import QM_AGENT, QM_PRINCIPAL, QM_PROVIDER, QM_SERVICE, QM_STATE, State
+
+FREE = "cloud/workers"
+PAID = "mail/send:starter"
+KINDS = {"free": FREE, "paid": PAID}
+COLUMNS = ["kind", "workflow", "n", "c", "wall s", "prov/s", "p50 ms", "p95 ms", "p99 ms", "failed",
+           "worker cpu ms", "server cpu ms", "sims cpu ms"]  # fmt: skip
+RATIO_COLUMNS = ["kind", "real prov/s", "floor wf/s", "real/floor", "goal", "activities", "wft shape same"]
+
+
+@dataclass
+class Phase:
+    n: int
+    c: int
+    wall: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    cpu: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.wall if self.wall else 0.0
+
+    def row(self, kind: str, workflow: str) -> list[object]:
+        ms = [f"{percentile(self.latencies, p) * 1000:.0f}" for p in (50, 95, 99)]
+        per = [f"{self.cpu.get(k, 0.0) / self.n * 1000:.1f}" for k in ("worker process", "temporal server", "simulators")]
+        return [kind, workflow, self.n, self.c, f"{self.wall:.1f}", f"{self.rate:.1f}", *ms, len(self.failed), *per]
+
+
+async def run_phase(bench: Bench, n: int, c: int, job: Callable[[int], Awaitable[str | None]]) -> Phase:
+    """Run `job(i)` for i in 0..n-1, at most `c` at once; `job` returns None or a failure code."""
+    phase = Phase(n=n, c=c)
+    indices = iter(range(n))
+
+    async def slot() -> None:
+        for i in indices:
+            t0 = time.perf_counter()
+            try:
+                error = await job(i)
+            except Exception as exc:  # a benchmark counts failures; it does not stop on them
+                error = type(exc).__name__
+            phase.latencies.append(time.perf_counter() - t0)
+            if error:
+                phase.failed.append(error)
+
+    cpu0 = bench.cpu()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(slot() for _ in range(c)))
+    phase.wall = time.perf_counter() - t0
+    phase.cpu = {k: v - cpu0.get(k, 0.0) for k, v in bench.cpu().items()}
+    return phase
+
+
+def real_job(bench: Bench, service: str) -> Callable[[int], Awaitable[str | None]]:
+    stack = bench.stack
+
+    async def job(i: int) -> str | None:
+        req = stack.request(service, bench.principals[i % len(bench.principals)])
+        await stack.qm.submit(req)
+        res = await result_of(stack, req.request_id)
+        return None if res.outcome == "completed" else res.error_code or res.outcome
+
+    return job
+
+
+def floor_job(bench: Bench, service: str, plan: FloorPlan, task_queue: str) -> Callable[[int], Awaitable[str | None]]:
+    async def job(i: int) -> str | None:
+        principal = bench.stack.principal_id(bench.principals[i % len(bench.principals)])
+        attrs = TypedSearchAttributes(
+            [
+                SearchAttributePair(QM_STATE, State.RUNNING),
+                SearchAttributePair(QM_PROVIDER, service.split("/", 1)[0]),
+                SearchAttributePair(QM_SERVICE, service),
+                SearchAttributePair(QM_AGENT, "planner"),
+                SearchAttributePair(QM_PRINCIPAL, principal),
+            ]
+        )
+        handle = await bench.client.start_workflow(
+            FLOOR_WORKFLOW, plan, id=f"floor-{uuid.uuid4().hex[:16]}", task_queue=task_queue,
+            search_attributes=attrs, static_summary=f"floor of {service}", result_type=int,
+        )  # fmt: skip
+        done = await handle.result()
+        return None if done == len(plan.steps) else "FLOOR_SHORT"
+
+    return job
+
+
+async def sample_history(bench: Bench, service: str) -> WorkflowHistory:
+    """One unattended provisioning of `service` (not measured): its history is the floor's plan."""
+    req = bench.stack.request(service, bench.principals[0])
+    await bench.stack.qm.submit(req)
+    res = await result_of(bench.stack, req.request_id)
+    assert res.outcome == "completed", res
+    return await bench.client.get_workflow_handle(f"provision-{req.request_id}").fetch_history()
+
+
+async def measure(args: argparse.Namespace, out: TextIO) -> int:
+    async with bench_stack(sims=args.sims) as bench:
+        t0 = time.perf_counter()
+        principals = args.principals or min(args.c, args.n)
+        await prepare_principals(bench, principals, paid=PAID, free=FREE)
+        print(f"\nprepared {principals} principals in {time.perf_counter() - t0:.1f} s "
+              "(terms + card + limit, through the human steps)", file=out)  # fmt: skip
+        rows: list[list[object]] = []
+        ratios: list[list[object]] = []
+        floor_queue = f"{bench.stack.settings.task_queue}-floor"
+        async with floor_worker(bench.client, floor_queue, WORKER_OPTIONS):
+            for kind, service in KINDS.items():
+                history = await sample_history(bench, service)
+                plan = plan_from_history(history)
+                floor = await run_phase(bench, 1, 1, floor_job(bench, service, plan, floor_queue))  # warm
+                real = await run_phase(bench, args.n, args.c, real_job(bench, service))
+                floor = await run_phase(bench, args.n, args.c, floor_job(bench, service, plan, floor_queue))
+                rows += [real.row(kind, service), floor.row(kind, "floor")]
+                same = await _same_shape(bench, history, plan, floor_queue)
+                ratio = real.rate / floor.rate if floor.rate else 0.0
+                ratios.append([kind, f"{real.rate:.1f}", f"{floor.rate:.1f}", f"{ratio:.2f}", ">= 0.80",
+                               len(plan.steps), "yes" if same else "no"])  # fmt: skip
+                for phase, name in ((real, service), (floor, "floor")):
+                    if phase.failed:
+                        print(f"{kind} {name}: failures {sorted(set(phase.failed))}", file=out)
+        table(f"throughput and end-to-end latency (submit -> result), N={args.n}, C={args.c}", COLUMNS, rows, out)
+        print("cpu ms = CPU milliseconds per provisioning, per process, over the phase", file=out)
+        table("real vs floor (same activities as no-ops, same server, same worker options)", RATIO_COLUMNS, ratios, out)
+        return 0
+
+
+async def _same_shape(bench: Bench, real: WorkflowHistory, plan: FloorPlan, task_queue: str) -> bool:
+    """Does one floor run group its activities into workflow tasks like the real history?"""
+    handle = await bench.client.start_workflow(
+        FLOOR_WORKFLOW, plan, id=f"floor-shape-{uuid.uuid4().hex[:12]}", task_queue=task_queue, result_type=int
+    )
+    await handle.result()
+    return wft_shape(await handle.fetch_history()) == wft_shape(real)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0])
+    p.add_argument("--n", type=int, default=500, help="provisionings per kind (default 500)")
+    p.add_argument("--c", type=int, default=50, help="concurrency (default 50)")
+    p.add_argument("--principals", type=int, default=0, help="prepared principals (default: C)")
+    p.add_argument("--sims", choices=["process", "thread"], default="process",
+                   help="simulators in a child process (default) or in threads of this process")  # fmt: skip
+    p.add_argument("--quick", action="store_true", help="N=6, C=3: a smoke run")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n, args.c = 6, 3
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    with quiet_stdout() as out:
+        print_machine(out)
+        return asyncio.run(measure(args, out))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
