@@ -19,6 +19,7 @@ from models.provisioning import ProvisionResult
 from models.request import Actor
 from providers.stripe_adapter import StripeAdapter
 from quartermaster.config import LOCAL_STRIPE_KEY
+import worker as worker_module
 from tests.fixtures.stack import Stack, new_email
 
 
@@ -225,3 +226,33 @@ async def test_remove_and_rotate(stack: Stack) -> None:
     assert (await introspect(stack, "cloud", new)) == {"active": False}
     (row,) = await resources_named(stack, "cloud", req.name)
     assert row["status"] == "removed"
+
+
+async def test_approval_sent_as_soon_as_the_code_arrives(stack: Stack) -> None:
+    """The code reaches the inbox before the workflow has its hash: the decision waits, not fails."""
+    email = new_email()
+    req = stack.request("cloud/workers", email)
+    await stack.qm.submit(req)
+    approval_id = f"provision-{req.request_id}.terms"
+    for _ in range(300):
+        if any(m.get("approval_id") == approval_id for m in stack.inbox(email)):
+            break
+        await asyncio.sleep(0.01)
+    assert (await stack.decide(approval_id, email)).status == "ACCEPTED"
+    assert (await result_of(stack, req.request_id)).outcome == "completed"
+
+
+async def test_approval_timeout_ends_cleanly(stack: Stack) -> None:
+    """No answer within the approval timeout: the request fails with a code, nothing is left behind,
+    and the workflow task never fails (the timeout is caught)."""
+    settings = stack.settings.model_copy(update={"task_queue": "qm-timeout", "approval_timeout_seconds": 2})
+    qm = stack.qm.__class__(temporal=stack.client, settings=settings, keyring=stack.keyring, registry=stack.qm.registry)
+    email = new_email()
+    req = stack.request("cloud/workers", email)
+    async with worker_module.build_worker(stack.client, settings, stack.keyring):
+        await qm.submit(req)
+        res = await result_of(stack, req.request_id, timeout=30)
+    assert (res.outcome, res.error_code) == ("rejected", "APPROVAL_TIMED_OUT")
+    assert await resources_named(stack, "cloud", req.name) == []
+    history = await stack.client.get_workflow_handle(f"provision-{req.request_id}").fetch_history()
+    assert not [e for e in history.events if e.HasField("workflow_task_failed_event_attributes")]

@@ -60,6 +60,8 @@ class ApprovalGate:
 
     open: dict[str, _Open] = field(default_factory=dict)
     closed: set[str] = field(default_factory=set)
+    #: approvals whose code is being delivered but whose hash has not come back yet
+    preparing: set[str] = field(default_factory=set)
     attempts: list[RejectedAttempt] = field(default_factory=list)
 
     def _publish(self) -> None:
@@ -68,6 +70,16 @@ class ApprovalGate:
 
     def pending(self) -> list[ApprovalRequest]:
         return [o.request for o in self.open.values() if o.decision is None and not o.locked_out]
+
+    async def decide_when_ready(self, d: ApprovalDecision) -> DecisionOutcome:
+        """`decide`, after waiting (briefly) for an approval whose code is still being delivered: the
+        human can read the code before the notifier activity has returned its hash."""
+        if d.approval_id in self.preparing:
+            try:
+                await workflow.wait_condition(lambda: d.approval_id not in self.preparing, timeout=60)
+            except TimeoutError:
+                pass
+        return self.decide(d)
 
     def decide(self, d: ApprovalDecision) -> DecisionOutcome:
         """Check the proof and record the decision. Synchronous: atomic inside a handler."""
@@ -119,14 +131,11 @@ class ApprovalGate:
             requested_at=now,
             expires_at=now + timeout,
         )
-        ticket = await workflow.execute_activity(
-            "notify_approval",
-            ApprovalNotice(request=request, principal_email=principal_email),
-            result_type=ApprovalTicket,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
-            summary=f"notify principal: {kind} approval",
-        )
+        self.preparing.add(approval_id)
+        try:
+            ticket = await self._notify(request, principal_email, kind)
+        finally:
+            self.preparing.discard(approval_id)
         entry = _Open(request=request, code_hash=ticket.code_hash)
         self.open[approval_id] = entry
         workflow.upsert_search_attributes(
@@ -168,6 +177,18 @@ class ApprovalGate:
             raise
         self._close(approval_id)
         return result
+
+    @staticmethod
+    async def _notify(request: ApprovalRequest, principal_email: str, kind: str) -> ApprovalTicket:
+        ticket: ApprovalTicket = await workflow.execute_activity(
+            "notify_approval",
+            ApprovalNotice(request=request, principal_email=principal_email),
+            result_type=ApprovalTicket,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+            summary=f"notify principal: {kind} approval",
+        )
+        return ticket
 
     def _close(self, approval_id: str) -> None:
         self.open.pop(approval_id, None)

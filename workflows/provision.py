@@ -137,7 +137,7 @@ class ProvisionWorkflow:
         await self._decide(decision)
 
     async def _decide(self, decision: ApprovalDecision) -> DecisionOutcome:
-        outcome = self.gate.decide(decision)  # before any await: atomic
+        outcome = await self.gate.decide_when_ready(decision)  # the decision itself is atomic
         if outcome.status != "ACCEPTED" and self.audit is not None:
             await self.audit.record(
                 "approval.forged_attempt",

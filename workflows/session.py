@@ -121,12 +121,12 @@ class SessionWorkflow:
 
     # ---- approvals (the lead's `qm approve` sends these) -----------------------------------------
     @workflow.update(name="submit_decision")
-    def submit_decision(self, decision: ApprovalDecision) -> DecisionOutcome:
-        return self.gate.decide(decision)
+    async def submit_decision(self, decision: ApprovalDecision) -> DecisionOutcome:
+        return await self.gate.decide_when_ready(decision)
 
     @workflow.signal(name="decide")
-    def decide(self, decision: ApprovalDecision) -> None:
-        self.gate.decide(decision)
+    async def decide(self, decision: ApprovalDecision) -> None:
+        await self.gate.decide_when_ready(decision)
 
     # ---- revocation -----------------------------------------------------------------------------
     def _request_close(self, req: RevokeRequest) -> None:
