@@ -39,6 +39,7 @@ from quartermaster.codec import SecretBox
 from quartermaster.config import Settings
 from quartermaster.gateway import assertion_signer
 from quartermaster.keys import Keyring, load_keyring
+from quartermaster.logging_setup import configure_logging
 from quartermaster.temporal import connect
 from workflows.agent_freeze import AgentWorkflow
 from workflows.ledger import SpendLedgerWorkflow
@@ -150,7 +151,7 @@ def build_worker(client: Client, settings: Settings, keyring: Keyring, **options
 
 
 async def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.INFO)
     settings = Settings.from_env()
     keyring = load_keyring(settings.resolved_keys_file, create=settings.dev)
     log.info("configuration: %s", settings.describe())

@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
+import logging
 import sys
 from collections.abc import Sequence
 
 from models.errors import ErrorCode, QuartermasterError
 from quartermaster.cli import verbs
 from quartermaster.cli.output import report_error
+from quartermaster.logging_setup import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verb != "dev":  # `qm dev` shows its children's output as it is
+        configure_logging(logging.WARNING)
     try:
         result = args.handler(args)
         if inspect.isawaitable(result):

@@ -1,0 +1,169 @@
+"""What one unattended provisioning costs the engine: history events and Temporal Cloud billable actions,
+read from REAL histories, next to the minimum a design of the same steps could need.
+
+    .venv/bin/python -m bench.cost            # (--quick is the same: one provisioning of each kind)
+
+Billable actions follow Temporal Cloud's published list: workflow start, each activity attempt,
+timers, search-attribute upserts, signals, accepted updates (update-with-start included), local
+activities (one per workflow task), child workflows (two). Queries are billed too but are not in a
+history; none is sent here. Memo upserts are not billed. The spend ledger and the principal's limits
+are other workflows: their share is the growth of their histories during the provisioning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections import Counter
+from datetime import UTC, datetime
+from typing import TextIO
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.client import WorkflowHistory
+from temporalio.service import RPCError
+
+from bench.stack import Bench, bench_stack, prepare_principals, print_machine, quiet_stdout, result_of, table
+from bench.throughput import KINDS
+from models.ledger import monthly_ledger_id
+from models.limits import limits_workflow_id
+
+#: activities that only read (or get-or-create idempotently): local-activity candidates
+READS = frozenset(
+    {"load_policy", "authorize_actor", "discover", "resolve_customer", "find_connection", "terms_accepted",
+     "lookup_account", "payment_method_status", "resource_ready", "spend_view"}
+)  # fmt: skip
+AUDIT = frozenset({"record_audit"})
+E = EventType
+ACTION_EVENTS = {
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED: "workflow start",
+    E.EVENT_TYPE_ACTIVITY_TASK_STARTED: "activity attempts",
+    E.EVENT_TYPE_TIMER_STARTED: "timers",
+    E.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES: "search attribute upserts",
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED: "signals",
+    E.EVENT_TYPE_SIGNAL_EXTERNAL_WORKFLOW_EXECUTION_INITIATED: "signals",
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED: "updates",
+    E.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED: "child workflows",
+    E.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW: "continue-as-new",
+}
+CATEGORIES = ["workflow start", "activity attempts", "local activities", "timers", "search attribute upserts",
+              "signals", "updates", "child workflows", "continue-as-new"]  # fmt: skip
+
+
+def actions(events: list[HistoryEvent]) -> Counter[str]:
+    """Billable actions by category, from history events."""
+    out: Counter[str] = Counter()
+    marker_tasks: set[int] = set()
+    for e in events:
+        if e.event_type == E.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            out["activity attempts"] += max(1, e.activity_task_started_event_attributes.attempt)
+        elif e.event_type == E.EVENT_TYPE_MARKER_RECORDED:
+            marker_tasks.add(e.marker_recorded_event_attributes.workflow_task_completed_event_id)
+        elif e.event_type == E.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
+            out["child workflows"] += 2
+        elif e.event_type in ACTION_EVENTS:
+            out[ACTION_EVENTS[e.event_type]] += 1
+    out["local activities"] += len(marker_tasks)
+    return out
+
+
+def activity_types(history: WorkflowHistory) -> list[str]:
+    return [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.event_type == E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+
+
+def minimum(history: WorkflowHistory) -> tuple[int, list[str]]:
+    """The fewest actions a design of the same steps needs without losing durability, and how.
+
+    Reads become local activities (one action per workflow task that runs them, and consecutive
+    reads share a task); audit events are buffered in workflow state and written by ONE activity at
+    the end; search attributes given at start are free, so one upsert (the final state) remains.
+    Side effects stay ordinary activities: each must be recorded before the next step depends on it.
+    """
+    names = activity_types(history)
+    side_effects = [n for n in names if n not in READS and n not in AUDIT]
+    # a run of consecutive reads (ignoring audits) is one workflow task of local activities
+    read_runs, in_run = 0, False
+    for n in names:
+        if n in AUDIT:
+            continue
+        if n in READS and not in_run:
+            read_runs += 1
+        in_run = n in READS
+    how = [
+        f"{len(side_effects)} side-effect activities kept: {', '.join(side_effects)}",
+        f"{sum(n in READS for n in names)} reads as local activities in {read_runs} workflow task(s)",
+        f"{sum(n in AUDIT for n in names)} audit activities batched into 1",
+        "1 search-attribute upsert (final state + resource), the rest given at start",
+    ]
+    return 1 + len(side_effects) + read_runs + 1 + 1, how
+
+
+async def related_events(bench: Bench, principal_id: str, provider: str) -> dict[str, list[HistoryEvent]]:
+    """Histories of the other workflows a provisioning touches: the month's ledger and the limits."""
+    out: dict[str, list[HistoryEvent]] = {}
+    for wid in (monthly_ledger_id(principal_id, provider, datetime.now(UTC)), limits_workflow_id(principal_id)):
+        try:
+            out[wid] = list((await bench.client.get_workflow_handle(wid).fetch_history()).events)
+        except RPCError:
+            out[wid] = []
+    return out
+
+
+async def measure(out: TextIO) -> int:
+    async with bench_stack() as bench:
+        (email,) = await prepare_principals(bench, 1, paid=KINDS["paid"], free=KINDS["free"])
+        pid = bench.stack.principal_id(email)
+        rows: list[list[object]] = []
+        detail: list[list[object]] = []
+        mins: list[list[object]] = []
+        for kind, service in KINDS.items():
+            provider = service.split("/", 1)[0]
+            before = await related_events(bench, pid, provider)
+            req = bench.stack.request(service, email)
+            await bench.stack.qm.submit(req)
+            res = await result_of(bench.stack, req.request_id)
+            assert res.outcome == "completed", res
+            history = await bench.client.get_workflow_handle(f"provision-{req.request_id}").fetch_history()
+            after = await related_events(bench, pid, provider)
+            own = actions(list(history.events))
+            others: Counter[str] = Counter()
+            other_events = 0
+            for wid, events in after.items():
+                grown = events[len(before.get(wid, [])) :]
+                other_events += len(grown)
+                others += actions(grown)
+            total = sum(own.values()) + sum(others.values())
+            rows.append([kind, service, len(history.events), other_events, sum(own.values()), sum(others.values()), total])
+            for cat in CATEGORIES:
+                if own[cat] or others[cat]:
+                    detail.append([kind, cat, own[cat], others[cat]])
+            low, how = minimum(history)
+            mins.append([kind, total, low + sum(others.values()), f"{1 - (low + sum(others.values())) / total:.0%}"])
+            for line in how:
+                mins.append(["", "", "", "", line])
+            types = Counter(activity_types(history))
+            detail.append([kind, "activities by type", ", ".join(f"{k} x{v}" for k, v in types.items()), ""])
+        table("history events and billable actions of ONE unattended provisioning",
+              ["kind", "service", "events", "other wf events", "actions (own)", "actions (ledger+limits)",
+               "actions total"], rows, out)  # fmt: skip
+        table("billable actions by category", ["kind", "category", "provision wf", "ledger+limits"], detail, out)
+        table("versus the minimum for the same steps (same durability)",
+              ["kind", "actions now", "minimum", "saving", "how"], mins, out)  # fmt: skip
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.cost", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="accepted for symmetry: the run is already one of each")
+    p.parse_args(argv)
+    with quiet_stdout() as out:
+        print_machine(out)
+        return asyncio.run(measure(out))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
