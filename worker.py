@@ -86,6 +86,7 @@ def build_activities(settings: Settings, keyring: Keyring, client: Client) -> li
     audit = AuditActivities(open_audit_store(settings.resolved_audit_db))
     return [
         audit.record,
+        audit.record_batch,
         *sessions.all(),
         *session_revocation.all(),
         approvals.notify_approval,
@@ -152,6 +153,8 @@ def build_worker(client: Client, settings: Settings, keyring: Keyring, **options
 
 async def main() -> None:
     configure_logging(logging.INFO)
+    for noisy in ("httpx", "httpcore", "stripe"):  # a line per HTTP call drowns the approvals on the console
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = Settings.from_env()
     keyring = load_keyring(settings.resolved_keys_file, create=settings.dev)
     log.info("configuration: %s", settings.describe())

@@ -34,3 +34,10 @@ class AuditActivities:
             ) from exc
         if not written:
             activity.logger.info("audit event already recorded (retry)", extra={"action": event.action})
+
+    @activity.defn(name="record_audit_batch")
+    async def record_batch(self, events: list[AuditEvent]) -> None:
+        """Append several events in order (one activity for a workflow step's events); each is still
+        written once per event id, so a retry of a half-written batch completes it."""
+        for event in events:
+            await self.record(event)

@@ -72,7 +72,9 @@ def scheduled_activities(history: WorkflowHistory) -> list[str]:
 def plan_from_history(history: WorkflowHistory) -> FloorPlan:
     """The floor plan of a real provisioning: its activities, in order."""
     return FloorPlan(
-        steps=[FloorStep(activity=name, background=name in BACKGROUND) for name in scheduled_activities(history)]
+        steps=[
+            FloorStep(activity=name, background=name in BACKGROUND) for name in scheduled_activities(history)
+        ]
     )
 
 

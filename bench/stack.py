@@ -129,7 +129,7 @@ def print_machine(out: TextIO) -> None:
 
 @contextlib.contextmanager
 def quiet_stdout() -> Iterator[TextIO]:
-    """The inbox notifier prints every approval to stdout: keep the tables readable. Yields the real stdout."""
+    """The inbox notifier prints each approval to stdout: keep the tables readable. Yields the real stdout."""
     real = sys.stdout
     with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
         yield real
@@ -154,7 +154,9 @@ def _simulators_child(data_dir: Path, public_url: str, webhook_secret: str, conn
 
 
 @contextlib.contextmanager
-def simulators_in_child(data_dir: Path, public_url: str, webhook_secret: str) -> Iterator[tuple[SimulatorURLs, int]]:
+def simulators_in_child(
+    data_dir: Path, public_url: str, webhook_secret: str
+) -> Iterator[tuple[SimulatorURLs, int]]:
     """Run `serve_simulators` in a spawned child process; yields (URLs, child pid)."""
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe()
@@ -219,7 +221,12 @@ async def temporal_client(keyring: Keyring) -> AsyncIterator[tuple[Client, int |
 
 
 @asynccontextmanager
-async def bench_stack(*, sims: str = "process", worker_options: dict[str, Any] | None = None) -> AsyncIterator[Bench]:
+async def bench_stack(
+    *,
+    sims: str = "process",
+    worker_options: dict[str, Any] | None = None,
+    approval_timeout_seconds: int = 3600,
+) -> AsyncIterator[Bench]:
     """The whole stack, on a fresh data dir and a fresh keyring."""
     keyring = Keyring.generate()
     with tempfile.TemporaryDirectory(prefix="qm-bench-") as tmp:
@@ -234,11 +241,15 @@ async def bench_stack(*, sims: str = "process", worker_options: dict[str, Any] |
                     urls, sims_pid = stack_of.enter_context(
                         simulators_in_child(data_dir, f"http://127.0.0.1:{gateway_port}", webhook_secret)
                     )
+                options = worker_options if worker_options is not None else WORKER_OPTIONS
                 async with open_stack(
                     client, keyring, data_dir, gateway_port=gateway_port, webhook_secret=webhook_secret,
-                    simulators=urls, worker_options=worker_options if worker_options is not None else WORKER_OPTIONS,
+                    simulators=urls, worker_options=options,
+                    approval_timeout_seconds=approval_timeout_seconds,
                 ) as stack:  # fmt: skip
-                    yield Bench(stack=stack, client=client, keyring=keyring, server_pid=server_pid, sims_pid=sims_pid)
+                    yield Bench(
+                        stack=stack, client=client, keyring=keyring, server_pid=server_pid, sims_pid=sims_pid
+                    )
 
 
 # -- principals ---------------------------------------------------------------------------------------
@@ -253,20 +264,23 @@ async def raise_limit(stack: Stack, email: str, provider: str, usd: int) -> None
     wid = f"limit-change-{pid}-bench"
     handle = await stack.client.start_workflow(
         "LimitChange",
-        LimitChangeRequest(principal_id=pid, principal_email=email, provider=provider, limit=Money(amount=usd * 100)),
+        LimitChangeRequest(
+            principal_id=pid, principal_email=email, provider=provider, limit=Money(amount=usd * 100)
+        ),
         id=wid,
         task_queue=stack.settings.task_queue,
         result_type=LimitChangeResult,
     )
     approval_id = f"{wid}.limit_change"
-    await _until(lambda: any(m.get("approval_id") == approval_id for m in stack.inbox(email)))
+    await until(lambda: any(m.get("approval_id") == approval_id for m in stack.inbox(email)))
     outcome = await stack.decide(approval_id, email)
     assert outcome.status == "ACCEPTED", outcome
     result: LimitChangeResult = await handle.result()
     assert result.status == "applied", result
 
 
-async def _until(check: Any, timeout: float = 60) -> None:
+async def until(check: Any, timeout: float = 60) -> None:
+    """Poll `check()` until true (local reads only: files, counters)."""
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:

@@ -60,8 +60,21 @@ class Phase:
 
     def row(self, kind: str, workflow: str) -> list[object]:
         ms = [f"{percentile(self.latencies, p) * 1000:.0f}" for p in (50, 95, 99)]
-        per = [f"{self.cpu.get(k, 0.0) / self.n * 1000:.1f}" for k in ("worker process", "temporal server", "simulators")]
-        return [kind, workflow, self.n, self.c, f"{self.wall:.1f}", f"{self.rate:.1f}", *ms, len(self.failed), *per]
+        per = [
+            f"{self.cpu.get(k, 0.0) / self.n * 1000:.1f}"
+            for k in ("worker process", "temporal server", "simulators")
+        ]
+        return [
+            kind,
+            workflow,
+            self.n,
+            self.c,
+            f"{self.wall:.1f}",
+            f"{self.rate:.1f}",
+            *ms,
+            len(self.failed),
+            *per,
+        ]
 
 
 async def run_phase(bench: Bench, n: int, c: int, job: Callable[[int], Awaitable[str | None]]) -> Phase:
@@ -100,7 +113,9 @@ def real_job(bench: Bench, service: str) -> Callable[[int], Awaitable[str | None
     return job
 
 
-def floor_job(bench: Bench, service: str, plan: FloorPlan, task_queue: str) -> Callable[[int], Awaitable[str | None]]:
+def floor_job(
+    bench: Bench, service: str, plan: FloorPlan, task_queue: str
+) -> Callable[[int], Awaitable[str | None]]:
     async def job(i: int) -> str | None:
         principal = bench.stack.principal_id(bench.principals[i % len(bench.principals)])
         attrs = TypedSearchAttributes(
@@ -156,16 +171,30 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
                 for phase, name in ((real, service), (floor, "floor")):
                     if phase.failed:
                         print(f"{kind} {name}: failures {sorted(set(phase.failed))}", file=out)
-        table(f"throughput and end-to-end latency (submit -> result), N={args.n}, C={args.c}", COLUMNS, rows, out)
+        table(
+            f"throughput and end-to-end latency (submit -> result), N={args.n}, C={args.c}",
+            COLUMNS,
+            rows,
+            out,
+        )
         print("cpu ms = CPU milliseconds per provisioning, per process, over the phase", file=out)
-        table("real vs floor (same activities as no-ops, same server, same worker options)", RATIO_COLUMNS, ratios, out)
+        table(
+            "real vs floor (same activities as no-ops, same server, same worker options)",
+            RATIO_COLUMNS,
+            ratios,
+            out,
+        )
         return 0
 
 
 async def _same_shape(bench: Bench, real: WorkflowHistory, plan: FloorPlan, task_queue: str) -> bool:
     """Does one floor run group its activities into workflow tasks like the real history?"""
     handle = await bench.client.start_workflow(
-        FLOOR_WORKFLOW, plan, id=f"floor-shape-{uuid.uuid4().hex[:12]}", task_queue=task_queue, result_type=int
+        FLOOR_WORKFLOW,
+        plan,
+        id=f"floor-shape-{uuid.uuid4().hex[:12]}",
+        task_queue=task_queue,
+        result_type=int,
     )
     await handle.result()
     return wft_shape(await handle.fetch_history()) == wft_shape(real)

@@ -71,7 +71,9 @@ WAITING_FOR_HUMAN = frozenset(
 
 def code_of(value: str | None) -> ErrorCode:
     """The ErrorCode named `value`, or UNKNOWN_ERROR for anything else (a result's code is data)."""
-    return ErrorCode(value) if value is not None and value in ErrorCode.__members__ else ErrorCode.UNKNOWN_ERROR
+    return (
+        ErrorCode(value) if value is not None and value in ErrorCode.__members__ else ErrorCode.UNKNOWN_ERROR
+    )
 
 
 def exit_code(code: ErrorCode) -> int:

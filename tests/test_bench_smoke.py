@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
 from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
 
 
 async def test_ledger_bench_quick(client: Client) -> None:
@@ -17,3 +25,64 @@ async def test_ledger_bench_quick(client: Client) -> None:
         ("10 ledger(s)", "SpendLedger"),
     }
     assert all(f.ops > 0 and f.seconds > 0 for f in figures)
+
+
+# -- the provisioning benchmarks (bench/throughput.py, cost.py, waiting.py, profile.py) ---------------
+# Each runs as a real `python -m bench.<name> --quick` process (exit code and printed table are what a
+# user sees), against this session's dev server through TEMPORAL_ADDRESS to skip a server start.
+# The four start together: they are mostly waiting on round trips, and the suite stays short.
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_SCRIPTS = ("throughput", "cost", "waiting", "profile")
+#: a quick run in flight: (exit code, output)
+BenchRun = asyncio.Task[tuple[int, str]]
+
+
+async def _run_bench(name: str, address: str) -> tuple[int, str]:
+    env = {**os.environ, "TEMPORAL_ADDRESS": address, "TEMPORAL_NAMESPACE": "default"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", f"bench.{name}", "--quick", cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
+    finally:
+        if proc.returncode is None:  # timed out or cancelled: leave no process behind
+            proc.kill()
+            await proc.wait()
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+async def bench_runs(temporal_env: WorkflowEnvironment) -> AsyncIterator[dict[str, BenchRun]]:
+    """All four quick runs, started together; teardown waits for every one of them."""
+    address = temporal_env.client.service_client.config.target_host
+    runs = {name: asyncio.ensure_future(_run_bench(name, address)) for name in BENCH_SCRIPTS}
+    yield runs
+    await asyncio.gather(*runs.values(), return_exceptions=True)
+
+
+def _columns_in(out: str, *names: str) -> None:
+    missing = [n for n in names if n not in out]
+    assert not missing, f"missing {missing} in:\n{out[-3000:]}"
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("throughput", ("cpus", "cpu model", "prov/s", "p50 ms", "p95 ms", "p99 ms", "real/floor",
+                        "cloud/workers", "mail/send:starter", "floor")),
+        ("cost", ("events", "actions total", "minimum", "activity attempts", "search attribute upserts",
+                  "create_resource", "record_audit")),
+        ("waiting", ("requests parked at the terms gate", "worker process RSS", "qm approvals",
+                     "one approval: request completed", "completed")),
+        ("profile", ("wall", "worker cpu", "server cpu", "sims cpu", "top project functions")),
+    ],
+)  # fmt: skip
+async def test_provisioning_bench_quick(
+    script: str, expected: tuple[str, ...], bench_runs: dict[str, BenchRun]
+) -> None:
+    code, out = await bench_runs[script]
+    print(out)
+    assert code == 0, out[-3000:]
+    _columns_in(out, *expected)

@@ -246,7 +246,9 @@ async def test_approval_timeout_ends_cleanly(stack: Stack) -> None:
     """No answer within the approval timeout: the request fails with a code, nothing is left behind,
     and the workflow task never fails (the timeout is caught)."""
     settings = stack.settings.model_copy(update={"task_queue": "qm-timeout", "approval_timeout_seconds": 2})
-    qm = stack.qm.__class__(temporal=stack.client, settings=settings, keyring=stack.keyring, registry=stack.qm.registry)
+    qm = stack.qm.__class__(
+        temporal=stack.client, settings=settings, keyring=stack.keyring, registry=stack.qm.registry
+    )
     email = new_email()
     req = stack.request("cloud/workers", email)
     async with worker_module.build_worker(stack.client, settings, stack.keyring):

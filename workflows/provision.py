@@ -145,6 +145,7 @@ class ProvisionWorkflow:
                 reason=outcome.status,
                 details={"approval_id": decision.approval_id},
             )
+            await self.audit.flush()
         return outcome
 
     @workflow.signal(name="oauth_callback")
@@ -228,6 +229,7 @@ class ProvisionWorkflow:
         assert self.audit is not None
         self.step = f"awaiting {kind} approval"
         await self.audit.record("approval.requested", details={"approval_id": approval_id, "kind": kind})
+        await self.audit.flush()  # the trail is complete up to the wait
         res = await self.gate.ask(
             approval_id=approval_id,
             kind=kind,

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import inspect
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -49,5 +50,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
 
 
+def console() -> None:
+    """The `qm` console script. Exits without interpreter finalization: the Temporal client's native
+    threads can abort a finalizing interpreter (a 134 exit code instead of ours)."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
