@@ -33,7 +33,7 @@ READS = frozenset(
     {"load_policy", "authorize_actor", "discover", "resolve_customer", "find_connection", "terms_accepted",
      "lookup_account", "payment_method_status", "resource_ready", "spend_view"}
 )  # fmt: skip
-AUDIT = frozenset({"record_audit"})
+AUDIT = frozenset({"record_audit", "record_audit_batch"})
 CLASSES = {
     "read": ("read / idempotent get-or-create", "local activity (one action per workflow task)"),
     "audit": ("audit record", "buffered in workflow state, written by one activity"),

@@ -1,7 +1,7 @@
 """Where the time of an unattended provisioning goes: worker process, Temporal server, simulators.
 
     .venv/bin/python -m bench.profile             # 5 sequential + 40 concurrent (C=10) of each kind
-    .venv/bin/python -m bench.profile --quick     # 2 sequential + 6 concurrent (C=3)
+    .venv/bin/python -m bench.profile --quick     # 1 sequential + 4 concurrent (C=2)
 
 1. Sequential runs give one provisioning's wall time and the CPU each process spent on it (from
    /proc): what is not CPU is waiting (round trips, task dispatch, the simulators' own delays).
@@ -184,10 +184,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--raw", default=None, help="keep py-spy's raw samples (worker.txt, sims.txt) in this folder"
     )
-    p.add_argument("--quick", action="store_true", help="k=2, n=6, c=3")
+    p.add_argument("--quick", action="store_true", help="k=1, n=4, c=2")
     args = p.parse_args(argv)
     if args.quick:
-        args.k, args.n, args.c = 2, 6, 3
+        args.k, args.n, args.c = 1, 4, 2
     return args
 
 

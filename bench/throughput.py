@@ -207,10 +207,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--principals", type=int, default=0, help="prepared principals (default: C)")
     p.add_argument("--sims", choices=["process", "thread"], default="process",
                    help="simulators in a child process (default) or in threads of this process")  # fmt: skip
-    p.add_argument("--quick", action="store_true", help="N=6, C=3: a smoke run")
+    p.add_argument("--quick", action="store_true", help="N=4, C=2: a smoke run")
     args = p.parse_args(argv)
     if args.quick:
-        args.n, args.c = 6, 3
+        args.n, args.c = 4, 2
     return args
 
 

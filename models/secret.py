@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import GetCoreSchemaHandler
 from pydantic_core import core_schema
 
-SECRET_MARKER = "__qm_secret__"
+SECRET_MARKER = "__qm_secret__"  # noqa: S105 - a JSON key, not a password
 #: the redaction marker (not a password)
 REDACTED = "***"
 

@@ -49,6 +49,8 @@ from quartermaster.temporal import connect
 from workflows.search_attributes import QM_AGENT, QM_PRINCIPAL, QM_PROVIDER, QM_SERVICE, QM_STATE, State
 
 CLOSED_OK = WorkflowExecutionStatus.COMPLETED
+#: ~5 s of retries for a decision that arrives before its approval is open
+UNKNOWN_APPROVAL_RETRIES = 25
 
 
 class ResourceInfo(BaseModel):
@@ -227,9 +229,14 @@ class QuartermasterClient:
             raise QuartermasterError(ErrorCode.INVALID_REQUEST, "malformed approval id")
         handle = self.temporal.get_workflow_handle(wid)
         try:
-            outcome: DecisionOutcome = await handle.execute_update(
-                "submit_decision", decision, result_type=DecisionOutcome
-            )
+            for _ in range(UNKNOWN_APPROVAL_RETRIES):
+                outcome: DecisionOutcome = await handle.execute_update(
+                    "submit_decision", decision, result_type=DecisionOutcome
+                )
+                if outcome.status != "UNKNOWN_APPROVAL":
+                    break
+                # the code can reach the human a moment before the workflow holds its hash
+                await asyncio.sleep(0.2)
         except RPCError as err:
             raise QuartermasterError(
                 ErrorCode.NOT_FOUND, f"no open approval {decision.approval_id}: {err.message}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import httpx
 import pytest
 
 from models.money import Money
@@ -27,7 +28,9 @@ async def _approve_session(stack: Stack, approval_id: str, email: str) -> None:
     assert (await stack.decide(approval_id, email)).status == "ACCEPTED"
 
 
-def _cli(monkeypatch: pytest.MonkeyPatch, stack: Stack, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+def _cli(
+    monkeypatch: pytest.MonkeyPatch, stack: Stack, capsys: pytest.CaptureFixture[str], *argv: str
+) -> tuple[int, str]:
     monkeypatch.setenv("QM_DATA_DIR", str(stack.data_dir))
     capsys.readouterr()
     code = qm_main(list(argv))
@@ -82,13 +85,17 @@ async def test_sub_agent_purchase_trace(
     assert trace["chain"] == [principal, "planner", "builder"]
     actions = [r["event"]["action"] for r in trace["records"]]
     expected = [
-        "request.received", "authorization.decided", "approval.requested", "approval.granted", "terms.accepted",
-        "account.created", "approval.requested", "approval.granted", "payment_token.issued", "charge.made",
-        "resource.created", "payment_token.revoked", "credential.minted", "request.completed",
+        "request.received", "authorization.decided", "approval.requested", "approval.granted",
+        "terms.accepted", "account.created", "approval.requested", "approval.granted",
+        "payment_token.issued", "charge.made", "resource.created", "payment_token.revoked",
+        "credential.minted", "request.completed",
     ]  # fmt: skip
     assert [a for a in actions if a in expected] == expected
     granted = [r["event"] for r in trace["records"] if r["event"]["action"] == "approval.granted"]
-    assert [g["approved_by"] for g in granted] == [principal, None]  # the card: settled at Stripe, not by code
+    assert [g["approved_by"] for g in granted] == [
+        principal,
+        None,
+    ]  # the card: settled at Stripe, not by code
     assert trace["charges"] and trace["charges"][0]["amount"]["amount"] == res.charge.amount.amount
     assert trace["credential_ids"] == [res.credential.credential_id]
     every = {r["event"]["session_ids"][-1] for r in trace["records"] if r["event"]["session_ids"]}
@@ -106,3 +113,10 @@ async def test_sub_agent_purchase_trace(
     for canary in canaries:
         for forms in canary_forms(canary).values():
             assert not any(form in blob for form in forms for blob in blobs)
+
+    # the kill switch: freezing the sub-agent revokes what it holds at the provider
+    await stack.sessions.freeze("builder", email=email)
+    async with httpx.AsyncClient() as http:
+        r = await http.post(f"{stack.provider_urls['cloud']}/introspect", data={"token": canaries[0]})
+    assert r.json() == {"active": False}
+    await maybe_record(stack.client, "agent-builder", "agent-freeze")

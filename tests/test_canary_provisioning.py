@@ -49,7 +49,9 @@ async def test_no_secret_of_a_provisioning_reaches_temporal_logs_or_audit(
         root.setLevel(level)
 
 
-async def _scenario(stack: Stack, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
+async def _scenario(
+    stack: Stack, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
     before = _payment_tokens(stack)
     email = new_email()
     # 1. success: new account (terms), card on the Checkout page, paid resource, credential

@@ -14,12 +14,13 @@ import httpx
 import pytest
 from temporalio.client import WorkflowExecutionStatus
 
+import worker as worker_module
 from models.money import Money
 from models.provisioning import ProvisionResult
 from models.request import Actor
 from providers.stripe_adapter import StripeAdapter
 from quartermaster.config import LOCAL_STRIPE_KEY
-import worker as worker_module
+from tests.fixtures.history_recorder import maybe_record
 from tests.fixtures.stack import Stack, new_email
 
 
@@ -72,6 +73,7 @@ async def test_new_email_terms_card_paid_resource_and_scoped_token(stack: Stack)
     assert info["scope"].split() == ["r2:read"]
     assert info["exp"] <= datetime.now(UTC).timestamp() + 600 + 5
     assert len(await resources_named(stack, "cloud", req.name)) == 1
+    await maybe_record(stack.client, f"provision-{req.request_id}", "provision-new-account-card-paid")
 
 
 async def test_existing_account_oauth_consent_links(stack: Stack) -> None:
@@ -87,6 +89,7 @@ async def test_existing_account_oauth_consent_links(stack: Stack) -> None:
     assert res.link_action == "linked_existing"
     info = await introspect(stack, "db", res.credential.env["DB_API_TOKEN"].reveal())
     assert info["active"] is True
+    await maybe_record(stack.client, f"provision-{req.request_id}", "provision-oauth-linked")
 
 
 async def test_terms_acceptance_is_remembered(stack: Stack) -> None:
@@ -133,6 +136,7 @@ async def test_deny_at_each_gate_leaves_nothing(stack: Stack, gate: str) -> None
     assert res.error_code == "APPROVAL_DENIED"
     assert await resources_named(stack, service.split("/")[0], req.name) == []
     assert await charges_for(stack, service.split("/")[0], req.request_id, req.name) == []
+    await maybe_record(stack.client, f"provision-{req.request_id}", f"provision-denied-{gate}")
 
 
 async def test_forged_replayed_and_wrong_request_approvals_change_nothing(stack: Stack) -> None:
@@ -226,6 +230,8 @@ async def test_remove_and_rotate(stack: Stack) -> None:
     assert (await introspect(stack, "cloud", new)) == {"active": False}
     (row,) = await resources_named(stack, "cloud", req.name)
     assert row["status"] == "removed"
+    await maybe_record(stack.client, f"rotate-{res.resource_id}-r1", "rotate-credential")
+    await maybe_record(stack.client, f"remove-{res.resource_id}", "remove-resource")
 
 
 async def test_approval_sent_as_soon_as_the_code_arrives(stack: Stack) -> None:
@@ -258,3 +264,4 @@ async def test_approval_timeout_ends_cleanly(stack: Stack) -> None:
     assert await resources_named(stack, "cloud", req.name) == []
     history = await stack.client.get_workflow_handle(f"provision-{req.request_id}").fetch_history()
     assert not [e for e in history.events if e.HasField("workflow_task_failed_event_attributes")]
+    await maybe_record(stack.client, f"provision-{req.request_id}", "provision-approval-timeout")

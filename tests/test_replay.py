@@ -32,7 +32,8 @@ def test_every_workflow_type_has_a_recorded_history() -> None:
 
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
 async def test_history_replays(path: Path, keyring: Keyring) -> None:
-    history = WorkflowHistory.from_json(path.stem, path.read_text())  # noqa: ASYNC240 - a small local file
+    doc = json.loads(path.read_text())  # noqa: ASYNC240 - a small local file
+    history = WorkflowHistory.from_json(doc.pop("workflowId"), doc)
     replayer = Replayer(
         workflows=list(worker.workflow_classes()), data_converter=data_converter(EncryptionCodec(keyring))
     )

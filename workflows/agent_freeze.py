@@ -61,12 +61,12 @@ class AgentWorkflow:
         return self.gate.pending()
 
     @workflow.update(name="submit_decision")
-    async def submit_decision(self, decision: ApprovalDecision) -> DecisionOutcome:
-        return await self.gate.decide_when_ready(decision)
+    def submit_decision(self, decision: ApprovalDecision) -> DecisionOutcome:
+        return self.gate.decide(decision)
 
     @workflow.signal(name="decide")
-    async def decide(self, decision: ApprovalDecision) -> None:
-        await self.gate.decide_when_ready(decision)
+    def decide(self, decision: ApprovalDecision) -> None:
+        self.gate.decide(decision)
 
     @workflow.signal(name="register_session")
     async def register_session(self, ref: AgentSessionRef) -> None:

@@ -60,8 +60,6 @@ class ApprovalGate:
 
     open: dict[str, _Open] = field(default_factory=dict)
     closed: set[str] = field(default_factory=set)
-    #: approvals whose code is being delivered but whose hash has not come back yet
-    preparing: set[str] = field(default_factory=set)
     attempts: list[RejectedAttempt] = field(default_factory=list)
 
     def _publish(self) -> None:
@@ -70,16 +68,6 @@ class ApprovalGate:
 
     def pending(self) -> list[ApprovalRequest]:
         return [o.request for o in self.open.values() if o.decision is None and not o.locked_out]
-
-    async def decide_when_ready(self, d: ApprovalDecision) -> DecisionOutcome:
-        """`decide`, after waiting (briefly) for an approval whose code is still being delivered: the
-        human can read the code before the notifier activity has returned its hash."""
-        if d.approval_id in self.preparing:
-            try:
-                await workflow.wait_condition(lambda: d.approval_id not in self.preparing, timeout=60)
-            except TimeoutError:
-                pass
-        return self.decide(d)
 
     def decide(self, d: ApprovalDecision) -> DecisionOutcome:
         """Check the proof and record the decision. Synchronous: atomic inside a handler."""
@@ -114,6 +102,7 @@ class ApprovalGate:
         satisfied_by: Callable[[], bool] | None = None,
         poll: Callable[[], Awaitable[bool]] | None = None,
         poll_every: timedelta = timedelta(seconds=30),
+        on_rejected: Callable[[list[RejectedAttempt]], Awaitable[None]] | None = None,
     ) -> GateResult:
         """Notify the principal and wait for a valid decision, or the timeout.
 
@@ -131,11 +120,7 @@ class ApprovalGate:
             requested_at=now,
             expires_at=now + timeout,
         )
-        self.preparing.add(approval_id)
-        try:
-            ticket = await self._notify(request, principal_email, kind)
-        finally:
-            self.preparing.discard(approval_id)
+        ticket = await self._notify(request, principal_email, kind)
         entry = _Open(request=request, code_hash=ticket.code_hash)
         self.open[approval_id] = entry
         workflow.upsert_search_attributes(
@@ -145,6 +130,7 @@ class ApprovalGate:
         self._publish()
         deadline = now + timeout
         satisfied = satisfied_by or (lambda: False)
+        seen = len(self.attempts)
         try:
             while True:
                 remaining = deadline - workflow.now()
@@ -152,10 +138,20 @@ class ApprovalGate:
                     raise TimeoutError
                 try:
                     await workflow.wait_condition(
-                        lambda: entry.decision is not None or entry.locked_out or satisfied(),
+                        lambda: (
+                            entry.decision is not None
+                            or entry.locked_out
+                            or satisfied()
+                            or (on_rejected is not None and len(self.attempts) > seen)  # noqa: B023 - read each wake-up
+                        ),
                         timeout=min(remaining, poll_every) if poll else remaining,
                         timeout_summary=f"{kind} approval",
                     )
+                    if on_rejected is not None and len(self.attempts) > seen:
+                        fresh, seen = self.attempts[seen:], len(self.attempts)
+                        await on_rejected(fresh)  # audited from the main coroutine: deterministic
+                        if entry.decision is None and not entry.locked_out and not satisfied():
+                            continue
                     break
                 except TimeoutError:
                     if poll is None or workflow.now() >= deadline:

@@ -172,12 +172,12 @@ class LimitChangeWorkflow:
         return LimitChangeResult(status="applied", limits=limits)
 
     @workflow.update(name="submit_decision")
-    async def submit_decision(self, decision: ApprovalDecision) -> DecisionOutcome:
-        return await self._gate.decide_when_ready(decision)
+    def submit_decision(self, decision: ApprovalDecision) -> DecisionOutcome:
+        return self._gate.decide(decision)
 
     @workflow.signal(name="decide")
-    async def decide(self, decision: ApprovalDecision) -> None:
-        await self._gate.decide_when_ready(decision)
+    def decide(self, decision: ApprovalDecision) -> None:
+        self._gate.decide(decision)
 
     @workflow.query(name="pending_approvals")
     def pending_approvals(self) -> list[ApprovalRequest]:

@@ -54,7 +54,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.request import ProvisionRequest
     from models.session import Authorization, AuthorizationRequest, RecordCredential
-    from workflows.approval_gate import ApprovalGate
+    from workflows.approval_gate import ApprovalGate, RejectedAttempt
     from workflows.audit_trail import AuditTrail
     from workflows.search_attributes import (
         QM_AGENT,
@@ -126,27 +126,17 @@ class ProvisionWorkflow:
         self.undo: list[tuple[str, Any]] = []
         self.result = ProvisionResult(request_id="", outcome="rejected", service_id="")
         self.audit: AuditTrail | None = None
+        self.audited_attempts = 0
 
     # -- handlers ---------------------------------------------------------------------------------
     @workflow.update(name="submit_decision")
-    async def submit_decision(self, decision: ApprovalDecision) -> DecisionOutcome:
-        return await self._decide(decision)
+    def submit_decision(self, decision: ApprovalDecision) -> DecisionOutcome:
+        """Synchronous, so the check and the state change are one atomic step (and replay-safe)."""
+        return self.gate.decide(decision)
 
     @workflow.signal(name="decide")
-    async def decide(self, decision: ApprovalDecision) -> None:
-        await self._decide(decision)
-
-    async def _decide(self, decision: ApprovalDecision) -> DecisionOutcome:
-        outcome = await self.gate.decide_when_ready(decision)  # the decision itself is atomic
-        if outcome.status != "ACCEPTED" and self.audit is not None:
-            await self.audit.record(
-                "approval.forged_attempt",
-                outcome="refused",
-                reason=outcome.status,
-                details={"approval_id": decision.approval_id},
-            )
-            await self.audit.flush()
-        return outcome
+    def decide(self, decision: ApprovalDecision) -> None:
+        self.gate.decide(decision)
 
     @workflow.signal(name="oauth_callback")
     def oauth_callback(self, callback: OAuthCallback) -> None:
@@ -193,6 +183,7 @@ class ProvisionWorkflow:
                 [QM_STATE.value_set(State.COMPENSATED if moved else State.FAILED)]
             )
         if self.audit is not None:
+            await self._audit_rejected(self.gate.attempts[self.audited_attempts :])  # late or replayed codes
             await self.audit.record(
                 "request.completed" if self.result.outcome == "completed" else "request.failed",
                 outcome="success" if self.result.outcome == "completed" else "failure",
@@ -238,6 +229,7 @@ class ProvisionWorkflow:
             summary=summary,
             details=details,
             timeout=timedelta(seconds=self.policy.approval_timeout_seconds),
+            on_rejected=self._audit_rejected,
             **wait,
         )
         if res.status == "approved":
@@ -261,6 +253,18 @@ class ProvisionWorkflow:
         if res.status == "locked_out":
             raise Stop(ErrorCode.APPROVAL_REJECTED, f"{kind} approval closed after too many wrong codes")
         raise Stop(ErrorCode.APPROVAL_DENIED, f"{kind} denied: {reason}")
+
+    async def _audit_rejected(self, attempts: list[RejectedAttempt]) -> None:
+        assert self.audit is not None
+        self.audited_attempts += len(attempts)
+        for attempt in attempts:
+            await self.audit.record(
+                "approval.forged_attempt",
+                outcome="refused",
+                reason=attempt.status,
+                details={"approval_id": attempt.approval_id},
+            )
+        await self.audit.flush()
 
     async def _provision(self, req: ProvisionRequest) -> None:
         provider = req.provider

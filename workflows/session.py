@@ -121,12 +121,12 @@ class SessionWorkflow:
 
     # ---- approvals (the lead's `qm approve` sends these) -----------------------------------------
     @workflow.update(name="submit_decision")
-    async def submit_decision(self, decision: ApprovalDecision) -> DecisionOutcome:
-        return await self.gate.decide_when_ready(decision)
+    def submit_decision(self, decision: ApprovalDecision) -> DecisionOutcome:
+        return self.gate.decide(decision)
 
     @workflow.signal(name="decide")
-    async def decide(self, decision: ApprovalDecision) -> None:
-        await self.gate.decide_when_ready(decision)
+    def decide(self, decision: ApprovalDecision) -> None:
+        self.gate.decide(decision)
 
     # ---- revocation -----------------------------------------------------------------------------
     def _request_close(self, req: RevokeRequest) -> None:

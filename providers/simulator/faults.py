@@ -16,8 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-FaultKind = Literal["latency", "error_500", "error_429", "timeout", "crash_after_commit", "delay_after_commit"]
-DEFAULT_SECONDS: dict[str, float] = {"latency": 0.5, "error_429": 1.0, "timeout": 30.0, "delay_after_commit": 5.0}
+FaultKind = Literal[
+    "latency", "error_500", "error_429", "timeout", "crash_after_commit", "delay_after_commit"
+]
+DEFAULT_SECONDS: dict[str, float] = {
+    "latency": 0.5,
+    "error_429": 1.0,
+    "timeout": 30.0,
+    "delay_after_commit": 5.0,
+}
 
 
 class FaultSpec(BaseModel):

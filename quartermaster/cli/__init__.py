@@ -12,7 +12,8 @@ import inspect
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from models.errors import ErrorCode, QuartermasterError
 from quartermaster.cli import verbs
@@ -29,30 +30,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.verb != "dev":  # `qm dev` shows its children's output as it is
-        configure_logging(logging.WARNING)
+    """Run one verb; returns the exit code. Async verbs run in a fresh event loop."""
+    return _guarded(argv, lambda result: asyncio.run(result))
+
+
+async def main_async(argv: Sequence[str]) -> int:
+    """`main` for callers already inside an event loop (embedding agents, tests)."""
+    args = build_parser().parse_args(argv)
+    return await _guarded_async(args)
+
+
+def _guarded(argv: Sequence[str] | None, run_async: Callable[[Any], Any]) -> int:
+    args = build_parser().parse_args(argv)
     try:
         result = args.handler(args)
         if inspect.isawaitable(result):
-            result = asyncio.run(result)  # type: ignore[arg-type]
+            result = run_async(result)
         return int(result or 0)
-    except QuartermasterError as err:
+    except BaseException as err:
+        return _map_error(args, err)
+
+
+async def _guarded_async(args: argparse.Namespace) -> int:
+    try:
+        result = args.handler(args)
+        if inspect.isawaitable(result):
+            result = await result
+        return int(result or 0)
+    except BaseException as err:
+        return _map_error(args, err)
+
+
+def _map_error(args: argparse.Namespace, err: BaseException) -> int:
+    """Known failures become one line with a stable code and the verb's exit code."""
+    if isinstance(err, QuartermasterError):
         return report_error(args, err.code, err.message)
-    except KeyboardInterrupt:
+    if isinstance(err, KeyboardInterrupt):
         return 130
-    except (ConnectionError, OSError) as err:
+    if isinstance(err, ConnectionError | OSError):
         return report_error(args, ErrorCode.UNKNOWN_ERROR, f"{type(err).__name__}: cannot reach a service")
-    except RuntimeError as err:
-        if "connect" in str(err).lower():
-            return report_error(args, ErrorCode.TEMPORAL_UNAVAILABLE, "cannot connect to Temporal")
-        raise
+    if isinstance(err, RuntimeError) and "connect" in str(err).lower():
+        return report_error(args, ErrorCode.TEMPORAL_UNAVAILABLE, "cannot connect to Temporal")
+    raise err
 
 
 def console() -> None:
     """The `qm` console script. Exits without interpreter finalization: the Temporal client's native
     threads can abort a finalizing interpreter (a 134 exit code instead of ours)."""
+    if sys.argv[1:2] != ["dev"]:  # `qm dev` shows its children's output as it is
+        configure_logging(logging.WARNING)
     code = main()
     sys.stdout.flush()
     sys.stderr.flush()
