@@ -113,7 +113,9 @@ class Settings(BaseModel):
             "providers": ",".join(f"{k}={v}" for k, v in self.providers.items()),
             "stripe": "local server " + self.stripe_base_url if self.stripe_is_local else "api.stripe.com",
             "stripe_api_key": "set" if self.stripe_api_key else "not set",
-            "stripe_webhook_secret": "set" if self.stripe_webhook_secret else "not set",
+            "stripe_webhook_secret": "set"
+            if self.stripe_webhook_secret
+            else ("dev file" if (self.data_dir / "stripe-webhook-secret").exists() else "not set"),
             "keys_file": str(self.resolved_keys_file),
             "codec_auth_token": "set" if self.codec_auth_token else "not set",
         }
