@@ -35,6 +35,10 @@ def _ensure_venv() -> None:
             [str(BIN / "python"), "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[dev]"], check=True
         )
         STAMP.write_text(digest)
+    # byte-compile the workflow code: the worker's sandbox re-imports it for every new workflow, and
+    # where PYTHONDONTWRITEBYTECODE is set it would compile from source each time (docs/performance.md)
+    packages = [str(ROOT / p) for p in ("workflows", "models", "activities", "providers", "quartermaster")]
+    subprocess.run([str(BIN / "python"), "-m", "compileall", "-q", *packages], check=False)
 
 
 def _ensure_chromium() -> None:

@@ -159,7 +159,7 @@ class SessionRevocationActivities:
         handle = await self._client.start_workflow(
             "AgentWorkflow",
             AgentStatus(agent=ref.agent),
-            id=agent_workflow_id(ref.agent),
+            id=agent_workflow_id(ref.principal_id, ref.agent),
             task_queue=activity.info().task_queue,
             start_signal="register_session",
             start_signal_args=[ref],

@@ -137,8 +137,8 @@ class SessionActivities:
                 return None
             raise
 
-    async def agent_status(self, agent: str) -> AgentStatus:
-        handle = self._client.get_workflow_handle(agent_workflow_id(agent))
+    async def agent_status(self, principal_id: str, agent: str) -> AgentStatus:
+        handle = self._client.get_workflow_handle(agent_workflow_id(principal_id, agent))
         try:
             status: AgentStatus = await handle.query("status", result_type=AgentStatus)
             return status
@@ -180,7 +180,9 @@ class SessionActivities:
         if leaf.principal_id != claims.principal_id:
             raise QuartermasterError(ErrorCode.SESSION_INVALID, "the token does not match the session")
         # the kill switch first: a frozen agent's sessions are also revoked, but the cause is the freeze
-        agents = await asyncio.gather(*(self.agent_status(a) for a in dict.fromkeys(leaf.chain)))
+        agents = await asyncio.gather(
+            *(self.agent_status(leaf.principal_id, a) for a in dict.fromkeys(leaf.chain))
+        )
         for status in agents:
             if status.frozen:
                 raise QuartermasterError(ErrorCode.AGENT_FROZEN, f"agent {status.agent} is frozen")
@@ -268,7 +270,7 @@ class SessionActivities:
                     ErrorCode.IDENTITY_INVALID, "the identity token is for another agent"
                 )
             identity = verified.spiffe_id
-        if (await self.agent_status(actor.agent)).frozen:
+        if (await self.agent_status(principal_id, actor.agent)).frozen:
             raise QuartermasterError(ErrorCode.AGENT_FROZEN, f"agent {actor.agent} is frozen")
         return Authorization(
             allowed=True, principal_id=principal_id, agent_chain=[actor.agent], agent_identity=identity
@@ -312,7 +314,7 @@ class SessionActivities:
             )
             if seen.claims.session_id != req.session_id:
                 raise QuartermasterError(ErrorCode.SESSION_INVALID, "the token is for another session")
-            if (await self.agent_status(req.to_agent)).frozen:
+            if (await self.agent_status(seen.claims.principal_id, req.to_agent)).frozen:
                 raise QuartermasterError(ErrorCode.AGENT_FROZEN, f"agent {req.to_agent} is frozen")
         except QuartermasterError as err:
             return DelegationCheckResult(ok=False, code=str(err.code), reason=err.message)

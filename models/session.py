@@ -30,8 +30,9 @@ def session_workflow_id(session_id: str) -> str:
     return f"session-{session_id}"
 
 
-def agent_workflow_id(agent: str) -> str:
-    return f"agent-{agent}"
+def agent_workflow_id(principal_id: str, agent: str) -> str:
+    """One kill-switch entity per (principal, agent name): agent names are the principal's own."""
+    return f"agent-{principal_id}-{agent}"
 
 
 def budget_ledger_id(session_id: str) -> str:
@@ -268,6 +269,7 @@ class AgentUnfreezeRequest(BaseModel):
 class AgentSessionRef(BaseModel):
     agent: AgentName
     session_id: str
+    principal_id: str = ""
 
 
 class AgentStatus(BaseModel):

@@ -9,6 +9,7 @@ Messages name the operation and status, never a response body (it could hold a s
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
@@ -50,8 +51,12 @@ class HttpProvider:
         client_id: str = "quartermaster",
         http_client: httpx.AsyncClient | None = None,
         timeout: float = 10.0,
+        catalog_ttl: float = 60.0,
     ) -> None:
         self.name = name
+        #: a catalog changes rarely and is read by every quote and provisioning: keep it this long
+        self.catalog_ttl = catalog_ttl
+        self._catalog: tuple[float, Catalog] | None = None
         self.base_url = base_url.rstrip("/")
         self.client_id = client_id
         self.timeout = timeout
@@ -69,8 +74,13 @@ class HttpProvider:
     # the contract
 
     async def catalog(self) -> Catalog:
-        """`GET /catalog`: provider metadata and services."""
-        return self._parse(Catalog, await self._call("GET", "/catalog"), "catalog")
+        """`GET /catalog`: provider metadata and services (cached `catalog_ttl` seconds)."""
+        now = time.monotonic()
+        if self._catalog is not None and now - self._catalog[0] < self.catalog_ttl:
+            return self._catalog[1]
+        catalog = self._parse(Catalog, await self._call("GET", "/catalog"), "catalog")
+        self._catalog = (now, catalog)
+        return catalog
 
     async def lookup_account(self, *, assertion: Secret) -> AccountLookup:
         """`POST /accounts/lookup`: does the asserted human have an account? (Uses up the assertion.)"""

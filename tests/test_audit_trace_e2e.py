@@ -119,4 +119,4 @@ async def test_sub_agent_purchase_trace(
     async with httpx.AsyncClient() as http:
         r = await http.post(f"{stack.provider_urls['cloud']}/introspect", data={"token": canaries[0]})
     assert r.json() == {"active": False}
-    await maybe_record(stack.client, "agent-builder", "agent-freeze")
+    await maybe_record(stack.client, f"agent-{principal}-builder", "agent-freeze")

@@ -192,10 +192,12 @@ async def test_frozen_agent_is_refused_until_unfrozen(identity_stack: IdentitySt
     assert token2.reveal() == ""  # no token is handed out for it
     # unfreezing is a human action: approval with the principal's code
     status = await stack.qm.unfreeze("runaway", email=EMAIL)
-    assert status.frozen and status.unfreeze_approval_id == "agent-runaway.agent_unfreeze"
+    assert (
+        status.frozen and status.unfreeze_approval_id == f"agent-{state.principal_id}-runaway.agent_unfreeze"
+    )
     assert (await stack.approve(status.unfreeze_approval_id, state.principal_id)).status == "ACCEPTED"
     for _ in range(100):
-        if not (await stack.qm.agent_status("runaway")).frozen:
+        if not (await stack.qm.agent_status("runaway", email=EMAIL)).frozen:
             break
         await asyncio.sleep(0.05)  # the workflow applies the approved unfreeze
     assert (await authorize(stack, "runaway", None, None)).allowed

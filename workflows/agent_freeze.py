@@ -1,4 +1,4 @@
-"""`AgentWorkflow`: one entity per agent name (`agent-<name>`): the kill switch.
+"""`AgentWorkflow`: one entity per principal and agent name (`agent-<principal id>-<name>`): the kill switch.
 
 Sessions register here when they become active. `freeze` (a principal's emergency stop) takes effect
 inside the update handler before any await, so every enforcement point that queries this entity

@@ -172,7 +172,9 @@ class ProvisionWorkflow:
         try:
             await self._provision(req)
             self.result.outcome = "completed"
-            workflow.upsert_search_attributes([QM_STATE.value_set(State.COMPLETED)])
+            workflow.upsert_search_attributes(
+                [QM_STATE.value_set(State.COMPLETED), QM_RESOURCE.value_set(self.result.resource_id or "")]
+            )
         except Stop as stop:
             moved = bool(self.undo)
             await self._compensate()
@@ -256,6 +258,8 @@ class ProvisionWorkflow:
 
     async def _audit_rejected(self, attempts: list[RejectedAttempt]) -> None:
         assert self.audit is not None
+        if not attempts:
+            return
         self.audited_attempts += len(attempts)
         for attempt in attempts:
             await self.audit.record(
@@ -300,7 +304,11 @@ class ProvisionWorkflow:
         ]
         if auth.session_ids:
             attrs.append(QM_SESSION.value_set(auth.session_ids[-1]))
-        workflow.upsert_search_attributes(attrs)
+        # only what the client did not already set at start: each upsert is a billed action
+        current = workflow.info().typed_search_attributes
+        changed = [a for a in attrs if current.get(a.key) != a.value]
+        if changed:
+            workflow.upsert_search_attributes(changed)
         await self.audit.record("request.received", details={"name": req.name})
         await self.audit.record(
             "authorization.decided", outcome="success" if auth.allowed else "refused", reason=auth.reason
@@ -327,27 +335,26 @@ class ProvisionWorkflow:
                 ErrorCode.INVALID_REQUEST, "requested scopes are not offered by the service or not allowed"
             )
 
-        # 3. identity
-        self.step = "identity"
-        customer: Customer = await self._call(
-            "resolve_customer",
-            ResolveCustomer(
-                email=str(req.actor.principal_email),
-                principal_id=self.principal_id,
-                idempotency_key=f"customer-{self.principal_id}",
-            ),
-            Customer,
-            "resolve the principal's Stripe customer",
-        )
-
-        # 4. account
+        # 3-4. identity and account: a linked account is reused; the Stripe customer is resolved only
+        # when an account must be linked or created, or money is due
         self.step = "account"
-        conn = await self._account(req, quote, customer)
+        paid = quote.due_now is not None and quote.due_now.amount > 0
+        conn: ConnectionRef | None = await self._call(
+            "find_connection",
+            TermsRecord(principal_id=self.principal_id, provider=provider, terms_version=quote.terms_version),
+            ConnectionRef,
+            "reuse a connection",
+        )
+        customer = await self._customer(req) if conn is None or paid else None
+        if conn is None:
+            assert customer is not None
+            conn = await self._account(req, quote, customer)
         self.result.link_action = conn.link_action
 
         # 5. pay
         token: IssuedToken | None = None
-        if quote.due_now is not None and quote.due_now.amount > 0:
+        if paid:
+            assert customer is not None
             self.step = "payment"
             token = await self._pay(req, quote, customer)
 
@@ -371,7 +378,6 @@ class ProvisionWorkflow:
         if quote.reversible:
             self.undo.append(("remove_resource", ref))
         self.result.resource_id = resource.resource_id
-        workflow.upsert_search_attributes([QM_RESOURCE.value_set(resource.resource_id)])
         resource = await self._settle(ref, resource)
         self.result.resource_status = resource.status
         if resource.charge is not None:
@@ -413,17 +419,26 @@ class ProvisionWorkflow:
         self.undo.clear()  # fully done: nothing to compensate any more
         self.step = "done"
 
+    async def _customer(self, req: ProvisionRequest) -> Customer:
+        """The principal's Stripe customer (found by exact email, else created; idempotent)."""
+        self.step = "identity"
+        customer: Customer = await self._call(
+            "resolve_customer",
+            ResolveCustomer(
+                email=str(req.actor.principal_email),
+                principal_id=self.principal_id,
+                idempotency_key=f"customer-{self.principal_id}",
+            ),
+            Customer,
+            "resolve the principal's Stripe customer",
+        )
+        self.step = "account"
+        return customer
+
     async def _account(self, req: ProvisionRequest, quote: Quote, customer: Customer) -> ConnectionRef:
+        """Link the principal's existing account (OAuth consent) or create one (after terms)."""
         assert self.audit is not None
         provider = req.provider
-        existing: ConnectionRef | None = await self._call(
-            "find_connection",
-            TermsRecord(principal_id=self.principal_id, provider=provider, terms_version=quote.terms_version),
-            ConnectionRef,
-            "reuse a connection",
-        )
-        if existing is not None:
-            return existing
         inp = AccountInput(
             provider=provider,
             principal_id=self.principal_id,

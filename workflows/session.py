@@ -378,7 +378,11 @@ class SessionWorkflow:
         try:
             status = await workflow.execute_activity(
                 "register_agent_session",
-                AgentSessionRef(agent=self.state.agent, session_id=self.state.session_id),
+                AgentSessionRef(
+                    agent=self.state.agent,
+                    session_id=self.state.session_id,
+                    principal_id=self.state.principal_id,
+                ),
                 result_type=AgentStatus,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=_QUICK,
@@ -492,8 +496,16 @@ class SessionWorkflow:
         self._set_search_attributes()
         workflow.set_current_details(f"{self.state.status}: {self.state.closed_reason or ''}")
         try:
-            await workflow.get_external_workflow_handle(agent_workflow_id(self.state.agent)).signal(
-                "session_closed", AgentSessionRef(agent=self.state.agent, session_id=self.state.session_id)
+            handle = workflow.get_external_workflow_handle(
+                agent_workflow_id(self.state.principal_id, self.state.agent)
+            )
+            await handle.signal(
+                "session_closed",
+                AgentSessionRef(
+                    agent=self.state.agent,
+                    session_id=self.state.session_id,
+                    principal_id=self.state.principal_id,
+                ),
             )
         except Exception:  # noqa: S110 - the agent entity may not exist (never registered)
             pass

@@ -125,6 +125,7 @@ def register(sub: Sub) -> None:
     p.add_argument("--reason", default="unfreeze")
     p = _verb(sa, "show", "show whether an agent is frozen", agent_show)
     p.add_argument("name")
+    p.add_argument("--email", required=True, help="the principal whose agent it is")
 
 
 async def _fetch_session_token(args: argparse.Namespace) -> tuple[Secret | None, str | None]:
@@ -324,6 +325,6 @@ async def agent_unfreeze(args: argparse.Namespace) -> int:
 
 async def agent_show(args: argparse.Namespace) -> int:
     async with session_client() as (qm, _):
-        status = await qm.agent_status(args.name)
+        status = await qm.agent_status(args.name, email=args.email)
     emit(args, status, f"agent {status.agent}: {'FROZEN' if status.frozen else 'active'}")
     return 0

@@ -201,7 +201,7 @@ class SessionClient:
         op: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
             "AgentWorkflow",
             AgentStatus(agent=agent),
-            id=agent_workflow_id(agent),
+            id=agent_workflow_id(self.keyring.principal_id(email), agent),
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             task_queue=self.task_queue,
             static_summary=f"agent {agent}",
@@ -216,7 +216,7 @@ class SessionClient:
 
     async def unfreeze(self, agent: str, *, email: str, reason: str = "unfreeze") -> AgentStatus:
         """Ask the principal to approve unfreezing (code delivered to them); returns the status."""
-        handle = self.temporal.get_workflow_handle(agent_workflow_id(agent))
+        handle = self.temporal.get_workflow_handle(agent_workflow_id(self.keyring.principal_id(email), agent))
         req = AgentUnfreezeRequest(
             principal_id=self.keyring.principal_id(email), principal_email=email, reason=reason
         )
@@ -230,8 +230,8 @@ class SessionClient:
             raise
         return status
 
-    async def agent_status(self, agent: str) -> AgentStatus:
-        handle = self.temporal.get_workflow_handle(agent_workflow_id(agent))
+    async def agent_status(self, agent: str, *, email: str) -> AgentStatus:
+        handle = self.temporal.get_workflow_handle(agent_workflow_id(self.keyring.principal_id(email), agent))
         try:
             status: AgentStatus = await handle.query("status", result_type=AgentStatus)
         except RPCError as exc:
