@@ -132,7 +132,18 @@ def workflow_classes() -> Sequence[type]:
 
 
 #: deterministic, side-effect-free modules the workflow sandbox may share instead of re-importing
-PASSTHROUGH = ("models", "pydantic", "pydantic_core", "email_validator", "idna", "annotated_types")
+PASSTHROUGH = (
+    "models",
+    "pydantic",
+    "pydantic_core",
+    "email_validator",
+    "idna",
+    "annotated_types",
+    # stateless helpers the workflows import: shared, not re-imported for every new workflow
+    "workflows.approval_gate",
+    "workflows.audit_trail",
+    "workflows.search_attributes",
+)
 
 
 def build_worker(client: Client, settings: Settings, keyring: Keyring, **options: Any) -> Worker:

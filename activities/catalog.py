@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import json
+
 import jsonschema
 from temporalio import activity
 
@@ -12,13 +15,23 @@ from models.provisioning import DiscoverInput, Policy, Quote
 from providers.registry import ProviderRegistry, UnknownProviderError
 
 
+@functools.lru_cache(maxsize=256)
+def _validator(schema_json: str) -> jsonschema.protocols.Validator:
+    """A compiled validator per schema: building one checks the schema itself, which is the slow part."""
+    schema = json.loads(schema_json)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    validator: jsonschema.protocols.Validator = cls(schema)
+    return validator
+
+
 def make_quote(catalog: Catalog, inp: DiscoverInput) -> Quote:
     """Price `inp.service_id` from `catalog`; raise `QuartermasterError` for bad input. Pure."""
     entry = catalog.service(inp.service_id)
     if entry is None:
         raise QuartermasterError(ErrorCode.UNKNOWN_SERVICE, f"{inp.service_id} is not in the catalog")
     try:
-        jsonschema.validate(inp.configuration, entry.configuration_schema)
+        _validator(json.dumps(entry.configuration_schema, sort_keys=True)).validate(inp.configuration)
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "(root)"
         raise QuartermasterError(

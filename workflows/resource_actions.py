@@ -68,30 +68,36 @@ def _trail(auth: Authorization, service_id: str, resource_id: str) -> AuditTrail
     )
 
 
+async def _begin(
+    actor: object, service_id: str, resource_id: str, action: str
+) -> tuple[Authorization, AuditTrail, ResourceRef] | ResourceActionResult:
+    """Authorize, tag, audit the decision; a refusal comes back as the workflow's result."""
+    auth = await _authorize(actor, service_id, action)
+    _tag(auth, service_id, resource_id)
+    trail = _trail(auth, service_id, resource_id)
+    await trail.record(
+        "authorization.decided", outcome="success" if auth.allowed else "refused", reason=auth.reason
+    )
+    if not auth.allowed:
+        await trail.flush()
+        return ResourceActionResult(
+            resource_id=resource_id, outcome="rejected", error_code=auth.code, error_message=auth.reason
+        )
+    ref = ResourceRef(
+        principal_id=auth.principal_id, provider=service_id.split("/", 1)[0], resource_id=resource_id
+    )
+    return auth, trail, ref
+
+
 @workflow.defn(name="RemoveResourceWorkflow")
 class RemoveResourceWorkflow:
     @workflow.run
     async def run(self, req: RemoveRequest) -> ResourceActionResult:
         wid = workflow.info().workflow_id
-        auth = await _authorize(req.actor, req.service_id, "remove")
-        _tag(auth, req.service_id, req.resource_id)
-        trail = _trail(auth, req.service_id, req.resource_id)
-        await trail.record(
-            "authorization.decided", outcome="success" if auth.allowed else "refused", reason=auth.reason
-        )
-        if not auth.allowed:
-            await trail.flush()
-            return ResourceActionResult(
-                resource_id=req.resource_id,
-                outcome="rejected",
-                error_code=auth.code,
-                error_message=auth.reason,
-            )
-        ref = ResourceRef(
-            principal_id=auth.principal_id,
-            provider=req.service_id.split("/", 1)[0],
-            resource_id=req.resource_id,
-        )
+        begun = await _begin(req.actor, req.service_id, req.resource_id, "remove")
+        if isinstance(begun, ResourceActionResult):
+            return begun
+        _auth, trail, ref = begun
         try:
             for cred_id in req.credential_ids:
                 await workflow.execute_activity(
@@ -128,25 +134,10 @@ class RotateCredentialWorkflow:
     @workflow.run
     async def run(self, req: RotateRequest) -> ResourceActionResult:
         wid = workflow.info().workflow_id
-        auth = await _authorize(req.actor, req.service_id, "rotate")
-        _tag(auth, req.service_id, req.resource_id)
-        trail = _trail(auth, req.service_id, req.resource_id)
-        await trail.record(
-            "authorization.decided", outcome="success" if auth.allowed else "refused", reason=auth.reason
-        )
-        if not auth.allowed:
-            await trail.flush()
-            return ResourceActionResult(
-                resource_id=req.resource_id,
-                outcome="rejected",
-                error_code=auth.code,
-                error_message=auth.reason,
-            )
-        ref = ResourceRef(
-            principal_id=auth.principal_id,
-            provider=req.service_id.split("/", 1)[0],
-            resource_id=req.resource_id,
-        )
+        begun = await _begin(req.actor, req.service_id, req.resource_id, "rotate")
+        if isinstance(begun, ResourceActionResult):
+            return begun
+        auth, trail, ref = begun
         ttl = req.ttl_seconds
         if auth.max_credential_ttl_seconds is not None:
             ttl = min(ttl, auth.max_credential_ttl_seconds)
