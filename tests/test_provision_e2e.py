@@ -265,3 +265,29 @@ async def test_approval_timeout_ends_cleanly(stack: Stack) -> None:
     history = await stack.client.get_workflow_handle(f"provision-{req.request_id}").fetch_history()
     assert not [e for e in history.events if e.HasField("workflow_task_failed_event_attributes")]
     await maybe_record(stack.client, f"provision-{req.request_id}", "provision-approval-timeout")
+
+
+async def test_irreversible_domain_with_missing_information(stack: Stack) -> None:
+    """A domain (irreversible, paid yearly) registered without the registrant contact: a `purchase`
+    approval, then the provider asks for the missing fields, the human submits them, and it completes."""
+    email = new_email()
+    domain = f"{secrets.token_hex(4)}.dev"
+    req = stack.request("cloud/registrar:domain", email, configuration={"domain": domain})
+    await stack.qm.submit(req)
+    await stack.decide((await stack.wait_for_approval(req.request_id, "terms"))["approval_id"], email)
+    pm = await stack.wait_for_approval(req.request_id, "payment_method")
+    await stack.attach_card(pm["details"]["checkout_url"])
+    purchase = await stack.wait_for_approval(req.request_id, "purchase")
+    assert purchase["details"]["reversible"] is False and purchase["details"]["amount"]["amount"] == 1099
+    await stack.decide(purchase["approval_id"], email)
+    info = await stack.wait_for_approval(req.request_id, "information")
+    assert "registrant_contact" in info["details"]["schema"]["properties"]
+    contact = {"name": "Alice", "email": "alice@example.com", "country": "DE"}
+    outcome = await stack.decide(info["approval_id"], email, information={"registrant_contact": contact})
+    assert outcome.status == "ACCEPTED"
+    res = await result_of(stack, req.request_id)
+    assert res.outcome == "completed", res
+    (row,) = await resources_named(stack, "cloud", req.name)
+    assert row["status"] == "complete" and row["configuration"]["registrant_contact"] == contact
+    assert len(await charges_for(stack, "cloud", req.request_id, req.name)) == 1
+    await maybe_record(stack.client, f"provision-{req.request_id}", "provision-domain-information")
