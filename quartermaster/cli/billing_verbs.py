@@ -9,22 +9,19 @@ from __future__ import annotations
 import argparse
 import os
 import uuid
-from decimal import Decimal, InvalidOperation
 
 from models.errors import ErrorCode, QuartermasterError, exit_code
 from models.limits import LimitChangeRequest, SpendSummary, SpendSummaryRequest
-from models.money import MAX_MINOR_UNITS, Money
-from quartermaster.cli.output import add_common, emit, table
+from models.money import Money
+from quartermaster.cli.output import add_common, emit, table, usd
 
 
 def _usd(text: str) -> Money:
-    try:
-        cents = Decimal(text) * 100
-    except InvalidOperation:
-        raise argparse.ArgumentTypeError("a limit in USD, e.g. 250 or 99.50") from None
-    if cents != cents.to_integral_value() or not 0 < cents <= MAX_MINOR_UNITS:
-        raise argparse.ArgumentTypeError("a positive USD amount in whole cents, at most 1,000,000")
-    return Money(amount=int(cents), currency="usd")
+    """A limit: a USD amount above zero."""
+    amount = usd(text)
+    if amount.amount == 0:
+        raise argparse.ArgumentTypeError("a limit above 0 USD")
+    return amount
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

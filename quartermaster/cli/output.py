@@ -5,11 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pydantic import BaseModel
 
 from models.errors import ErrorCode, exit_code
+from models.money import MAX_MINOR_UNITS, Money
+
+
+def usd(text: str) -> Money:
+    """An argparse type: a USD amount in whole cents (`12.50`), 0 to 1,000,000, parsed exactly."""
+    try:
+        cents = Decimal(text.strip()) * 100
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError("an amount in USD, e.g. 20 or 12.50") from None
+    if not cents.is_finite() or cents != cents.to_integral_value() or not 0 <= cents <= MAX_MINOR_UNITS:
+        raise argparse.ArgumentTypeError("a USD amount in whole cents, from 0 to 1,000,000")
+    return Money(amount=int(cents), currency="usd")
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:

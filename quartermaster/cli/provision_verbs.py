@@ -12,25 +12,14 @@ from pydantic import ValidationError
 
 from models.approval import ApprovalDecision
 from models.errors import ErrorCode, QuartermasterError, code_of, exit_code
-from models.money import Money
 from models.provisioning import ProvisionResult, ResourceActionResult
 from models.request import ProvisionRequest
 from models.secret import Secret
-from quartermaster.cli.output import add_common, emit, report_error, table
+from quartermaster.cli.output import add_common, emit, report_error, table, usd
 from quartermaster.client import QuartermasterClient, Waiting, actor_from_env
 
 if TYPE_CHECKING:
     Sub = argparse._SubParsersAction[argparse.ArgumentParser]
-
-
-def _money(text: str) -> Money:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("an amount in USD, e.g. 12.50") from None
-    if not 0 <= value <= 1_000_000:
-        raise argparse.ArgumentTypeError("amount must be between 0 and 1,000,000 USD")
-    return Money.usd(value)
 
 
 def _config(text: str) -> dict[str, Any]:
@@ -56,13 +45,13 @@ def register(sub: Sub) -> None:
     p = _parser(sub, "quote", "price a service without starting anything", quote)
     p.add_argument("service", metavar="PROVIDER/SERVICE")
     p.add_argument("--config", type=_config, default={})
-    p.add_argument("--max-price", type=_money)
+    p.add_argument("--max-price", type=usd)
     p = _parser(sub, "provision", "provision a service and get a scoped credential", provision)
     p.add_argument("service", metavar="PROVIDER/SERVICE")
     p.add_argument("--name", required=True)
     p.add_argument("--config", type=_config, default={})
-    p.add_argument("--max-price", type=_money, help="the most the agent accepts to pay now (USD)")
-    p.add_argument("--budget", type=_money, help="a budget for this request under the monthly cap (USD)")
+    p.add_argument("--max-price", type=usd, help="the most the agent accepts to pay now (USD)")
+    p.add_argument("--budget", type=usd, help="a budget for this request under the monthly cap (USD)")
     p.add_argument("--scope", action="append", default=[], help="a credential scope (repeatable)")
     p.add_argument("--ttl", type=int, default=3600, help="credential lifetime in seconds (60..86400)")
     p.add_argument("--request-id", help="idempotency key of the whole request (default: random)")

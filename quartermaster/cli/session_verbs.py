@@ -13,10 +13,9 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from models.errors import ErrorCode, QuartermasterError, exit_code
-from models.money import Money
 from models.secret import Secret
 from models.session import DelegationRequest
-from quartermaster.cli.output import add_common, emit, report_error
+from quartermaster.cli.output import add_common, emit, report_error, usd
 from quartermaster.config import Settings
 from quartermaster.identity.session_client import (
     ENV_SESSION,
@@ -41,16 +40,6 @@ def duration(text: str) -> int:
     if not m:
         raise argparse.ArgumentTypeError("a duration like 90s, 15m, 1h or 2d")
     return int(m[1]) * _UNITS[m[2]]
-
-
-def usd(text: str) -> Money:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("an amount in USD, e.g. 20 or 12.50") from None
-    if not 0 <= value <= 1_000_000:
-        raise argparse.ArgumentTypeError("amount must be between 0 and 1,000,000 USD")
-    return Money.usd(value)
 
 
 @asynccontextmanager
