@@ -20,7 +20,7 @@ import pytest
 import worker as worker_module
 from models.provisioning import ProvisionResult
 from providers.registry import ProviderRegistry
-from quartermaster.client import QuartermasterClient
+from quartermaster.orchestration.requests import Orchestrator
 from quartermaster.codec import EncryptionCodec
 from quartermaster.converter import data_converter
 from tests.fixtures.browser import connect_when_ready, temporal_dev_server
@@ -59,7 +59,7 @@ def worker_process(stack: Stack, task_queue: str, address: str) -> Iterator[subp
 async def test_worker_killed_between_commit_and_response(stack: Stack) -> None:
     task_queue = f"qm-crash-{uuid.uuid4().hex[:6]}"
     settings = stack.settings.model_copy(update={"task_queue": task_queue})
-    qm = QuartermasterClient(
+    qm = Orchestrator(
         temporal=stack.client,
         settings=settings,
         keyring=stack.keyring,
@@ -103,7 +103,7 @@ async def test_dev_server_killed_while_waiting_for_approval(stack: Stack, tmp_pa
     email = new_email()
     with temporal_dev_server(db, codec_endpoint=None, port=port, ui_port=free_port()) as server:
         client = await connect_when_ready(server.address, converter)
-        qm = QuartermasterClient(
+        qm = Orchestrator(
             temporal=client,
             settings=settings,
             keyring=stack.keyring,
@@ -123,7 +123,7 @@ async def test_dev_server_killed_while_waiting_for_approval(stack: Stack, tmp_pa
         server.proc.wait(10)
     with temporal_dev_server(db, codec_endpoint=None, port=port, ui_port=free_port()) as server:
         client = await connect_when_ready(server.address, converter)
-        qm = QuartermasterClient(
+        qm = Orchestrator(
             temporal=client,
             settings=settings,
             keyring=stack.keyring,

@@ -24,7 +24,7 @@ from quartermaster.identity.attestation import (
     MeasurementError,
     measure,
 )
-from quartermaster.identity.session_client import ENV_IDENTITY, ENV_IDENTITY_FILE, ENV_SESSION
+from quartermaster.client.env import ENV_IDENTITY, ENV_IDENTITY_FILE, ENV_SESSION
 from quartermaster.identity.verification import ReplayGuard
 
 #: variables a child never inherits from the launcher: it gets its own or none

@@ -1,6 +1,6 @@
 """The Python client for agents (and the layer under the `qm` CLI).
 
-async with QuartermasterClient.from_env() as qm:
+async with Orchestrator.from_env() as qm:
     wf_id = await qm.submit(request)
     result = await qm.wait(request.request_id, timeout=60)
 """
@@ -101,7 +101,7 @@ def workflow_id_for(request_id: str) -> str:
     return f"provision-{request_id}"
 
 
-class QuartermasterClient:
+class Orchestrator:
     def __init__(
         self, *, temporal: Client, settings: Settings, keyring: Keyring, registry: ProviderRegistry
     ) -> None:
@@ -112,7 +112,7 @@ class QuartermasterClient:
 
     @classmethod
     @asynccontextmanager
-    async def from_env(cls) -> AsyncIterator[QuartermasterClient]:
+    async def from_env(cls) -> AsyncIterator[Orchestrator]:
         settings = Settings.from_env()
         keyring = load_keyring(settings.resolved_keys_file, create=False)
         temporal = await connect(settings, keyring)

@@ -1,16 +1,14 @@
-"""The client side of sessions and the kill switch, over the Temporal client (the CLI is a thin layer).
+"""Sessions and the kill switch on Temporal: what the API does for `/v1/sessions` and `/v1/agents`.
 
-Humans: `open` (then `qm approve`), `revoke`, `freeze`, `unfreeze`. Agents: `delegate`, with the
-tokens `qm run` put in their environment (`tokens_from_env`).
+Server side only. Humans (authenticated by the API): `open` (then an approval), `revoke`, `freeze`,
+`unfreeze`. Agents (verified session + identity tokens): `delegate`.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
-from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
@@ -39,25 +37,6 @@ from models.session import (
 from quartermaster.keys import Keyring
 from workflows.search_attributes import QM_AGENT, QM_PRINCIPAL
 
-ENV_SESSION = "QM_SESSION_TOKEN"
-ENV_IDENTITY = "QM_IDENTITY_TOKEN"
-ENV_IDENTITY_FILE = "QM_IDENTITY_TOKEN_FILE"
-
-
-def identity_token_from_env() -> Secret | None:
-    """The freshest identity token `qm run` provides: the refreshed file, else the variable."""
-    path = os.environ.get(ENV_IDENTITY_FILE)
-    if path:
-        try:
-            text = Path(path).read_text().strip()
-            if text:
-                return Secret(text)
-        except OSError:
-            pass
-    value = os.environ.get(ENV_IDENTITY)
-    return Secret(value) if value else None
-
-
 def session_id_of(token: Secret) -> str:
     """The `sid` claim, read without verification: only to route to the session entity, which then
     verifies the token in the worker."""
@@ -85,7 +64,7 @@ def _code_of(exc: BaseException) -> tuple[ErrorCode, str]:
     return ErrorCode.UNKNOWN_ERROR, type(cause).__name__
 
 
-class SessionClient:
+class SessionService:
     def __init__(self, *, temporal: Client, keyring: Keyring, task_queue: str) -> None:
         self.temporal = temporal
         self.keyring = keyring
