@@ -14,6 +14,8 @@ class ErrorCode(StrEnum):
     PRICE_ABOVE_MAXIMUM = "PRICE_ABOVE_MAXIMUM"
     CURRENCY_MISMATCH = "CURRENCY_MISMATCH"
     NOT_FOUND = "NOT_FOUND"
+    IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
+    BODY_TOO_LARGE = "BODY_TOO_LARGE"
     # waiting for a human (CLI exit code 3)
     TERMS_ACCEPTANCE_REQUIRED = "TERMS_ACCEPTANCE_REQUIRED"
     PAYMENT_METHOD_REQUIRED = "PAYMENT_METHOD_REQUIRED"
@@ -40,6 +42,12 @@ class ErrorCode(StrEnum):
     PROVIDER_UNAVAILABLE = "PROVIDER_UNAVAILABLE"
     TEMPORAL_UNAVAILABLE = "TEMPORAL_UNAVAILABLE"
     PORT_IN_USE = "PORT_IN_USE"
+    # the API's trust boundary (CLI exit code 1): no or bad credentials, or a caller without the right
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    FORBIDDEN = "FORBIDDEN"
+    LOGIN_INVALID = "LOGIN_INVALID"
+    RATE_LIMITED = "RATE_LIMITED"
+    API_UNAVAILABLE = "API_UNAVAILABLE"
     UNKNOWN_ERROR = "UNKNOWN_ERROR"
 
 
@@ -52,6 +60,8 @@ BAD_INPUT = frozenset(
         ErrorCode.PRICE_ABOVE_MAXIMUM,
         ErrorCode.CURRENCY_MISMATCH,
         ErrorCode.NOT_FOUND,
+        ErrorCode.IDEMPOTENCY_CONFLICT,
+        ErrorCode.BODY_TOO_LARGE,
     }
 )
 WAITING_FOR_HUMAN = frozenset(
@@ -69,6 +79,27 @@ WAITING_FOR_HUMAN = frozenset(
 )
 
 
+#: a verified "no", or a request that ended undone (CLI exit code 4)
+REFUSED = frozenset(
+    {
+        ErrorCode.APPROVAL_DENIED,
+        ErrorCode.APPROVAL_TIMED_OUT,
+        ErrorCode.APPROVAL_REJECTED,
+        ErrorCode.SESSION_INVALID,
+        ErrorCode.SESSION_EXPIRED,
+        ErrorCode.SESSION_REVOKED,
+        ErrorCode.SERVICE_NOT_ALLOWED,
+        ErrorCode.BUDGET_EXCEEDED,
+        ErrorCode.AGENT_FROZEN,
+        ErrorCode.IDENTITY_INVALID,
+        ErrorCode.PAYMENT_DECLINED,
+        ErrorCode.UNAUTHENTICATED,
+        ErrorCode.FORBIDDEN,
+        ErrorCode.LOGIN_INVALID,
+    }
+)
+
+
 def code_of(value: str | None) -> ErrorCode:
     """The ErrorCode named `value`, or UNKNOWN_ERROR for anything else (a result's code is data)."""
     return (
@@ -77,11 +108,14 @@ def code_of(value: str | None) -> ErrorCode:
 
 
 def exit_code(code: ErrorCode) -> int:
-    """The CLI's exit code for an error code: 2 bad input, 3 waiting for a human, 1 otherwise."""
+    """The CLI's exit code for an error code: 2 bad input, 3 waiting for a human, 4 refused or undone,
+    1 any other failure (0 is success)."""
     if code in BAD_INPUT:
         return 2
     if code in WAITING_FOR_HUMAN:
         return 3
+    if code in REFUSED:
+        return 4
     return 1
 
 

@@ -1,34 +1,54 @@
-"""Verbs for agents and humans: catalog, quote, provision, status, approvals, approve/deny, inbox,
-resources, remove, rotate."""
+"""Verbs for agents and humans, all through the API: catalog, quote, provision, status, approvals,
+approve/deny, inbox (dev), resources, show, remove, rotate."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from models.approval import ApprovalDecision
-from models.errors import ErrorCode, QuartermasterError, code_of, exit_code
-from models.provisioning import ProvisionResult, ResourceActionResult
-from models.request import ProvisionRequest
-from models.secret import Secret
+from models.api import ProvisionView
+from models.errors import ErrorCode, QuartermasterError, code_of
 from quartermaster.cli.output import add_common, emit, report_error, table, usd
-from quartermaster.client import QuartermasterClient, Waiting, actor_from_env
+from quartermaster.client import QuartermasterClient
 
 if TYPE_CHECKING:
     Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
+MAX_CONFIG_DEPTH = 32
+#: a request that ended undone or rejected: never 3, or an agent polling on "waiting" loops forever
+UNDONE_EXIT = 4
+
+
+def _depth(value: Any, limit: int) -> bool:
+    """True when `value` nests deeper than `limit` (iterative: no recursion on hostile input)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
+
 
 def _config(text: str) -> dict[str, Any]:
+    if len(text) > 100_000:
+        raise argparse.ArgumentTypeError("--config is larger than 100 kB")
     try:
         value = json.loads(text)
+    except RecursionError:
+        raise argparse.ArgumentTypeError(f"--config is nested deeper than {MAX_CONFIG_DEPTH}") from None
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"--config is not valid JSON ({exc.msg})") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("--config must be a JSON object")
+    if _depth(value, MAX_CONFIG_DEPTH):
+        raise argparse.ArgumentTypeError(f"--config is nested deeper than {MAX_CONFIG_DEPTH}")
     return value
 
 
@@ -54,17 +74,14 @@ def register(sub: Sub) -> None:
     p.add_argument("--budget", type=usd, help="a budget for this request under the monthly cap (USD)")
     p.add_argument("--scope", action="append", default=[], help="a credential scope (repeatable)")
     p.add_argument("--ttl", type=int, default=3600, help="credential lifetime in seconds (60..86400)")
-    p.add_argument("--request-id", help="idempotency key of the whole request (default: random)")
-    p.add_argument("--email", help="the principal (default $QM_PRINCIPAL_EMAIL)")
-    p.add_argument("--agent", help="the agent's name (default $QM_AGENT)")
+    p.add_argument("--request-id", help="your idempotency key for the whole request (default: random)")
     p.add_argument("--wait", type=float, default=60, help="seconds to wait for the result (default 60)")
     p = _parser(sub, "status", "show a request: its result, or what it waits for", status)
     p.add_argument("request_id")
     p.add_argument("--wait", type=float, default=0)
-    p = _parser(sub, "approvals", "list approvals waiting for a human", approvals)
-    p.add_argument("--email", help="only this principal's")
+    _parser(sub, "approvals", "list approvals waiting for you (human login)", approvals)
     for verb in ("approve", "deny"):
-        p = _parser(sub, verb, f"{verb} a pending approval with its one-time code", decide)
+        p = _parser(sub, verb, f"{verb} a pending approval with its one-time code (human login)", decide)
         p.add_argument("approval_id")
         p.add_argument("--code", required=True, help="the one-time code delivered to you")
         p.set_defaults(decision=verb)
@@ -72,32 +89,20 @@ def register(sub: Sub) -> None:
             p.add_argument("--reason", required=True)
         else:
             p.add_argument("--info", type=_config, help="JSON object of requested information")
-    p = _parser(sub, "inbox", "show the principal's dev inbox (codes for approvals)", inbox)
+    p = _parser(sub, "inbox", "show a human's dev inbox (codes for login and approvals; qm dev only)", inbox)
     p.add_argument("--email", required=True)
-    p = _parser(sub, "resources", "list provisioned resources and their credentials' names", resources)
-    p.add_argument("--email")
+    _parser(sub, "resources", "list your resources and their credentials' names", resources)
+    p = _parser(sub, "show", "show one resource", show)
+    p.add_argument("resource_id")
     p = _parser(sub, "remove", "remove a resource at its provider (revokes its credentials)", remove)
     p.add_argument("resource_id")
-    p.add_argument("--email")
-    p.add_argument("--agent")
     p = _parser(sub, "rotate", "mint a new credential for a resource and revoke the old one", rotate)
     p.add_argument("resource_id")
-    p.add_argument("--email")
-    p.add_argument("--agent")
-    p.add_argument("--request-id")
-
-
-def _revealed(result: ProvisionResult | ResourceActionResult) -> dict[str, Any]:
-    """The JSON an agent gets: the credential values revealed (only to the caller that holds the keys)."""
-    data = result.model_dump(mode="json")
-    if result.credential is not None:
-        data["credential"]["env"] = {k: v.reveal() for k, v in result.credential.env.items()}
-    return data
 
 
 async def catalog(args: argparse.Namespace) -> int:
     async with QuartermasterClient.from_env() as qm:
-        cats = await qm.catalog(args.provider)
+        cats = await qm.catalog.list(args.provider)
     rows = [
         {
             "service": s.service_id,
@@ -115,7 +120,7 @@ async def catalog(args: argparse.Namespace) -> int:
 
 async def quote(args: argparse.Namespace) -> int:
     async with QuartermasterClient.from_env() as qm:
-        q = await qm.quote(args.service, args.config, args.max_price)
+        q = await qm.quotes.create(args.service, args.config, args.max_price)
     text = (
         f"{q.service.service_id}: due now {q.due_now or 'nothing (free)'}"
         + (f", then {q.recurring} per {q.interval}" if q.recurring else "")
@@ -126,89 +131,90 @@ async def quote(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_outcome(args: argparse.Namespace, st: Any) -> int:
-    if isinstance(st, ProvisionResult):
-        if st.outcome == "completed":
-            cred = st.credential
-            text = (
-                f"{st.service_id} {st.resource_id}: {st.resource_status}, account {st.link_action}"
-                + (f", charged {st.charge.amount}" if st.charge else "")
-                + (
-                    f"\ncredential {cred.credential_id} ({', '.join(sorted(cred.env))})"
-                    f" expires {cred.expires_at}"
-                    "\nuse it with: qm exec " + (st.resource_id or "") + " -- COMMAND"
-                    if cred
-                    else ""
-                )
+def print_view(args: argparse.Namespace, view: ProvisionView) -> int:
+    """One request's state; exit 0 done, 3 waiting for a human, 1 undone/refused/failed."""
+    data = view.model_dump(mode="json")
+    if view.state == "completed":
+        cred = view.credential
+        text = (
+            f"{view.service_id} {view.resource_id}: {view.resource_status}, account {view.link_action}"
+            + (f", charged {view.charge}" if view.charge else "")
+            + (
+                f"\ncredential {cred.credential_id} ({', '.join(cred.names)}) expires {cred.expires_at}"
+                f"\nuse it with: qm exec {view.resource_id} -- COMMAND"
+                if cred
+                else ""
             )
-            emit(args, _revealed(st), text)
-            return 0
-        code = code_of(st.error_code)
-        msg = f"{st.error_message} ({st.outcome}" + (
-            f": {', '.join(st.compensations)})" if st.compensations else ")"
         )
+        emit(args, data, text)
+        return 0
+    if view.state == "running":
+        emit(
+            args, data, f"request {view.request_id}: {view.step} (follow it with qm status {view.request_id})"
+        )
+        return 0
+    err = view.error or {"code": "UNKNOWN_ERROR", "message": ""}
+    code = code_of(err["code"])
+    if view.state == "waiting_for_human":
         if args.json:
-            print(
-                json.dumps(
-                    {"error": {"code": st.error_code, "message": msg}, "result": st.model_dump(mode="json")}
-                )
-            )
-            return exit_code(code)
-        return report_error(args, code, msg)
-    if isinstance(st, Waiting):
-        a = st.approvals[0]
-        if args.json:
-            print(
-                json.dumps(
-                    {
-                        "error": {"code": str(st.code), "message": a.summary},
-                        "waiting": st.model_dump(mode="json"),
-                    }
-                )
-            )
+            print(json.dumps({"error": err, "request": data}))
         else:
-            extra = "".join(f"\n  {k}: {v}" for k, v in a.details.items() if k.endswith("url"))
-            print(
-                f"{st.code}: {a.summary}\n  approval {a.approval_id} (the principal received a code){extra}"
-            )
+            lines = [f"{code}: {err['message']}"]
+            for w in view.waiting_for:
+                lines.append(f"  approval {w.approval_id}: the principal was asked on {w.asked_via}")
+            lines.append(f"  follow it with: qm status {view.request_id} --wait 60")
+            print("\n".join(lines), file=sys.stderr)
         return 3
-    emit(args, st, f"request {st.request_id}: {st.step}")
-    return 0
+    message = f"{err['message']} ({view.state}" + (
+        f": {', '.join(view.compensations)})" if view.compensations else ")"
+    )
+    if args.json:
+        print(json.dumps({"error": {"code": err["code"], "message": message}, "request": data}))
+    else:
+        report_error(args, code, message)
+    return UNDONE_EXIT
 
 
 async def provision(args: argparse.Namespace) -> int:
-    request_id = args.request_id or uuid.uuid4().hex[:16]
-    try:
-        req = ProvisionRequest(
-            request_id=request_id,
+    async with QuartermasterClient.from_env() as qm:
+        view = await qm.provisions.create(
             service_id=args.service,
             name=args.name,
+            request_id=args.request_id or uuid.uuid4().hex[:16],
             configuration=args.config,
             max_price=args.max_price,
             budget=args.budget,
             scopes=args.scope,
             credential_ttl_seconds=args.ttl,
-            actor=actor_from_env(args.email, args.agent),
         )
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise QuartermasterError(ErrorCode.INVALID_REQUEST, f"{where}: {err['msg']}") from None
-    async with QuartermasterClient.from_env() as qm:
-        await qm.submit(req)
-        st = await qm.wait(request_id, args.wait)
-    return _print_outcome(args, st)
+        if view.state == "running" and args.wait > 0:
+            view = await qm.provisions.wait(view.request_id, timeout=args.wait, on_progress=_progress(args))
+    return print_view(args, view)
+
+
+def _progress(args: argparse.Namespace) -> Any:
+    """On a terminal, show the current step while waiting; quiet with --json."""
+    if args.json or not sys.stderr.isatty():
+        return None
+    seen: set[str] = set()
+
+    def show(view: ProvisionView) -> None:
+        if view.step and view.step not in seen:
+            seen.add(view.step)
+            print(f"  ... {view.step}", file=sys.stderr, flush=True)
+
+    return show
 
 
 async def status(args: argparse.Namespace) -> int:
     async with QuartermasterClient.from_env() as qm:
-        st = await qm.wait(args.request_id, args.wait)
-    return _print_outcome(args, st)
+        view = await qm.provisions.wait(args.request_id, timeout=args.wait, on_progress=_progress(args))
+    return print_view(args, view)
 
 
 async def approvals(args: argparse.Namespace) -> int:
     async with QuartermasterClient.from_env() as qm:
-        items = await qm.approvals(args.email)
+        items = await qm.approvals.list()
     rows = [
         {"approval": a.approval_id, "kind": a.kind, "summary": a.summary, "expires": a.expires_at}
         for a in items
@@ -218,32 +224,25 @@ async def approvals(args: argparse.Namespace) -> int:
 
 
 async def decide(args: argparse.Namespace) -> int:
-    decision = ApprovalDecision(
-        approval_id=args.approval_id,
-        decision=args.decision,
-        code=Secret(args.code),
-        reason=getattr(args, "reason", None),
-        information=getattr(args, "info", None),
-    )
     async with QuartermasterClient.from_env() as qm:
-        outcome = await qm.decide(decision)
-    if outcome.status != "ACCEPTED":
-        return report_error(args, ErrorCode.APPROVAL_REJECTED, f"{outcome.status} for {args.approval_id}")
-    emit(args, outcome, f"{args.decision}d {args.approval_id}")
+        outcome = await qm.approvals.decide(
+            args.approval_id,
+            decision=args.decision,
+            code=args.code,
+            reason=getattr(args, "reason", None),
+            information=getattr(args, "info", None),
+        )
+    past = "approved" if args.decision == "approve" else "denied"
+    emit(args, outcome, f"{past} {args.approval_id}")
     return 0
 
 
 async def inbox(args: argparse.Namespace) -> int:
-    from providers.notifier import read_inbox
-    from quartermaster.config import Settings
-    from quartermaster.keys import load_keyring
-
-    settings = Settings.from_env()
-    pid = load_keyring(settings.resolved_keys_file).principal_id(args.email)
-    items = read_inbox(settings.data_dir / "inbox", pid)
+    async with QuartermasterClient.from_env() as qm:
+        items = await qm.dev.inbox(args.email)
     rows = [
         {
-            "approval": m.get("approval_id", "-"),
+            "approval": m.get("approval_id", m.get("login_id", "-")),
             "kind": m.get("kind", m.get("type")),
             "code": m.get("code", ""),
             "summary": m.get("summary", ""),
@@ -256,32 +255,46 @@ async def inbox(args: argparse.Namespace) -> int:
 
 async def resources(args: argparse.Namespace) -> int:
     async with QuartermasterClient.from_env() as qm:
-        items = await qm.resources(args.email)
+        items = await qm.resources.list()
     rows = [r.model_dump() for r in items]
     emit(args, items, table(rows, ["resource_id", "service_id", "credential_id", "expires_at"]))
     return 0
 
 
+async def show(args: argparse.Namespace) -> int:
+    async with QuartermasterClient.from_env() as qm:
+        info = await qm.resources.get(args.resource_id)
+    emit(
+        args,
+        info,
+        f"{info.resource_id} ({info.service_id}), request {info.request_id}\n"
+        f"  credential {info.credential_id or '-'}: {', '.join(info.credential_names) or '-'}"
+        f" expires {info.expires_at or '-'}",
+    )
+    return 0
+
+
 async def remove(args: argparse.Namespace) -> int:
     async with QuartermasterClient.from_env() as qm:
-        res = await qm.remove(args.resource_id, actor_from_env(args.email, args.agent))
+        res = await qm.resources.remove(args.resource_id)
     return _action_outcome(args, res, f"removed {args.resource_id}")
 
 
 async def rotate(args: argparse.Namespace) -> int:
     async with QuartermasterClient.from_env() as qm:
-        res = await qm.rotate(
-            args.resource_id, actor_from_env(args.email, args.agent), args.request_id or uuid.uuid4().hex[:12]
-        )
+        res = await qm.resources.rotate(args.resource_id)
     cred = res.credential
     return _action_outcome(
-        args, res, f"new credential {cred.credential_id} expires {cred.expires_at}" if cred else ""
+        args, res, f"new credential {cred.credential_id} expires {cred.expires_at}" if cred else "rotated"
     )
 
 
-def _action_outcome(args: argparse.Namespace, res: ResourceActionResult, text: str) -> int:
+def _action_outcome(args: argparse.Namespace, res: Any, text: str) -> int:
     if res.outcome != "completed":
-        code = code_of(res.error_code)
-        return report_error(args, code, res.error_message or "refused")
-    emit(args, _revealed(res), text)
+        err = res.error or {}
+        return report_error(args, code_of(err.get("code")), err.get("message") or "refused")
+    emit(args, res, text)
     return 0
+
+
+__all__ = ["ErrorCode", "QuartermasterError"]

@@ -44,6 +44,10 @@ NOT_INHERITED = (
     "STRIPE_API_KEY",
     "STRIPE_WEBHOOK_SECRET",
     "TEMPORAL_API_KEY",
+    "QM_HUMAN_TOKEN",
+    "QM_SESSION_TOKEN",
+    "QM_IDENTITY_TOKEN",
+    "QM_IDENTITY_TOKEN_FILE",
 )
 
 
@@ -133,13 +137,12 @@ def write_dotenv(path: Path, creds: Mapping[str, Secret]) -> list[str]:
 
 
 async def fetch_credentials(resource: str) -> dict[str, Secret]:
-    """The resource's current credentials, through the agent's own (key-holding) client."""
-    # imported at call time: `qm keys` and `qm --help` need no Temporal client
+    """The resource's current credentials, from the API with the caller's own tokens."""
     from quartermaster.client import QuartermasterClient
 
     async with QuartermasterClient.from_env() as qm:
-        creds: dict[str, Secret] = await qm.credentials(resource)
-    return creds
+        values = await qm.resources.credentials(resource)
+    return {name: Secret(value) for name, value in values.items()}
 
 
 # -- verbs ------------------------------------------------------------------------------------------

@@ -30,3 +30,7 @@ REGISTRY.append(billing_verbs.register)
 from quartermaster.cli import session_verbs  # noqa: E402
 
 REGISTRY.append(session_verbs.register)
+
+from quartermaster.cli import auth_verbs  # noqa: E402
+
+REGISTRY.append(auth_verbs.register)

@@ -1,16 +1,19 @@
-"""The Python client for agents (and the layer under the `qm` CLI).
+"""Provisioning on Temporal: what the API does for `/v1/catalog`, `/v1/provisions`, `/v1/approvals` and
+`/v1/resources`. Server side only (it holds the Temporal client and the keyring).
 
-async with Orchestrator.from_env() as qm:
-    wf_id = await qm.submit(request)
-    result = await qm.wait(request.request_id, timeout=60)
+The API scopes request ids to the principal (`provision-<principal id>-<request id>`) and checks who
+owns what; this layer starts, queries and updates the workflows.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import hashlib
+import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -26,6 +29,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from activities.catalog import make_quote
+from models.api import ResourceInfo
 from models.approval import ApprovalDecision, ApprovalRequest, DecisionOutcome
 from models.catalog import Catalog
 from models.errors import ErrorCode, QuartermasterError
@@ -46,21 +50,21 @@ from providers.registry import ProviderRegistry, UnknownProviderError
 from quartermaster.config import Settings
 from quartermaster.keys import Keyring, load_keyring
 from quartermaster.temporal import connect
-from workflows.search_attributes import QM_AGENT, QM_PRINCIPAL, QM_PROVIDER, QM_SERVICE, QM_STATE, State
+from workflows.search_attributes import (
+    QM_AGENT,
+    QM_PRINCIPAL,
+    QM_PROVIDER,
+    QM_SERVICE,
+    QM_SESSION,
+    QM_STATE,
+    State,
+)
 
 CLOSED_OK = WorkflowExecutionStatus.COMPLETED
+#: ids that may be put in a visibility query
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,120}$")
 #: ~5 s of retries for a decision that arrives before its approval is open
 UNKNOWN_APPROVAL_RETRIES = 25
-
-
-class ResourceInfo(BaseModel):
-    resource_id: str
-    service_id: str
-    request_id: str
-    workflow_id: str
-    credential_id: str | None
-    credential_names: list[str]
-    expires_at: str | None
 
 
 class Waiting(BaseModel):
@@ -81,24 +85,39 @@ WAITING_CODES = {
 }
 
 
-def actor_from_env(email: str | None = None, agent: str | None = None) -> Actor:
-    """The actor from flags or the environment `qm run` prepared (QM_SESSION_TOKEN, QM_IDENTITY_TOKEN)."""
-    email = email or os.environ.get("QM_PRINCIPAL_EMAIL")
-    agent = agent or os.environ.get("QM_AGENT")
-    if not email or not agent:
-        raise QuartermasterError(ErrorCode.INVALID_REQUEST, "name the principal and agent (--email/--agent)")
-    session = os.environ.get("QM_SESSION_TOKEN")
-    identity = os.environ.get("QM_IDENTITY_TOKEN")
-    return Actor(
-        principal_email=email,
-        agent=agent,
-        session_token=Secret(session) if session else None,
-        identity_token=Secret(identity) if identity else None,
-    )
+def _session_of(req: ProvisionRequest) -> str | None:
+    """The session a request runs under (the `sid` of its session token), for ownership checks."""
+    if req.actor.session_token is None:
+        return None
+    from quartermaster.orchestration.sessions import session_id_of
+
+    try:
+        return session_id_of(req.actor.session_token)
+    except QuartermasterError:
+        return None
 
 
-def workflow_id_for(request_id: str) -> str:
-    return f"provision-{request_id}"
+def workflow_id_for(request_id: str, principal_id: str | None = None) -> str:
+    """`provision-<principal id>-<request id>` for the API (request ids are the principal's own
+    idempotency keys); `provision-<request id>` for server-side callers that pick unique ids."""
+    return f"provision-{principal_id}-{request_id}" if principal_id else f"provision-{request_id}"
+
+
+def fingerprint(req: ProvisionRequest) -> str:
+    """What makes two submissions "the same request" (Stripe's idempotency rule): every parameter but
+    the caller's tokens."""
+    data = req.model_dump(mode="json", exclude={"actor": {"session_token", "identity_token", "proof"}})
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RequestOwner:
+    """Who a provisioning workflow belongs to, from its search attributes and memo."""
+
+    workflow_id: str
+    principal_id: str | None
+    session_id: str | None
+    fingerprint: str | None
 
 
 class Orchestrator:
@@ -149,11 +168,15 @@ class Orchestrator:
         )
 
     # -- provisioning -----------------------------------------------------------------------------
-    async def submit(self, req: ProvisionRequest, *, prevalidate: bool = True) -> WorkflowHandle[Any, Any]:
-        """Start (or find) the request's workflow. The same request id never starts a second one."""
+    async def submit(
+        self, req: ProvisionRequest, *, prevalidate: bool = True, principal_id: str | None = None
+    ) -> WorkflowHandle[Any, Any]:
+        """Start (or find) the request's workflow. The same request id never starts a second one; with
+        `principal_id` (the API), a reuse with other parameters is refused with IDEMPOTENCY_CONFLICT."""
         if prevalidate:
             await self.quote(req.service_id, req.configuration, req.max_price)
-        wid = workflow_id_for(req.request_id)
+        wid = workflow_id_for(req.request_id, principal_id)
+        fp = fingerprint(req)
         attrs = TypedSearchAttributes(
             [
                 SearchAttributePair(QM_STATE, State.RUNNING),
@@ -163,8 +186,12 @@ class Orchestrator:
                 SearchAttributePair(QM_PRINCIPAL, self.keyring.principal_id(str(req.actor.principal_email))),
             ]
         )
+        if session_id := _session_of(req):
+            attrs = TypedSearchAttributes(
+                [*attrs.search_attributes, SearchAttributePair(QM_SESSION, session_id)]
+            )
         try:
-            return await self.temporal.start_workflow(
+            handle: WorkflowHandle[Any, Any] = await self.temporal.start_workflow(
                 "ProvisionWorkflow",
                 req,
                 id=wid,
@@ -172,14 +199,41 @@ class Orchestrator:
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=attrs,
+                memo={"fingerprint": fp},
                 static_summary=f"provision {req.service_id} '{req.name}' for agent {req.actor.agent}",
             )
         except WorkflowAlreadyStartedError:
-            return self.temporal.get_workflow_handle(wid)
+            handle = self.temporal.get_workflow_handle(wid)
+        if principal_id is not None:
+            owner = await self.owner(wid)
+            if owner is not None and owner.fingerprint not in (None, fp):
+                raise QuartermasterError(
+                    ErrorCode.IDEMPOTENCY_CONFLICT,
+                    f"request id {req.request_id} was already used with other parameters",
+                )
+        return handle
 
-    async def status(self, request_id: str) -> ProvisionResult | Waiting | ProvisionStatus:
+    async def owner(self, workflow_id: str) -> RequestOwner | None:
+        """The principal and session a workflow was started for, or None when there is none."""
+        try:
+            desc = await self.temporal.get_workflow_handle(workflow_id).describe()
+        except RPCError:
+            return None
+        attrs = desc.typed_search_attributes
+        memo = await desc.memo()
+        fp = memo.get("fingerprint")
+        return RequestOwner(
+            workflow_id=workflow_id,
+            principal_id=attrs.get(QM_PRINCIPAL),
+            session_id=attrs.get(QM_SESSION),
+            fingerprint=fp if isinstance(fp, str) else None,
+        )
+
+    async def status(
+        self, request_id: str, principal_id: str | None = None
+    ) -> ProvisionResult | Waiting | ProvisionStatus:
         """The result if finished, what it waits for if a human must act, else the current step."""
-        handle = self.temporal.get_workflow_handle(workflow_id_for(request_id))
+        handle = self.temporal.get_workflow_handle(workflow_id_for(request_id, principal_id))
         try:
             desc = await handle.describe()
         except RPCError:
@@ -200,22 +254,27 @@ class Orchestrator:
             return Waiting(request_id=request_id, code=WAITING_CODES[approvals[0].kind], approvals=approvals)
         return st
 
-    async def wait(self, request_id: str, timeout: float) -> ProvisionResult | Waiting | ProvisionStatus:
+    async def wait(
+        self, request_id: str, timeout: float, principal_id: str | None = None
+    ) -> ProvisionResult | Waiting | ProvisionStatus:
         """Poll until finished, waiting for a human, or `timeout` seconds passed."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            st = await self.status(request_id)
+            st = await self.status(request_id, principal_id)
             if isinstance(st, ProvisionResult | Waiting) or loop.time() >= deadline:
                 return st
             await asyncio.sleep(0.25)
 
     # -- approvals --------------------------------------------------------------------------------
-    async def approvals(self, email: str | None = None) -> list[ApprovalRequest]:
+    async def approvals(
+        self, email: str | None = None, *, principal_id: str | None = None
+    ) -> list[ApprovalRequest]:
         """Every pending approval, from one visibility query (the list is in each workflow's memo)."""
         query = f"{QM_STATE.name} = '{State.AWAITING_APPROVAL}'"
-        if email:
-            query += f" AND {QM_PRINCIPAL.name} = '{self.keyring.principal_id(email)}'"
+        pid = principal_id or (self.keyring.principal_id(email) if email else None)
+        if pid:
+            query += f" AND {QM_PRINCIPAL.name} = '{pid}'"
         out: list[ApprovalRequest] = []
         async for wf in self.temporal.list_workflows(query):
             memo = await wf.memo()
@@ -244,12 +303,18 @@ class Orchestrator:
         return outcome
 
     # -- resources --------------------------------------------------------------------------------
-    async def resources(self, email: str | None = None) -> list[ResourceInfo]:
+    async def resources(
+        self, email: str | None = None, *, principal_id: str | None = None, sessions: set[str] | None = None
+    ) -> list[ResourceInfo]:
+        """Live resources (of one principal; with `sessions`, only those provisioned under them)."""
         query = f"WorkflowType = 'ProvisionWorkflow' AND {QM_STATE.name} = '{State.COMPLETED}'"
-        if email:
-            query += f" AND {QM_PRINCIPAL.name} = '{self.keyring.principal_id(email)}'"
+        pid = principal_id or (self.keyring.principal_id(email) if email else None)
+        if pid:
+            query += f" AND {QM_PRINCIPAL.name} = '{pid}'"
         out = []
         async for wf in self.temporal.list_workflows(query):
+            if sessions is not None and wf.typed_search_attributes.get(QM_SESSION) not in sessions:
+                continue
             res: ProvisionResult = await self.temporal.get_workflow_handle(
                 wf.id, result_type=ProvisionResult
             ).result()
@@ -269,7 +334,19 @@ class Orchestrator:
             )
         return out
 
+    async def resource_owner(self, resource_id: str) -> RequestOwner | None:
+        """Who the resource's provisioning belongs to (None when there is no such resource)."""
+        if not _SAFE_ID.match(resource_id):
+            return None
+        query = f"WorkflowType = 'ProvisionWorkflow' AND QmResource = '{resource_id}'"
+        async for wf in self.temporal.list_workflows(query):
+            if wf.status == CLOSED_OK:
+                return await self.owner(wf.id)
+        return None
+
     async def _provision_of(self, resource_id: str) -> ProvisionResult:
+        if not _SAFE_ID.match(resource_id):
+            raise QuartermasterError(ErrorCode.NOT_FOUND, f"no resource {resource_id}")
         query = f"WorkflowType = 'ProvisionWorkflow' AND QmResource = '{resource_id}'"
         async for wf in self.temporal.list_workflows(query):
             if wf.status == CLOSED_OK:

@@ -37,6 +37,7 @@ from models.session import (
 from quartermaster.keys import Keyring
 from workflows.search_attributes import QM_AGENT, QM_PRINCIPAL
 
+
 def session_id_of(token: Secret) -> str:
     """The `sid` claim, read without verification: only to route to the session entity, which then
     verifies the token in the worker."""

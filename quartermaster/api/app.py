@@ -1,0 +1,79 @@
+"""The FastAPI application: `create_app()` for `qm serve` (services built from the environment in the
+lifespan), or `create_app(services)` for tests and embedding."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from quartermaster import __version__
+from quartermaster.api import errors
+from quartermaster.api.limits import BoundedBody
+from quartermaster.api.routes import (
+    agents,
+    approvals,
+    billing,
+    callbacks,
+    catalog,
+    dev,
+    identities,
+    login,
+    provisions,
+    resources,
+    sessions,
+)
+from quartermaster.api.services import ApiServices
+
+#: routers open to anonymous callers (each still authenticates what it receives)
+PUBLIC_ROUTERS = (catalog.router, login.router, callbacks.router)
+#: routers whose every route requires a verified caller
+PROTECTED_ROUTERS = (
+    provisions.router,
+    approvals.router,
+    resources.router,
+    sessions.router,
+    identities.router,
+    agents.router,
+    billing.router,
+)
+
+
+def create_app(services: ApiServices | None = None, *, dev_routes: bool | None = None) -> FastAPI:
+    """The API. Without `services`, they are built from the environment when the app starts."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if services is None:
+            from quartermaster.api.services import build_services
+            from quartermaster.config import Settings
+            from quartermaster.keys import load_keyring
+            from quartermaster.temporal import connect
+
+            settings = Settings.from_env()
+            keyring = load_keyring(settings.resolved_keys_file, create=settings.dev)
+            temporal = await connect(settings, keyring)
+            app.state.services = build_services(settings, keyring, temporal)
+        yield
+
+    app = FastAPI(
+        title="Quartermaster API",
+        version=__version__,
+        summary="Agent-commerce provisioning: discovery, authorization, tokenized payment, approvals.",
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+    )
+    if services is not None:
+        app.state.services = services
+    errors.install(app)
+    for router in (*PUBLIC_ROUTERS, *PROTECTED_ROUTERS):
+        app.include_router(router)
+    if dev_routes is None:
+        dev_routes = services.settings.dev if services is not None else os.environ.get("QM_DEV") == "1"
+    mount_dev = dev_routes
+    if mount_dev:
+        app.include_router(dev.router)
+    app.add_middleware(BoundedBody)
+    return app

@@ -1,0 +1,74 @@
+"""A human's pending approvals and decisions. Human only: an agent can never see an approval's details
+(Checkout and OAuth URLs) or decide one, whatever code it holds."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Security
+from temporalio.service import RPCError
+
+from models.api import DecisionBody
+from models.approval import ApprovalDecision, ApprovalRequest, DecisionOutcome
+from models.errors import ErrorCode, QuartermasterError
+from models.secret import Secret
+from quartermaster.api.deps import HumanCaller, Services, require_human
+from quartermaster.api.errors import ERROR_RESPONSES
+from quartermaster.api.services import ApiServices
+
+router = APIRouter(
+    prefix="/v1/approvals",
+    tags=["approvals"],
+    dependencies=[Security(require_human)],
+    responses=ERROR_RESPONSES,
+)
+
+
+async def pending_approval(svc: ApiServices, principal_id: str, approval_id: str) -> ApprovalRequest:
+    """The open approval, if it is this principal's; else NOT_FOUND (whether or not it exists)."""
+    wid, sep, _kind = approval_id.rpartition(".")
+    missing = QuartermasterError(ErrorCode.NOT_FOUND, f"no open approval {approval_id}")
+    if not sep or not wid or len(approval_id) > 300:
+        raise missing
+    try:
+        pending: list[ApprovalRequest] = await svc.temporal.get_workflow_handle(wid).query(
+            "pending_approvals", result_type=list[ApprovalRequest]
+        )
+    except RPCError:
+        raise missing from None
+    for a in pending:
+        if a.approval_id == approval_id and a.principal_id == principal_id:
+            return a
+    raise missing
+
+
+@router.get("", response_model=list[ApprovalRequest])
+async def list_approvals(caller: HumanCaller, svc: Services) -> list[ApprovalRequest]:
+    """Every approval waiting for you."""
+    return await svc.orchestrator.approvals(principal_id=caller.principal_id)
+
+
+@router.get("/{approval_id}", response_model=ApprovalRequest)
+async def get_approval(approval_id: str, caller: HumanCaller, svc: Services) -> ApprovalRequest:
+    """One pending approval with its details (e.g. the Checkout or OAuth consent URL)."""
+    return await pending_approval(svc, caller.principal_id, approval_id)
+
+
+@router.post("/{approval_id}/decision", response_model=DecisionOutcome)
+async def decide(approval_id: str, body: DecisionBody, caller: HumanCaller, svc: Services) -> DecisionOutcome:
+    """Approve or deny with the one-time code you received; anything but ACCEPTED is 409."""
+    approval = await pending_approval(svc, caller.principal_id, approval_id)
+    outcome = await svc.orchestrator.decide(
+        ApprovalDecision(
+            approval_id=approval_id,
+            decision=body.decision,
+            code=Secret(body.code),
+            reason=body.reason,
+            information=body.information,
+            raise_limit_to=body.raise_limit_to,
+        )
+    )
+    if outcome.status != "ACCEPTED":
+        raise QuartermasterError(ErrorCode.APPROVAL_REJECTED, f"{outcome.status} for {approval_id}")
+    if approval.kind == "agent_unfreeze" and body.decision == "approve":
+        agent = approval.workflow_id.removeprefix(f"agent-{caller.principal_id}-")
+        await svc.logins.set_frozen(caller.principal_id, agent, False)
+    return outcome

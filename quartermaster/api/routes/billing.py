@@ -1,0 +1,62 @@
+"""Spend and limits: the principal's month per provider, and limit changes (which need an approval)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Security
+
+from models.api import ApprovalPending, LimitBody
+from models.errors import ErrorCode, QuartermasterError
+from models.limits import LimitChangeRequest, SpendSummary, SpendSummaryRequest
+from quartermaster.api.deps import HumanCaller, Services, require_human
+from quartermaster.api.errors import ERROR_RESPONSES
+
+router = APIRouter(
+    prefix="/v1/billing",
+    tags=["billing"],
+    dependencies=[Security(require_human)],
+    responses=ERROR_RESPONSES,
+)
+MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+@router.get("", response_model=SpendSummary)
+async def show(
+    caller: HumanCaller, svc: Services, month: Annotated[str | None, Query(max_length=7)] = None
+) -> SpendSummary:
+    """Limit, committed, reserved and remaining per provider for a month (default: this one, UTC)."""
+    if month is not None and not MONTH.match(month):
+        raise QuartermasterError(ErrorCode.INVALID_REQUEST, "month is YYYY-MM")
+    return await svc.spend.spend_view(SpendSummaryRequest(principal_id=caller.principal_id, month=month))
+
+
+@router.post("/limits", response_model=ApprovalPending, status_code=202)
+async def request_limit_change(body: LimitBody, caller: HumanCaller, svc: Services) -> ApprovalPending:
+    """Ask for a new monthly limit (global, or one provider's); it applies once you approve it."""
+    if body.provider is not None and body.provider not in svc.settings.providers:
+        raise QuartermasterError(ErrorCode.UNKNOWN_PROVIDER, f"no provider named {body.provider!r}")
+    if body.limit.amount <= 0:
+        raise QuartermasterError(ErrorCode.INVALID_REQUEST, "a limit above 0")
+    req = LimitChangeRequest(
+        principal_id=caller.principal_id,
+        principal_email=caller.email,
+        provider=body.provider,
+        limit=body.limit,
+        approval_timeout_seconds=svc.settings.approval_timeout_seconds,
+    )
+    workflow_id = f"limit-change-{caller.principal_id}-{uuid.uuid4().hex[:12]}"
+    await svc.temporal.start_workflow(
+        "LimitChange",
+        req,
+        id=workflow_id,
+        task_queue=svc.settings.task_queue,
+        static_summary=f"limit change to {body.limit} ({body.provider or 'global'})",
+    )
+    return ApprovalPending(
+        approval_id=f"{workflow_id}.limit_change",
+        code=str(ErrorCode.LIMIT_CHANGE_APPROVAL_REQUIRED),
+        message="a one-time code was sent to you; approve with qm approve APPROVAL_ID --code CODE",
+    )

@@ -1,0 +1,22 @@
+"""The dev inbox (only under `qm dev`): what the notification channel would have sent each human.
+
+In dev the channel is a local file anyone on the machine can read; production uses a real channel
+(webhook, e-mail) and this router is not mounted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from pydantic import EmailStr
+
+from providers.notifier import read_inbox
+from quartermaster.api.deps import Services, services
+
+router = APIRouter(prefix="/v1/dev", tags=["dev"], dependencies=[Depends(services)])
+
+
+@router.get("/inbox", response_model=list[dict[str, Any]])
+async def inbox(email: EmailStr, svc: Services) -> list[dict[str, Any]]:
+    """The dev channel's messages to `email` (login and approval codes)."""
+    return read_inbox(svc.settings.data_dir / "inbox", svc.keyring.principal_id(str(email).strip().lower()))

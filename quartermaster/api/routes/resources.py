@@ -1,0 +1,119 @@
+"""Provisioned resources: list, show, reveal credentials (for `qm exec`), rotate, remove. An agent sees
+only resources provisioned under its session tree; a human sees all of theirs."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Security
+
+from models.api import CredentialRef, ResourceAction, ResourceInfo
+from models.errors import ErrorCode, QuartermasterError
+from models.provisioning import ResourceActionResult
+from models.request import Actor
+from quartermaster.api.deps import Agent, AnyCaller, Caller, Services, require_caller
+from quartermaster.api.errors import ERROR_RESPONSES
+from quartermaster.api.ownership import require_visible
+from quartermaster.api.services import ApiServices
+
+router = APIRouter(
+    prefix="/v1/resources",
+    tags=["resources"],
+    dependencies=[Security(require_caller)],
+    responses=ERROR_RESPONSES,
+)
+
+
+async def session_tree(svc: ApiServices, agent: Agent) -> set[str]:
+    """The agent's session and every session delegated from it."""
+    seen: set[str] = set()
+    todo = [agent.session_id]
+    while todo and len(seen) < 1000:
+        sid = todo.pop()
+        if sid in seen:
+            continue
+        seen.add(sid)
+        state = await svc.presentations.session_state(sid)
+        if state is not None:
+            todo.extend(state.children)
+    return seen
+
+
+async def _visible_resource(svc: ApiServices, caller: Caller, resource_id: str) -> None:
+    await require_visible(
+        svc, caller, await svc.orchestrator.resource_owner(resource_id), f"resource {resource_id}"
+    )
+
+
+def _actor(caller: Caller) -> Actor:
+    if isinstance(caller, Agent):
+        return Actor(
+            principal_email=caller.email,
+            agent=caller.agent,
+            session_token=caller.session_token,
+            identity_token=caller.identity_token,
+        )
+    from quartermaster.api.human_actor import HUMAN_AGENT
+
+    return Actor(principal_email=caller.email, agent=HUMAN_AGENT)
+
+
+def _action(res: ResourceActionResult) -> ResourceAction:
+    cred = res.credential
+    return ResourceAction(
+        resource_id=res.resource_id,
+        outcome=res.outcome,
+        credential=CredentialRef(
+            credential_id=cred.credential_id,
+            names=sorted(cred.env),
+            expires_at=cred.expires_at,
+            scopes=cred.scopes,
+        )
+        if cred is not None
+        else None,
+        error={"code": res.error_code or "UNKNOWN_ERROR", "message": res.error_message or ""}
+        if res.outcome != "completed"
+        else None,
+    )
+
+
+@router.get("", response_model=list[ResourceInfo])
+async def list_resources(caller: AnyCaller, svc: Services) -> list[ResourceInfo]:
+    """Live resources you may use, with their credentials' names (never values)."""
+    sessions = await session_tree(svc, caller) if isinstance(caller, Agent) else None
+    if svc.authorization_disabled:
+        return await svc.orchestrator.resources()
+    return await svc.orchestrator.resources(principal_id=caller.principal_id, sessions=sessions)
+
+
+@router.get("/{resource_id}", response_model=ResourceInfo)
+async def show_resource(resource_id: str, caller: AnyCaller, svc: Services) -> ResourceInfo:
+    await _visible_resource(svc, caller, resource_id)
+    for info in await svc.orchestrator.resources(principal_id=caller.principal_id):
+        if info.resource_id == resource_id:
+            return info
+    raise QuartermasterError(ErrorCode.NOT_FOUND, f"no resource {resource_id}")
+
+
+@router.get("/{resource_id}/credentials", response_model=dict[str, str])
+async def reveal_credentials(resource_id: str, caller: AnyCaller, svc: Services) -> dict[str, str]:
+    """The current credential's values, for `qm exec` to put in a child's environment. Never give this
+    route's answer to a model: MCP tools return references only."""
+    await _visible_resource(svc, caller, resource_id)
+    creds = await svc.orchestrator.credentials(resource_id)
+    return {name: secret.reveal() for name, secret in creds.items()}
+
+
+@router.post("/{resource_id}/rotate", response_model=ResourceAction)
+async def rotate(resource_id: str, caller: AnyCaller, svc: Services) -> ResourceAction:
+    """Mint a new credential and revoke the old one."""
+    await _visible_resource(svc, caller, resource_id)
+    res = await svc.orchestrator.rotate(resource_id, _actor(caller), uuid.uuid4().hex[:12])
+    return _action(res)
+
+
+@router.delete("/{resource_id}", response_model=ResourceAction)
+async def remove(resource_id: str, caller: AnyCaller, svc: Services) -> ResourceAction:
+    """Remove the resource at its provider and revoke its credentials."""
+    await _visible_resource(svc, caller, resource_id)
+    return _action(await svc.orchestrator.remove(resource_id, _actor(caller)))
