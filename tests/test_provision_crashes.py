@@ -20,9 +20,9 @@ import pytest
 import worker as worker_module
 from models.provisioning import ProvisionResult
 from providers.registry import ProviderRegistry
-from quartermaster.orchestration.requests import Orchestrator
 from quartermaster.codec import EncryptionCodec
 from quartermaster.converter import data_converter
+from quartermaster.orchestration.requests import Orchestrator
 from tests.fixtures.browser import connect_when_ready, temporal_dev_server
 from tests.fixtures.servers import free_port
 from tests.fixtures.stack import Stack, new_email

@@ -10,6 +10,7 @@ address, no key file, no data directory, no human login (`SCRUBBED`).
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import tempfile
@@ -27,6 +28,8 @@ from quartermaster.client.env import (
     ENV_SESSION,
 )
 from quartermaster.identity.attestation import Measurement, MeasurementError, measure
+
+log = logging.getLogger("quartermaster.run")
 
 #: prefixes of variables a child never inherits: the server side's settings and keys, and tokens
 SCRUBBED_PREFIXES = ("QM_", "TEMPORAL_", "STRIPE_")
@@ -135,7 +138,8 @@ def run_launched(
                         continue  # the code changed under the running agent: let its identity lapse
                     try:
                         fresh, _ = issue(measurement)
-                    except Exception:
+                    except Exception:  # noqa: BLE001 - API unreachable: the old token lives until expiry
+                        log.warning("could not refresh the agent's identity token; retrying")
                         continue
                     record.issued.append(fresh)
                     _write_private(token_file, fresh.token)
