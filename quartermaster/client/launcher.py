@@ -138,7 +138,7 @@ def run_launched(
                         continue  # the code changed under the running agent: let its identity lapse
                     try:
                         fresh, _ = issue(measurement)
-                    except Exception:  # noqa: BLE001 - API unreachable: the old token lives until expiry
+                    except Exception:
                         log.warning("could not refresh the agent's identity token; retrying")
                         continue
                     record.issued.append(fresh)
