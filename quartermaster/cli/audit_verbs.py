@@ -14,14 +14,15 @@ import re
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from models.errors import ErrorCode, QuartermasterError
-from providers.audit import AuditFilters, AuditStore, StoredAuditRecord, open_audit_store
-from providers.audit.ocsf import to_ocsf
-from providers.audit.trace import AuditTrace, build_trace
 from quartermaster.cli.output import add_common, emit, table
 from quartermaster.config import Settings
+
+if TYPE_CHECKING:  # operator verbs: the audit store is imported when one runs, never by `qm` itself
+    from providers.audit import AuditStore, StoredAuditRecord
+    from providers.audit.trace import AuditTrace
 
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -65,6 +66,8 @@ def _add_json(parser: argparse.ArgumentParser) -> None:
 
 
 def _store() -> AuditStore:
+    from providers.audit import open_audit_store
+
     location = Settings.from_env().resolved_audit_db
     if "://" not in location and not Path(location).exists():
         raise QuartermasterError(ErrorCode.NOT_FOUND, f"no audit store at {location}")
@@ -112,6 +115,8 @@ def principal_filter(value: str) -> str:
 def run_query(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise QuartermasterError(ErrorCode.INVALID_REQUEST, "--limit must be at least 1")
+    from providers.audit import AuditFilters
+
     filters = AuditFilters(
         principal_id=principal_filter(args.principal) if args.principal else None,
         agent=args.agent,
@@ -165,6 +170,8 @@ def _detail(r: StoredAuditRecord) -> str:
 def run_trace(args: argparse.Namespace) -> int:
     store = _store()
     try:
+        from providers.audit.trace import build_trace
+
         trace = build_trace(store, args.subject)
     finally:
         store.close()
@@ -227,6 +234,8 @@ def _export(store: AuditStore, fmt: str, out: IO[str]) -> int:
     count = 0
     for record in store.iter_all():
         if fmt == "ocsf":
+            from providers.audit.ocsf import to_ocsf
+
             doc: dict[str, Any] = to_ocsf(record)
         else:
             doc = {"seq": record.seq, "prev_hash": record.prev_hash, "hash": record.hash,
