@@ -41,7 +41,16 @@ class Component:
 
 
 def ports(offset: int = 0) -> dict[str, int]:
-    return {k: v + offset for k, v in DEV_PORTS.items()}
+    """The stack's ports moved by `offset`; refused when they would collide with a default stack's."""
+    moved = {k: v + offset for k, v in DEV_PORTS.items()}
+    if offset and set(moved.values()) & set(DEV_PORTS.values()):
+        raise PortInUseError(
+            f"--port-offset {offset} would put a port on one of the default stack's "
+            f"({sorted(set(moved.values()) & set(DEV_PORTS.values()))}); use e.g. 100 or 200"
+        )
+    if not all(0 < v < 65536 for v in moved.values()):
+        raise PortInUseError(f"--port-offset {offset} moves ports out of range")
+    return moved
 
 
 def check_ports(p: dict[str, int]) -> None:
@@ -122,10 +131,10 @@ def components(data_dir: Path, p: dict[str, int]) -> list[Component]:
             f"http://127.0.0.1:{p['codec']}",
         ),
         Component(
-            "gateway",
-            [py, "-m", "quartermaster.gateway", "--port", str(p["gateway"])],
+            "api",
+            [py, "-m", "quartermaster.api", "--port", str(p["gateway"])],
             p["gateway"],
-            f"http://127.0.0.1:{p['gateway']}",
+            f"http://127.0.0.1:{p['gateway']} (the Quartermaster API; OAuth callback, JWKS, webhooks)",
         ),
         Component(
             "worker", [py, str(ROOT / "worker.py")], None, f"task queue quartermaster @ :{p['temporal']}"
@@ -213,7 +222,15 @@ def run(data_dir: Path, offset: int = 0) -> int:
         print(f"\nQuartermaster dev stack is up (data in {data_dir}):")
         for comp in started:
             print(f"  {comp.name:8} {comp.url}")
-        print("  Ctrl-C stops everything.\n", flush=True)
+        api = f"http://127.0.0.1:{p['gateway']}"
+        print(
+            "\nIn another shell (any directory), all a caller needs is the API's address:\n"
+            f"  . {ROOT / '.venv' / 'bin' / 'activate'}\n"
+            f"  export QM_API_URL={api}\n"
+            "  qm login --email you@example.com      # the code arrives in: qm inbox --email you@example.com\n"
+            "  Ctrl-C stops everything.\n",
+            flush=True,
+        )
         while not stopping.wait(0.5):
             for comp in started:
                 if comp.proc and comp.proc.poll() is not None:

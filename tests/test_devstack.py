@@ -66,14 +66,26 @@ def _start(data_dir: Path) -> subprocess.Popen[str]:
 
 
 def _qm(data_dir: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "QM_DATA_DIR": str(data_dir),
-        "TEMPORAL_ADDRESS": f"127.0.0.1:{7233 + OFFSET}",
-        "QM_PROVIDERS": ",".join(f"{n}=http://127.0.0.1:{p + OFFSET}" for n, p in
-                                 (("cloud", 8721), ("db", 8722), ("mail", 8723))),
-    }  # fmt: skip
-    return subprocess.run([str(BIN / "qm"), *argv], env=env, capture_output=True, text=True, timeout=60)
+    """`qm` as a second shell runs it: from another directory, knowing only the API's address."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QM_", "TEMPORAL_"))}
+    env["QM_API_URL"] = f"http://127.0.0.1:{8700 + OFFSET}"
+    env["QM_CONFIG_DIR"] = str(data_dir.parent / "config")
+    return subprocess.run(
+        [str(BIN / "qm"), *argv], env=env, capture_output=True, text=True, timeout=60, cwd=data_dir.parent
+    )
+
+
+def _login(data_dir: Path, email: str) -> None:
+    started = _qm(data_dir, "login", "--email", email, "--json")
+    assert started.returncode == 0, started.stdout + started.stderr
+    login_id = json.loads(started.stdout)["login_id"]
+    inbox = _qm(data_dir, "inbox", "--email", email, "--json")
+    (code,) = [m["code"] for m in json.loads(inbox.stdout) if m.get("login_id") == login_id]
+    done = _qm(data_dir, "login", "--email", email, "--code", code)
+    assert done.returncode == 0, done.stderr
+    config = data_dir.parent / "config"
+    assert (config / "login.json").stat().st_mode & 0o777 == 0o600
+    assert config.stat().st_mode & 0o777 == 0o700
 
 
 def _stop(proc: subprocess.Popen[str]) -> set[int]:
@@ -90,14 +102,15 @@ def test_qm_dev_runs_stops_cleanly_and_keeps_workflows(tmp_path: Path) -> None:
     data_dir = tmp_path / ".qm"
     proc = _start(data_dir)
     try:
-        assert len(_children(proc.pid)) >= 8  # temporal, stripe, 3 providers, codec, gateway, worker
+        assert len(_children(proc.pid)) >= 8  # temporal, stripe, 3 providers, codec, api, worker
         catalog = _qm(data_dir, "catalog", "--json")
         assert catalog.returncode == 0, catalog.stderr
         assert {s["service_id"] for c in json.loads(catalog.stdout) for s in c["services"]} >= {
             "cloud/workers"
         }
-        run = _qm(data_dir, "provision", "cloud/workers", "--name", "w1", "--email", "dev@example.com",
-                  "--agent", "planner", "--request-id", "devstack-1", "--json", "--wait", "30")  # fmt: skip
+        _login(data_dir, "dev@example.com")
+        run = _qm(data_dir, "provision", "cloud/workers", "--name", "w1", "--request-id", "devstack-1",
+                  "--json", "--wait", "30")  # fmt: skip
         assert run.returncode == 3, run.stdout + run.stderr  # a new principal must accept the terms
         assert json.loads(run.stdout)["error"]["code"] == "TERMS_ACCEPTANCE_REQUIRED"
         taken = _qm(data_dir, "dev", "--data-dir", str(tmp_path / "other"), "--port-offset", str(OFFSET))
@@ -112,6 +125,6 @@ def test_qm_dev_runs_stops_cleanly_and_keeps_workflows(tmp_path: Path) -> None:
     try:
         status = _qm(data_dir, "status", "devstack-1", "--json")
         assert status.returncode == 3, status.stdout + status.stderr  # still waiting, after a restart
-        assert json.loads(status.stdout)["waiting"]["approvals"][0]["kind"] == "terms"
+        assert json.loads(status.stdout)["request"]["waiting_for"][0]["kind"] == "terms"
     finally:
         assert _stop(proc) == set()

@@ -33,7 +33,7 @@ async def test_human_provisions_a_free_service_for_themselves(stack: Stack) -> N
         assert set(creds) == set(view.credential.names)
         # the provider introspects the credential as active
         state = await stack.provider_state("cloud")
-        assert view.resource_id in str(state)
+        assert str(view.resource_id) in str(state)
 
 
 async def test_agent_under_a_session(stack: Stack) -> None:

@@ -1,0 +1,24 @@
+"""`python -m quartermaster.api --port 8700`: the API (what `qm serve` and `qm dev` run)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvicorn
+
+from quartermaster.api.app import create_app
+from quartermaster.logging_setup import configure_logging
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m quartermaster.api")
+    parser.add_argument("--port", type=int, default=8700)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args()
+    configure_logging(logging.INFO)
+    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
