@@ -234,23 +234,3 @@ async def test_run_injects_identity_only_into_the_child(
     assert "replayed" in await expect_refused(
         verifier_for(attestor, replay).verify(seen["QM_IDENTITY_TOKEN"])
     )
-
-
-def test_qm_run_cli_returns_child_exit_code(tmp_path: Path) -> None:
-    env = {**os.environ, "QM_DATA_DIR": str(tmp_path)}
-    qm = Path(sys.executable).parent / "qm"
-    done = subprocess.run(
-        [str(qm), "run", "--agent", "builder", "--", sys.executable, "-c", "import sys; sys.exit(5)"],
-        env=env,
-        timeout=60,
-    )
-    assert done.returncode == 5
-    assert (tmp_path / "attestor-keys.json").stat().st_mode & 0o777 == 0o600
-    bad = subprocess.run(
-        [str(qm), "run", "--agent", "builder", "--", "no-such-command-xyz"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert bad.returncode == 2 and bad.stderr.startswith("INVALID_REQUEST: ")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,7 +20,7 @@ from models.ledger import (
     ReserveSpend,
     monthly_ledger_id,
 )
-from models.limits import LimitChange, LimitChangeResult, SpendSummaryRequest
+from models.limits import LimitChange, LimitChangeRequest, LimitChangeResult, SpendSummaryRequest
 from models.money import MAX_MINOR_UNITS, Money
 from models.secret import Secret
 from quartermaster.keys import Keyring
@@ -200,23 +198,22 @@ async def _accepted_updates(client: Client, workflow_id: str) -> int:
 async def test_limit_change_needs_the_human_code(
     spend_stack: SpendStack, client: Client, keyring: Keyring, tmp_path: Path, monkeypatch, capsys
 ) -> None:  # type: ignore[no-untyped-def]
-    from quartermaster.cli import billing_verbs
-
     email = f"human-{uuid.uuid4().hex[:6]}@example.com"
     principal = keyring.principal_id(email)
-    monkeypatch.setenv("QM_KEYS", keyring.to_json())
-    monkeypatch.setenv("TEMPORAL_ADDRESS", client.service_client.config.target_host)
-    monkeypatch.setenv("QM_TASK_QUEUE", spend_stack.task_queue)
-    monkeypatch.setenv("QM_DATA_DIR", str(tmp_path / "qm"))
-    monkeypatch.setenv("QM_PRINCIPAL_EMAIL", email)
     cap = monthly(principal, "db")
     assert (await spend_stack.spend.reserve_spend(reserve(principal, "a", 80, cap))).ok
 
-    args = argparse.Namespace(json=True, usd=Money.usd(250), provider="db", email=None)
-    assert await billing_verbs.set_limit(args) == 3
-    printed = json.loads(capsys.readouterr().out)
-    assert printed["error"]["code"] == "LIMIT_CHANGE_APPROVAL_REQUIRED"
-    approval_id, workflow_id = printed["approval_id"], printed["workflow_id"]
+    # what `POST /v1/billing/limits` starts for the logged-in human (the CLI path: test_provision_spend)
+    workflow_id = f"limit-change-{principal}-{uuid.uuid4().hex[:12]}"
+    await client.start_workflow(
+        "LimitChange",
+        LimitChangeRequest(
+            principal_id=principal, principal_email=email, provider="db", limit=Money.usd(250)
+        ),
+        id=workflow_id,
+        task_queue=spend_stack.task_queue,
+    )
+    approval_id = f"{workflow_id}.limit_change"
     assert approval_id == f"{workflow_id}.limit_change" and email not in approval_id
 
     notices = await poll(
@@ -238,11 +235,10 @@ async def test_limit_change_needs_the_human_code(
     assert result.status == "applied"
     assert (await spend_stack.spend.reserve_spend(reserve(principal, "b", 50, cap))).ok  # 130 of 250
 
-    args = argparse.Namespace(json=True, email=None, month=None)
-    assert await billing_verbs.show(args) == 0
-    shown = {p["provider"]: p for p in json.loads(capsys.readouterr().out)["providers"]}
-    assert shown["db"]["ledger"]["limit"] == {"amount": 25_000, "currency": "usd"}
-    assert shown["db"]["ledger"]["reserved"]["amount"] == 13_000
-    assert shown["cloud"]["ledger"]["limit"]["amount"] == 10_000
+    summary = await spend_stack.spend.spend_view(SpendSummaryRequest(principal_id=principal))
+    shown = {p.provider: p.ledger for p in summary.providers}
+    assert shown["db"].limit == Money.usd(250)
+    assert shown["db"].reserved.amount == 13_000
+    assert shown["cloud"].limit.amount == 10_000
     changed = [r.event for r in spend_stack.audit.iter_all() if r.event.action == "limit.changed"]
     assert [e.approved_by for e in changed if e.principal_id == principal] == [approval_id]

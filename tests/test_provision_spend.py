@@ -23,13 +23,22 @@ async def _done(stack: Stack, request_id: str) -> ProvisionResult:
 async def _billing(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], email: str
 ) -> dict:
-    monkeypatch.setenv("QM_DATA_DIR", str(stack.data_dir))
-    monkeypatch.setenv("QM_TASK_QUEUE", stack.settings.task_queue)
-    monkeypatch.setenv("TEMPORAL_ADDRESS", stack.client.service_client.config.target_host)
+    await _as_human(stack, monkeypatch, email)
     capsys.readouterr()
-    assert await qm_main(["billing", "show", "--email", email, "--json"]) == 0
+    assert await qm_main(["billing", "show", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     return dict(next(p for p in summary["providers"] if p["provider"] == "db")["ledger"])
+
+
+_TOKENS: dict[str, str] = {}
+
+
+async def _as_human(stack: Stack, monkeypatch: pytest.MonkeyPatch, email: str) -> None:
+    """The CLI as the logged-in human runs it: the API's address and a login token, nothing else."""
+    if email not in _TOKENS:
+        _TOKENS[email] = await stack.login_token(email)
+    monkeypatch.setenv("QM_API_URL", stack.api_url)
+    monkeypatch.setenv("QM_HUMAN_TOKEN", _TOKENS[email])
 
 
 async def test_monthly_cap_asks_the_human_and_holds_exactly(
@@ -77,7 +86,8 @@ async def test_monthly_cap_asks_the_human_and_holds_exactly(
 
     # raising the limit is a human action: the CLI prints the approval and waits (exit 3)
     capsys.readouterr()
-    argv = ["billing", "set-limit", "--usd", "200", "--provider", "db", "--email", email, "--json"]
+    await _as_human(stack, monkeypatch, email)
+    argv = ["billing", "set-limit", "--usd", "200", "--provider", "db", "--json"]
     assert await qm_main(argv) == 3
     approval_id = json.loads(capsys.readouterr().out)["approval_id"]
     for _ in range(100):
