@@ -56,7 +56,8 @@ def test_every_route_declares_its_callers() -> None:
         assert deps & {require_caller, optional_caller, services}, route.path
     for router in PROTECTED_ROUTERS:
         for route in router.routes:
-            assert isinstance(route, APIRoute) and require_caller in _deps(route), route.path
+            assert isinstance(route, APIRoute), route
+            assert require_caller in _deps(route), route.path
     public = {getattr(r, "path", "") for router in PUBLIC_ROUTERS for r in router.routes}
     assert public <= {
         "/v1/catalog",
