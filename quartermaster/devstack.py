@@ -227,7 +227,7 @@ def run(data_dir: Path, offset: int = 0) -> int:
             "\nIn another shell (any directory), all a caller needs is the API's address:\n"
             f"  . {ROOT / '.venv' / 'bin' / 'activate'}\n"
             f"  export QM_API_URL={api}\n"
-            "  qm login --email you@example.com      # the code arrives in: qm inbox --email you@example.com\n"
+            "  qm login --email you@example.com   # the code arrives in: qm inbox --email you@example.com\n"
             "  Ctrl-C stops everything.\n",
             flush=True,
         )
