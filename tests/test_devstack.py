@@ -45,9 +45,9 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _start(data_dir: Path) -> subprocess.Popen[str]:
+def _start(data_dir: Path, offset: int = OFFSET) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [str(BIN / "qm"), "dev", "--data-dir", str(data_dir), "--port-offset", str(OFFSET)],
+        [str(BIN / "qm"), "dev", "--data-dir", str(data_dir), "--port-offset", str(offset)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
