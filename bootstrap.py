@@ -8,6 +8,7 @@ Only the standard library is used here, so it runs on a fresh clone with just Py
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import shutil
@@ -54,6 +55,24 @@ def _ensure_chromium() -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, env=env)
 
 
+def _postgres_installed() -> bool:
+    return bool(shutil.which("initdb") or glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+
+
+def _ensure_postgresql() -> None:
+    """The store's PostgreSQL tests start a throwaway server from Debian's `postgresql` package; they
+    fail (never skip) without it. Install it when missing, only as root with apt-get."""
+    if _postgres_installed() or os.name == "nt" or not shutil.which("apt-get"):
+        return
+    if os.geteuid() != 0:
+        print("the PostgreSQL server is missing: the store tests will fail (apt-get install postgresql)")
+        return
+    print("installing the PostgreSQL server (apt-get) for the store tests ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql"], check=False, env=env)
+
+
 def _run(*argv: str) -> int:
     return subprocess.run([str(BIN / argv[0]), *argv[1:]], cwd=ROOT).returncode
 
@@ -71,6 +90,7 @@ def main() -> int:
         if rc := _run(*step):
             return rc
     _ensure_chromium()
+    _ensure_postgresql()
     print("$ pytest", " ".join(extra), flush=True)
     return _run("python", "-m", "pytest", *extra)
 

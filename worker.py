@@ -30,10 +30,9 @@ from activities.session_revocation import (
 from activities.sessions import SessionActivities
 from activities.spend import SpendActivities
 from models.provisioning import Policy
-from providers.audit import open_audit_store
-from providers.connection_store import ConnectionStore
 from providers.notifier import InboxNotifier, Notifier, WebhookNotifier
 from providers.registry import ProviderRegistry
+from providers.store import Store, open_store
 from providers.stripe_adapter import StripeAdapter
 from quartermaster.codec import SecretBox
 from quartermaster.config import Settings
@@ -57,7 +56,14 @@ def build_notifier(settings: Settings) -> Notifier:
     return InboxNotifier(inbox_dir=settings.data_dir / "inbox")
 
 
-def build_activities(settings: Settings, keyring: Keyring, client: Client) -> list[Callable[..., Any]]:
+def build_store(settings: Settings, keyring: Keyring) -> Store:
+    """The one store (QM_DATABASE_URL), with the seal key for account credentials."""
+    return open_store(settings.resolved_database_url, sealer=SecretBox(keyring))
+
+
+def build_activities(
+    settings: Settings, keyring: Keyring, client: Client, store: Store | None = None
+) -> list[Callable[..., Any]]:
     """Every activity, bound to adapters built from `settings`. Secrets stay in this process."""
     approvals = ApprovalActivities(build_notifier(settings))
     registry = ProviderRegistry.from_settings(settings)
@@ -65,8 +71,7 @@ def build_activities(settings: Settings, keyring: Keyring, client: Client) -> li
         api_key=settings.stripe_api_key,
         base_url=settings.stripe_base_url if settings.stripe_is_local else None,
     )
-    box = SecretBox(keyring)
-    store = ConnectionStore(settings.data_dir / "connections.sqlite", seal=box.seal, unseal=box.unseal)
+    store = store or build_store(settings, keyring)
     policy = Policy(
         approval_timeout_seconds=settings.approval_timeout_seconds,
         purchase_approval_above=settings.purchase_approval_above,
@@ -74,16 +79,23 @@ def build_activities(settings: Settings, keyring: Keyring, client: Client) -> li
     )
     catalog = CatalogActivities(registry, policy)
     accounts = AccountActivities(
-        registry=registry, store=store, signer=assertion_signer(settings), public_url=settings.public_url
+        registry=registry,
+        store=store.connections,
+        signer=assertion_signer(settings),
+        public_url=settings.public_url,
     )
     payment = PaymentActivities(stripe=stripe, public_url=settings.public_url)
-    resources = ResourceActivities(registry=registry, store=store)
+    resources = ResourceActivities(registry=registry, store=store.connections)
     spend = SpendActivities(client, settings.task_queue, providers=list(settings.providers))
     alerts = AlertActivities(build_notifier(settings))
-    revoker = RegistryCredentialRevoker(registry=registry, accounts=ConnectionStoreAccounts(store))
-    sessions = SessionActivities.from_settings(settings, keyring, client, revoker=revoker)
+    revoker = RegistryCredentialRevoker(
+        registry=registry, accounts=ConnectionStoreAccounts(store.connections)
+    )
+    sessions = SessionActivities.from_settings(
+        settings, keyring, client, revoker=revoker, replay=store.replay
+    )
     session_revocation = SessionRevocationActivities(client=client, revoker=revoker)
-    audit = AuditActivities(open_audit_store(settings.resolved_audit_db))
+    audit = AuditActivities(store.audit)
     return [
         audit.record,
         audit.record_batch,
@@ -146,7 +158,9 @@ PASSTHROUGH = (
 )
 
 
-def build_worker(client: Client, settings: Settings, keyring: Keyring, **options: Any) -> Worker:
+def build_worker(
+    client: Client, settings: Settings, keyring: Keyring, store: Store | None = None, **options: Any
+) -> Worker:
     options.setdefault(
         "workflow_runner",
         SandboxedWorkflowRunner(
@@ -157,7 +171,7 @@ def build_worker(client: Client, settings: Settings, keyring: Keyring, **options
         client,
         task_queue=settings.task_queue,
         workflows=workflow_classes(),
-        activities=build_activities(settings, keyring, client),
+        activities=build_activities(settings, keyring, client, store),
         **options,
     )
 

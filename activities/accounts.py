@@ -15,8 +15,8 @@ from models.provider import ProviderAccount
 from models.provisioning import AccountInput, CompleteOAuth, ConnectionRef, OAuthStart, TermsRecord
 from models.secret import Secret
 from providers.assertions import AssertionSigner
-from providers.connection_store import ConnectionStore
 from providers.registry import ProviderRegistry
+from providers.store.interfaces import AccountStore
 
 OAUTH_CLIENT_ID = "quartermaster"
 
@@ -30,7 +30,7 @@ def pkce_pair() -> tuple[Secret, str]:
 
 class AccountActivities:
     def __init__(
-        self, *, registry: ProviderRegistry, store: ConnectionStore, signer: AssertionSigner, public_url: str
+        self, *, registry: ProviderRegistry, store: AccountStore, signer: AssertionSigner, public_url: str
     ) -> None:
         self._registry = registry
         self._store = store
@@ -40,8 +40,8 @@ class AccountActivities:
     def _assertion(self, inp: AccountInput) -> Secret:
         return self._signer.sign(subject=inp.customer_id, email=inp.principal_email, audience=inp.provider)
 
-    def _save(self, inp_provider: str, principal_id: str, account: ProviderAccount) -> ConnectionRef:
-        self._store.put_connection(
+    async def _save(self, inp_provider: str, principal_id: str, account: ProviderAccount) -> ConnectionRef:
+        await self._store.put_connection(
             principal_id=principal_id,
             provider=inp_provider,
             account_id=account.account_id,
@@ -59,7 +59,7 @@ class AccountActivities:
     @activity.defn(name="find_connection")
     async def find_connection(self, ref: TermsRecord) -> ConnectionRef | None:
         """An existing connection of this principal to this provider (terms_version is ignored)."""
-        conn = self._store.get_connection(principal_id=ref.principal_id, provider=ref.provider)
+        conn = await self._store.get_connection(principal_id=ref.principal_id, provider=ref.provider)
         if conn is None:
             return None
         return ConnectionRef(
@@ -78,7 +78,7 @@ class AccountActivities:
     @activity.defn(name="terms_accepted")
     async def terms_accepted(self, rec: TermsRecord) -> bool:
         return (
-            self._store.accepted_terms(
+            await self._store.accepted_terms(
                 principal_id=rec.principal_id, provider=rec.provider, terms_version=rec.terms_version
             )
             is not None
@@ -88,7 +88,7 @@ class AccountActivities:
     async def create_account(self, inp: AccountInput) -> ConnectionRef:
         if inp.terms is None:
             raise permanent(ErrorCode.TERMS_ACCEPTANCE_REQUIRED, "no terms acceptance to present")
-        self._store.record_terms(
+        await self._store.record_terms(
             principal_id=inp.principal_id,
             provider=inp.provider,
             terms_version=inp.terms.terms_version,
@@ -99,14 +99,14 @@ class AccountActivities:
             account = await self._registry.get(inp.provider).create_account(
                 assertion=self._assertion(inp), terms=inp.terms, idempotency_key=inp.idempotency_key
             )
-        return self._save(inp.provider, inp.principal_id, account)
+        return await self._save(inp.provider, inp.principal_id, account)
 
     @activity.defn(name="start_oauth")
     async def start_oauth(self, inp: AccountInput) -> OAuthStart:
         """Make the PKCE pair (the verifier stays in the store) and the URL for the human."""
         verifier, challenge = pkce_pair()
         state = f"{inp.idempotency_key}.{secrets.token_urlsafe(16)}"
-        self._store.put_oauth_pending(
+        await self._store.put_oauth_pending(
             state=state,
             principal_id=inp.principal_id,
             provider=inp.provider,
@@ -127,12 +127,12 @@ class AccountActivities:
 
     @activity.defn(name="complete_oauth")
     async def complete_oauth(self, inp: CompleteOAuth) -> ConnectionRef:
-        pending = self._store.get_oauth_pending(inp.state)
-        if pending is None or pending[0] != inp.principal_id or pending[1] != inp.provider:
+        pending = await self._store.get_oauth_pending(inp.state)
+        if pending is None or pending.principal_id != inp.principal_id or pending.provider != inp.provider:
             raise permanent(ErrorCode.INVALID_REQUEST, "unknown OAuth state")
-        _, _, verifier, redirect_uri = pending
+        verifier, redirect_uri = pending.verifier, pending.redirect_uri
         with adapter_errors("oauth token exchange"):
             account = await self._registry.get(inp.provider).exchange_code(
                 client_id=OAUTH_CLIENT_ID, code=inp.code, code_verifier=verifier, redirect_uri=redirect_uri
             )
-        return self._save(inp.provider, inp.principal_id, account)
+        return await self._save(inp.provider, inp.principal_id, account)

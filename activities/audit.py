@@ -10,6 +10,7 @@ from temporalio.exceptions import ApplicationError
 
 from models.audit import AuditEvent
 from providers.audit.store import AuditStore, AuditStoreError
+from providers.store.database import StoreUnavailableError
 
 
 class AuditActivities:
@@ -27,7 +28,7 @@ class AuditActivities:
             written = await asyncio.to_thread(self._store.append, event)
         except AuditStoreError as exc:
             raise ApplicationError(str(exc), type="InvalidAuditEvent", non_retryable=True) from exc
-        except sqlite3.OperationalError as exc:
+        except (StoreUnavailableError, sqlite3.OperationalError) as exc:
             # a lock held past the busy timeout or a full disk: retry with the same event id
             raise ApplicationError(
                 "audit store is busy or unavailable", type="AuditStoreUnavailable"

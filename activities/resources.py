@@ -17,8 +17,8 @@ from models.provisioning import (
     SubmitInformationInput,
 )
 from models.secret import Secret
-from providers.connection_store import ConnectionStore
 from providers.registry import ProviderRegistry
+from providers.store.interfaces import ConnectionStore
 
 
 class RemoveInput(ResourceRef):
@@ -34,15 +34,15 @@ class ResourceActivities:
         self._registry = registry
         self._store = store
 
-    def _account(self, principal_id: str, provider: str) -> Secret:
-        conn = self._store.get_connection(principal_id=principal_id, provider=provider)
+    async def _account(self, principal_id: str, provider: str) -> Secret:
+        conn = await self._store.get_connection(principal_id=principal_id, provider=provider)
         if conn is None:
             raise permanent(ErrorCode.NOT_FOUND, f"no connection to {provider} for this principal")
         return conn.credential
 
     @activity.defn(name="create_resource")
     async def create_resource(self, inp: CreateResourceInput) -> Resource:
-        account = self._account(inp.principal_id, inp.provider)
+        account = await self._account(inp.principal_id, inp.provider)
         with adapter_errors("create resource"):
             return await self._registry.get(inp.provider).create_resource(
                 account=account,
@@ -59,7 +59,7 @@ class ResourceActivities:
         policy is the poll)."""
         with adapter_errors("read resource"):
             res = await self._registry.get(ref.provider).get_resource(
-                account=self._account(ref.principal_id, ref.provider), resource_id=ref.resource_id
+                account=await self._account(ref.principal_id, ref.provider), resource_id=ref.resource_id
             )
         if res.status == "pending":
             raise ApplicationError("resource still pending", type="ResourcePending")
@@ -69,7 +69,7 @@ class ResourceActivities:
     async def submit_information(self, inp: SubmitInformationInput) -> Resource:
         with adapter_errors("submit information"):
             return await self._registry.get(inp.ref.provider).submit_information(
-                account=self._account(inp.ref.principal_id, inp.ref.provider),
+                account=await self._account(inp.ref.principal_id, inp.ref.provider),
                 resource_id=inp.ref.resource_id,
                 information=inp.information,
                 idempotency_key=inp.idempotency_key,
@@ -79,7 +79,7 @@ class ResourceActivities:
     async def remove_resource(self, inp: RemoveInput) -> Resource:
         with adapter_errors("remove resource"):
             return await self._registry.get(inp.provider).remove_resource(
-                account=self._account(inp.principal_id, inp.provider),
+                account=await self._account(inp.principal_id, inp.provider),
                 resource_id=inp.resource_id,
                 idempotency_key=inp.idempotency_key,
             )
@@ -89,7 +89,7 @@ class ResourceActivities:
         ref = inp.ref
         with adapter_errors("mint credential"):
             cred = await self._registry.get(ref.provider).mint_credential(
-                account=self._account(ref.principal_id, ref.provider),
+                account=await self._account(ref.principal_id, ref.provider),
                 resource_id=ref.resource_id,
                 scopes=inp.scopes,
                 ttl_seconds=inp.ttl_seconds,
@@ -111,5 +111,6 @@ class ResourceActivities:
     async def revoke_credential(self, inp: RevokeCredentialInput) -> None:
         with adapter_errors("revoke credential"):
             await self._registry.get(inp.ref.provider).revoke_credential(
-                account=self._account(inp.ref.principal_id, inp.ref.provider), credential_id=inp.credential_id
+                account=await self._account(inp.ref.principal_id, inp.ref.provider),
+                credential_id=inp.credential_id,
             )

@@ -29,8 +29,8 @@ from models.session import (
     agent_workflow_id,
     session_workflow_id,
 )
-from providers.connection_store import ConnectionStore
 from providers.errors import PermanentProviderError
+from providers.store.interfaces import ConnectionStore
 from workflows.search_attributes import QM_AGENT
 
 
@@ -75,9 +75,7 @@ class ConnectionStoreAccounts:
         self._store = store
 
     async def account_credential(self, *, provider: str, account_ref: str) -> Secret:
-        conn = await asyncio.to_thread(
-            self._store.get_connection, principal_id=account_ref, provider=provider
-        )
+        conn = await self._store.get_connection(principal_id=account_ref, provider=provider)
         if conn is None:
             raise PermanentProviderError(
                 "account_not_linked", "no stored account credential for that reference"

@@ -38,6 +38,7 @@ from models.session import (
     agent_workflow_id,
     session_workflow_id,
 )
+from providers.store.interfaces import ReplayStore
 from quartermaster.config import Settings
 from quartermaster.identity.attenuation import services_allowed
 from quartermaster.identity.attestation import Attestor, spiffe_id
@@ -94,8 +95,10 @@ class SessionActivities:
         *,
         revoker: CredentialRevoker | None = None,
         identity: IdentitySettings | None = None,
+        replay: ReplayStore | None = None,
     ) -> SessionActivities:
-        """Keys and trust from the data dir and the environment (see quartermaster.identity.settings)."""
+        """Keys and trust from the data dir and the environment (see quartermaster.identity.settings);
+        `replay` is the store's replay guard (default: the store `ids.replay_db` names)."""
         ids = identity or IdentitySettings.from_env(settings.data_dir)
         try:
             local: SigningKeys | None = Attestor.from_settings(ids, create=settings.dev).keys
@@ -106,7 +109,7 @@ class SessionActivities:
             local_issuer=ids.issuer,
             local_keys=local,
             trusted=ids.trusted_attestors,
-            replay=ReplayGuard(ids.replay_db),
+            replay=replay if replay is not None else ReplayGuard(ids.replay_db),
         )
         tokens = SessionTokens(
             keys=SigningKeys.load_or_create(ids.resolved_session_keys_file, prefix="ses"),

@@ -21,6 +21,8 @@ DEV_PORTS = {
 }
 DEFAULT_PROVIDERS = {name: f"http://127.0.0.1:{DEV_PORTS[name]}" for name in ("cloud", "db", "mail")}
 LOCAL_STRIPE_KEY = "sk_test_quartermaster_local"
+#: the embedded store's file in the data directory (see providers/store)
+STORE_FILE = "quartermaster.sqlite"
 
 
 def _parse_providers(raw: str) -> dict[str, str]:
@@ -49,7 +51,11 @@ class Settings(BaseModel):
     #: payload-keys-only file for the UI codec server (QM_CODEC_KEYS_FILE); default <data dir>/codec-keys.json
     codec_keys_file: Path | None = None
     codec_cors_origin: str = f"http://localhost:{DEV_PORTS['ui']}"
-    #: audit store (QM_AUDIT_DB): a SQLite file path, or a postgresql:// DSN; default <data dir>/audit.sqlite
+    #: the one store of server-side state (QM_DATABASE_URL): postgresql://... in production, else a
+    #: SQLite file (a path or sqlite:///path); default <data dir>/quartermaster.sqlite
+    database_url: str | None = None
+    #: QM_AUDIT_DB, the name of the setting before the audit trail joined the store: used when
+    #: QM_DATABASE_URL is unset (it then names the whole store)
     audit_db: str | None = None
     approval_timeout_seconds: int = 86_400
     purchase_approval_above: int = 0
@@ -72,8 +78,13 @@ class Settings(BaseModel):
         return self.codec_keys_file or self.data_dir / "codec-keys.json"
 
     @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or self.audit_db or str(self.data_dir / STORE_FILE)
+
+    @property
     def resolved_audit_db(self) -> str:
-        return self.audit_db or str(self.data_dir / "audit.sqlite")
+        """Where the audit trail is: in the store."""
+        return self.resolved_database_url
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -91,6 +102,7 @@ class Settings(BaseModel):
             "QM_CODEC_AUTH_TOKEN": "codec_auth_token",
             "QM_CODEC_KEYS_FILE": "codec_keys_file",
             "QM_CODEC_CORS_ORIGIN": "codec_cors_origin",
+            "QM_DATABASE_URL": "database_url",
             "QM_AUDIT_DB": "audit_db",
             "QM_APPROVAL_TIMEOUT_SECONDS": "approval_timeout_seconds",
             "QM_PURCHASE_APPROVAL_ABOVE": "purchase_approval_above",
@@ -117,5 +129,14 @@ class Settings(BaseModel):
             if self.stripe_webhook_secret
             else ("dev file" if (self.data_dir / "stripe-webhook-secret").exists() else "not set"),
             "keys_file": str(self.resolved_keys_file),
+            "database": _describe_database(self.resolved_database_url),
             "codec_auth_token": "set" if self.codec_auth_token else "not set",
         }
+
+
+def _describe_database(url: str) -> str:
+    """The store's kind and host, never its credentials."""
+    if "://" not in url or url.startswith("sqlite:"):
+        return f"sqlite {url.removeprefix('sqlite://')}"
+    host = url.split("://", 1)[1].rsplit("@", 1)[-1].split("/", 1)[0]
+    return f"postgresql on {host}"

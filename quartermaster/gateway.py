@@ -22,6 +22,7 @@ from temporalio.service import RPCError
 from models.provisioning import OAuthCallback
 from models.secret import Secret
 from providers.assertions import AssertionSigner
+from providers.store import Store, open_store
 from quartermaster.config import Settings
 
 log = logging.getLogger("quartermaster.gateway")
@@ -116,13 +117,15 @@ def create_app(
     )
 
 
-def build_inbox(settings: Settings) -> Any | None:
+def build_inbox(settings: Settings, store: Store | None = None) -> Any | None:
+    """The webhook inbox over the store's `webhooks` (opened from `settings` unless given)."""
     from quartermaster.stripe_webhooks import WebhookInbox
 
     secret = webhook_secret(settings)
     if secret is None:
         return None
-    return WebhookInbox(path=settings.data_dir / "webhooks.sqlite", secret=secret)
+    store = store or open_store(settings.resolved_database_url)
+    return WebhookInbox(store=store.webhooks, secret=secret)
 
 
 def main() -> None:

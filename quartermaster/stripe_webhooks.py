@@ -2,33 +2,26 @@
 
 `verify_event` checks the `Stripe-Signature` header with `stripe.Webhook.construct_event` (HMAC-SHA256
 over `t.payload`, timestamps older than `tolerance` seconds refused). `WebhookInbox` records every
-event id in `<data dir>/webhooks.sqlite` and calls `on_payment_method_ready(customer_id, metadata)` at
-most once per (customer, Checkout setup), whichever of `setup_intent.succeeded` and
-`checkout.session.completed` arrives first, however often either is delivered.
+event id in the store (`providers.store`, `WebhookEventStore`, shared by every replica) and calls
+`on_payment_method_ready(customer_id, metadata)` once per (customer, Checkout setup), whichever of
+`setup_intent.succeeded` and `checkout.session.completed` arrives first, however often either is
+delivered. (Two replicas receiving the two events at the same instant may both call it: the callback
+is a signal the workflow treats idempotently; the store still records one `ready`.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
-import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, cast
 
 import stripe
 
+from providers.store.interfaces import WebhookEventStore
+
 PaymentMethodReady = Callable[[str, dict[str, str]], Awaitable[None]]
 DEFAULT_TOLERANCE_SECONDS = 300
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (id TEXT PRIMARY KEY, type TEXT NOT NULL, outcome TEXT NOT NULL,
-                                   received_at INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS ready (customer TEXT NOT NULL, setup_intent TEXT NOT NULL,
-                                  event_id TEXT NOT NULL, fired_at INTEGER NOT NULL,
-                                  PRIMARY KEY (customer, setup_intent));
-"""
 
 
 class WebhookVerificationError(Exception):
@@ -79,25 +72,17 @@ def _readiness(event: dict[str, Any]) -> tuple[str, str, dict[str, str]] | None:
 
 
 class WebhookInbox:
-    """Verified, deduplicated webhook handling backed by SQLite (one process: the gateway)."""
+    """Verified, deduplicated webhook handling over the store's `WebhookEventStore`."""
 
-    def __init__(self, *, path: Path, secret: str, tolerance: int = DEFAULT_TOLERANCE_SECONDS) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+    def __init__(
+        self, *, store: WebhookEventStore, secret: str, tolerance: int = DEFAULT_TOLERANCE_SECONDS
+    ) -> None:
+        self._store = store
         self._secret = secret
         self._tolerance = tolerance
-        # serialises handling, so two deliveries for one setup cannot both pass the "fired?" check
+        # serialises handling in this process, so two deliveries for one setup cannot both pass the
+        # "fired?" check here; across replicas `record_fired` keeps one `ready`
         self._lock = asyncio.Lock()
-
-    def close(self) -> None:
-        self._db.close()
-
-    def _record(self, event_id: str, kind: str, outcome: str) -> None:
-        self._db.execute(
-            "INSERT OR IGNORE INTO events VALUES (?, ?, ?, ?)", (event_id, kind, outcome, int(time.time()))
-        )
 
     async def handle(
         self, payload: bytes, sig_header: str, on_payment_method_ready: PaymentMethodReady
@@ -110,25 +95,16 @@ class WebhookInbox:
         event_id, kind = str(verified.id), str(verified.type)
         event: dict[str, Any] = json.loads(payload)
         async with self._lock:
-            if self._db.execute("SELECT 1 FROM events WHERE id = ?", (event_id,)).fetchone():
+            if await self._store.seen(event_id):
                 return "duplicate"
             ready = _readiness(event)
             if ready is None:
-                self._record(event_id, kind, "ignored")
+                await self._store.record_event(event_id, kind, "ignored")
                 return "ignored"
             customer, setup_intent, metadata = ready
-            fired = self._db.execute(
-                "SELECT 1 FROM ready WHERE customer = ? AND setup_intent = ?", (customer, setup_intent)
-            ).fetchone()
-            if fired:
-                self._record(event_id, kind, "already_handled")
+            if await self._store.fired(customer, setup_intent):
+                await self._store.record_event(event_id, kind, "already_handled")
                 return "already_handled"
             await on_payment_method_ready(customer, metadata)
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "INSERT OR IGNORE INTO ready VALUES (?, ?, ?, ?)",
-                (customer, setup_intent, event_id, int(time.time())),
-            )
-            self._record(event_id, kind, "handled")
-            self._db.execute("COMMIT")
-            return "handled"
+            won = await self._store.record_fired(customer, setup_intent, event_id, kind)
+            return "handled" if won else "already_handled"

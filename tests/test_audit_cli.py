@@ -15,7 +15,9 @@ from models.money import Money
 from models.secret import Secret
 from providers.audit import SqliteAuditStore
 from quartermaster.cli import main
+from quartermaster.config import STORE_FILE
 from quartermaster.keys import Keyring, write_key_file
+from tests.fixtures.files import read_bytes_in_child, store_files
 from tests.leak_scan import canary_forms
 
 CANARY = "canary-audit-5be1c0de-never-stored"
@@ -49,7 +51,7 @@ def story(qm_env: tuple[Path, Keyring]) -> dict[str, str]:
     """A sub-agent's purchase for alice, interleaved with bob's unrelated request."""
     data_dir, keyring = qm_env
     alice, bob = keyring.principal_id("alice@example.com"), keyring.principal_id("bob@example.com")
-    store = SqliteAuditStore(data_dir / "audit.sqlite")
+    store = SqliteAuditStore(data_dir / STORE_FILE)
     t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
     wf = "provision-req-42"
     common = {"principal_id": alice, "workflow_id": wf, "request_id": "req-42", "provider": "cloud"}
@@ -191,8 +193,8 @@ def test_no_store_and_no_key_file_are_clear_errors(
     data_dir, _ = qm_env
     code, out, _ = run(capsys, "audit", "verify", "--json")
     assert (code, json.loads(out)["error"]["code"]) == (2, "NOT_FOUND")
-    assert not (data_dir / "audit.sqlite").exists()  # a read never creates the store
-    SqliteAuditStore(data_dir / "audit.sqlite").close()
+    assert not (data_dir / STORE_FILE).exists()  # a read never creates the store
+    SqliteAuditStore(data_dir / STORE_FILE).close()
     (data_dir / "keys.json").unlink()
     code, out, _ = run(capsys, "audit", "--principal", "alice@example.com", "--json")
     assert (code, json.loads(out)["error"]["code"]) == (2, "INVALID_CONFIGURATION")
@@ -204,7 +206,7 @@ def test_verify_passes_then_fails_at_the_edited_row(
 ) -> None:
     code, out, _ = run(capsys, "audit", "verify")
     assert code == 0 and out.startswith("audit trail intact: 11 records")
-    db = qm_env[0] / "audit.sqlite"
+    db = qm_env[0] / STORE_FILE
     with closing(sqlite3.connect(db)) as conn:
         conn.execute("DROP TRIGGER audit_records_no_update")
         (seq,) = conn.execute("SELECT seq FROM audit_records WHERE action = 'charge.made'").fetchone()
@@ -222,7 +224,7 @@ def test_verify_passes_then_fails_at_the_edited_row(
 def test_verify_fails_at_the_row_after_a_deleted_one(
     capsys: pytest.CaptureFixture[str], story: dict[str, str], qm_env: tuple[Path, Keyring]
 ) -> None:
-    with closing(sqlite3.connect(qm_env[0] / "audit.sqlite")) as conn:
+    with closing(sqlite3.connect(qm_env[0] / STORE_FILE)) as conn:
         conn.execute("DROP TRIGGER audit_records_no_delete")
         conn.execute("DELETE FROM audit_records WHERE seq = 5")
         conn.commit()
@@ -275,6 +277,7 @@ def test_exports_are_json_lines_without_secrets(
     code, out, _ = run(capsys, "audit", "export", "--format", "jsonl")
     assert code == 0 and out == jsonl.read_text()
     # the canary reached the store as a Secret, a sealed marker and a secret-named field: 0 occurrences
-    for path in (jsonl, ocsf, *data_dir.glob("audit.sqlite*")):
-        _no_canary(path.read_bytes())
+    # the live store's files are read in a child process (tests/fixtures/files.py explains why)
+    for blob in read_bytes_in_child([jsonl, ocsf, *store_files(data_dir)]).values():
+        _no_canary(blob)
     assert "alice@example.com" not in jsonl.read_text() + ocsf.read_text()

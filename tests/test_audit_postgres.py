@@ -14,8 +14,7 @@ import pytest
 from models.audit import AuditEvent
 from models.money import Money
 from models.secret import Secret
-from providers.audit import AuditFilters, open_audit_store
-from providers.audit.postgres_store import PostgresAuditStore
+from providers.audit import AuditFilters, PostgresAuditStore, open_audit_store
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 CANARY = "canary-pg-31d0c4fe-never-stored"
@@ -107,7 +106,7 @@ import sys, time
 from pathlib import Path
 from datetime import UTC, datetime
 from models.audit import AuditEvent
-from providers.audit.postgres_store import PostgresAuditStore
+from providers.audit import PostgresAuditStore
 dsn, w, go = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 store = PostgresAuditStore(dsn)
 while not go.exists():
@@ -154,4 +153,4 @@ def test_cli_uses_the_postgres_store_from_qm_audit_db(
     assert trace["credential_ids"] == ["cred-9"]
     assert main(["audit", "verify"]) == 0
     assert capsys.readouterr().out.startswith("audit trail intact: 2 records")
-    assert not (tmp_path / "audit.sqlite").exists()
+    assert not list(tmp_path.glob("*.sqlite*"))  # the DSN named the whole store: no SQLite file

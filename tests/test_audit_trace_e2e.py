@@ -15,6 +15,7 @@ from models.provisioning import ProvisionResult
 from models.request import Actor
 from models.session import DelegationRequest
 from quartermaster.cli import main as qm_main
+from tests.fixtures.files import read_bytes_in_child, store_files
 from tests.fixtures.history_recorder import maybe_record
 from tests.fixtures.stack import Stack, new_email
 from tests.leak_scan import canary_forms
@@ -105,7 +106,8 @@ async def test_sub_agent_purchase_trace(
     assert code == 0, out
     # no secret in the store or its exports: the minted token, the session tokens
     canaries = [res.credential.env["CLOUD_API_TOKEN"].reveal(), token.reveal(), child.session_token.reveal()]
-    blobs = [p.read_bytes() for p in stack.data_dir.glob("audit.sqlite*")]
+    # the live store's files, read in a child process (tests/fixtures/files.py explains why)
+    blobs = list(read_bytes_in_child(store_files(stack.data_dir)).values())
     for fmt in ("jsonl", "ocsf"):
         code, out = _cli(monkeypatch, stack, capsys, "audit", "export", "--format", fmt)
         assert code == 0

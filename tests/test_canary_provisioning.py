@@ -15,9 +15,10 @@ import pytest
 
 from models.provisioning import ProvisionResult
 from models.request import Actor
-from providers.connection_store import ConnectionStore
+from providers.store import open_store
 from quartermaster.codec import SecretBox
 from quartermaster.logging_setup import configure_logging
+from tests.fixtures.files import read_bytes_in_child, store_files
 from tests.fixtures.stack import Stack, new_email
 from tests.leak_scan import find_canaries
 
@@ -76,9 +77,8 @@ async def _scenario(
     assert (failed.outcome, failed.error_code) == ("undone", "PAYMENT_DECLINED")
     assert "payment token revoked" in failed.compensations
 
-    box = SecretBox(stack.keyring)
-    store = ConnectionStore(stack.data_dir / "connections.sqlite", seal=box.seal, unseal=box.unseal)
-    account = store.get_connection(principal_id=stack.principal_id(email), provider="cloud")
+    store = open_store(stack.settings.resolved_database_url, sealer=SecretBox(stack.keyring))
+    account = await store.connections.get_connection(principal_id=stack.principal_id(email), provider="cloud")
     assert account is not None
     canaries = [
         done.credential.env["CLOUD_API_TOKEN"].reveal(),
@@ -101,7 +101,8 @@ async def _scenario(
         "stderr": err.encode(),
         "results": repr((done, rotated, failed)).encode(),
     }
-    for path in stack.data_dir.glob("audit.sqlite*"):
-        extra[path.name] = path.read_bytes()
+    # the live store's files, read in a child process (tests/fixtures/files.py explains why)
+    for path, blob in read_bytes_in_child(store_files(stack.data_dir)).items():
+        extra[path.name] = blob
     findings = await find_canaries(stack.client, workflow_ids, canaries, extra)
     assert findings == [], findings

@@ -43,9 +43,9 @@ def worker_process(stack: Stack, task_queue: str, address: str) -> Iterator[subp
         "QM_STRIPE_BASE_URL": stack.stripe_url,
         "QM_PROVIDERS": ",".join(f"{k}={v}" for k, v in stack.provider_urls.items()),
         "STRIPE_WEBHOOK_SECRET": stack.settings.stripe_webhook_secret or "",
-        # its own audit file: a SIGKILLed process sharing the stack's SQLite audit file with this test
-        # process has left the in-process connection reading "file is not a database" (under study)
-        "QM_AUDIT_DB": str(stack.data_dir / f"audit-{task_queue}.sqlite"),
+        # the same store file as the stack's in-process worker: SQLite is safe across processes as
+        # long as no process reads the live files raw (docs/decisions.md)
+        "QM_DATABASE_URL": stack.settings.resolved_database_url,
     }
     proc = subprocess.Popen([sys.executable, str(ROOT / "worker.py")], env=env, cwd=ROOT)
     try:

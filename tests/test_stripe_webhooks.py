@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from providers.store import open_store
 from providers.stripe_adapter import StripeAdapter
 from providers.stripe_sim import SimConfig, create_app
 from providers.stripe_sim.webhooks import signature_header
@@ -67,7 +68,9 @@ class Receiver:
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Receiver]]:
     base = tmp_path_factory.mktemp("stripe-webhooks")
-    receiver = Receiver(WebhookInbox(path=base / "gateway" / "webhooks.sqlite", secret=SECRET))
+    receiver = Receiver(
+        WebhookInbox(store=open_store(base / "gateway" / "webhooks.sqlite").webhooks, secret=SECRET)
+    )
     with serve_asgi(Starlette(routes=[Route("/stripe/webhook", receiver.endpoint, methods=["POST"])])) as gw:
         config = SimConfig(
             data_dir=base / "stripe",
@@ -145,7 +148,7 @@ async def test_duplicates_and_reordering_call_back_once(pair: tuple[str, Receive
     await until(lambda: len(receiver.for_customer(customer_id)) == 3)
     deliveries = receiver.for_customer(customer_id)
     # a fresh inbox gets every delivery twice, newest first (setup_intent before checkout.session)
-    inbox = WebhookInbox(path=tmp_path / "webhooks.sqlite", secret=SECRET)
+    inbox = WebhookInbox(store=open_store(tmp_path / "webhooks.sqlite").webhooks, secret=SECRET)
     calls: list[tuple[str, dict[str, str]]] = []
 
     async def ready(customer: str, metadata: dict[str, str]) -> None:
@@ -161,7 +164,6 @@ async def test_duplicates_and_reordering_call_back_once(pair: tuple[str, Receive
     assert [c for c in receiver.callbacks if c[0] == customer_id] == [
         (customer_id, {"workflow_id": "provision-w2"})
     ]
-    inbox.close()
     await admin.aclose()
 
 
@@ -173,7 +175,7 @@ async def test_bad_deliveries_are_rejected(pair: tuple[str, Receiver], tmp_path:
     verify_event(payload, header, SECRET)  # the genuine one passes
     tampered = payload.replace(customer_id.encode(), b"cus_attacker")
     stale_header = signature_header(payload, SECRET, int(time.time()) - 301)
-    inbox = WebhookInbox(path=tmp_path / "webhooks.sqlite", secret=SECRET)
+    inbox = WebhookInbox(store=open_store(tmp_path / "webhooks.sqlite").webhooks, secret=SECRET)
     calls: list[str] = []
 
     async def ready(customer: str, metadata: dict[str, str]) -> None:
@@ -190,14 +192,13 @@ async def test_bad_deliveries_are_rejected(pair: tuple[str, Receiver], tmp_path:
             verify_event(bad_payload, bad_header, secret)
         assert info.value.code == "webhook_signature_invalid" and customer_id not in str(info.value)
         with pytest.raises(WebhookVerificationError):
-            await WebhookInbox(path=tmp_path / "other.sqlite", secret=secret).handle(
+            await WebhookInbox(store=open_store(tmp_path / "other.sqlite").webhooks, secret=secret).handle(
                 bad_payload, bad_header, ready
             )
     # just inside the tolerance is accepted; nothing bad reached the callback
     fresh = signature_header(payload, SECRET, int(time.time()) - 290)
     assert await inbox.handle(payload, fresh, ready) in {"handled", "ignored"}
     assert set(calls) <= {customer_id}
-    inbox.close()
     await admin.aclose()
 
 
@@ -228,7 +229,7 @@ async def test_callback_failure_is_not_recorded(pair: tuple[str, Receiver], tmp_
         for d in receiver.for_customer(customer_id)
         if json.loads(d[0])["type"] == "checkout.session.completed"
     )
-    inbox = WebhookInbox(path=tmp_path / "webhooks.sqlite", secret=SECRET)
+    inbox = WebhookInbox(store=open_store(tmp_path / "webhooks.sqlite").webhooks, secret=SECRET)
 
     async def broken(customer: str, metadata: dict[str, str]) -> None:
         raise RuntimeError("temporal unavailable")
@@ -242,5 +243,4 @@ async def test_callback_failure_is_not_recorded(pair: tuple[str, Receiver], tmp_
         await inbox.handle(*completed, broken)
     assert await inbox.handle(*completed, ready) == "handled"  # the redelivery does the work
     assert calls == [customer_id]
-    inbox.close()
     await admin.aclose()

@@ -1,10 +1,11 @@
-"""The audit trail's store: append-only, hash-chained, behind the small `AuditStore` protocol."""
+"""The audit trail: append-only, hash-chained, behind the small `AuditStore` protocol, kept in the
+one store of server-side state (`providers.store`, `QM_DATABASE_URL`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from providers.audit.sqlite_store import SqliteAuditStore
+from providers.audit.sql_store import PostgresAuditStore, SqlAuditStore, SqliteAuditStore
 from providers.audit.store import (
     AuditFilters,
     AuditStore,
@@ -19,6 +20,8 @@ __all__ = [
     "AuditFilters",
     "AuditStore",
     "AuditStoreError",
+    "PostgresAuditStore",
+    "SqlAuditStore",
     "SqliteAuditStore",
     "StoredAuditRecord",
     "VerifyReport",
@@ -29,10 +32,9 @@ __all__ = [
 
 
 def open_audit_store(location: str | Path) -> AuditStore:
-    """A store for `Settings.resolved_audit_db`: a `postgresql://` DSN or a SQLite file path."""
+    """The audit trail of the store at `location` (`Settings.resolved_database_url`): a
+    `postgresql://` DSN or a SQLite file path. Migrates the store to the current schema."""
     text = str(location)
     if text.startswith(("postgresql://", "postgres://")):
-        from providers.audit.postgres_store import PostgresAuditStore
-
         return PostgresAuditStore(text)
-    return SqliteAuditStore(Path(text))
+    return SqliteAuditStore(Path(text.removeprefix("sqlite://")))

@@ -20,6 +20,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from quartermaster.config import STORE_FILE
+
 MAX_IDENTITY_TTL_SECONDS = 900
 DEFAULT_TRUST_DOMAIN = "quartermaster.local"
 AUDIENCE = "quartermaster"
@@ -89,9 +91,13 @@ class IdentitySettings(BaseModel):
     def resolved_session_keys_file(self) -> Path:
         return self.session_keys_file or self.data_dir / "session-keys.json"
 
+    #: the store (QM_DATABASE_URL, else QM_AUDIT_DB, else <data dir>/quartermaster.sqlite)
+    database_url: str | None = None
+
     @property
-    def replay_db(self) -> Path:
-        return self.data_dir / "identity-replay.sqlite"
+    def replay_db(self) -> str:
+        """Where identity token ids are recorded: the one store (`providers.store`)."""
+        return self.database_url or str(self.data_dir / STORE_FILE)
 
     @classmethod
     def from_env(cls, data_dir: Path, env: Mapping[str, str] | None = None) -> IdentitySettings:
@@ -110,5 +116,8 @@ class IdentitySettings(BaseModel):
                 values[field] = e[var]
         if e.get("QM_TRUSTED_ATTESTORS"):
             values["trusted_attestors"] = tuple(json.loads(e["QM_TRUSTED_ATTESTORS"]))
+        database_url = e.get("QM_DATABASE_URL") or e.get("QM_AUDIT_DB")
+        if database_url:
+            values["database_url"] = database_url
         values["require_session"] = e.get("QM_REQUIRE_SESSION", "") == "1"
         return cls.model_validate(values)

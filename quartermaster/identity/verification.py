@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import sqlite3
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,10 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
 from models.errors import ErrorCode, QuartermasterError
+from providers.store.database import open_database
+from providers.store.identity import SqlReplayGuard
+from providers.store.interfaces import ReplayStore
+from providers.store.migrations import migrate
 from quartermaster.identity.attestation import IDENTITY_TYP, agent_from_spiffe_id, spiffe_id
 from quartermaster.identity.keys import ACCEPTED_ALGORITHMS, SigningKeys
 from quartermaster.identity.settings import AUDIENCE, MAX_IDENTITY_TTL_SECONDS, TrustedAttestor
@@ -39,49 +41,27 @@ def _refuse(message: str) -> QuartermasterError:
 
 
 class ReplayGuard:
-    """A SQLite record of identity token ids (`jti`) per issuer: consumed (single use) or retired."""
+    """The store's record of identity token ids (`jti`) per issuer, consumed (single use) or retired,
+    opened at `location` (`IdentitySettings.replay_db`: the store's path or URL), for synchronous
+    callers that hold no `providers.store.Store` (`qm run`'s launcher, the API's retire route).
+    `store` is the same record behind the async `ReplayStore` interface the verifier uses."""
 
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS jti (issuer TEXT NOT NULL, jti TEXT NOT NULL,"
-                " exp INTEGER NOT NULL, state TEXT NOT NULL, use_id TEXT, PRIMARY KEY (issuer, jti))"
-            )
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self._path, timeout=10, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        return db
+    def __init__(self, location: str | Path) -> None:
+        db = open_database(location)
+        migrate(db)
+        self.store = SqlReplayGuard(db)
 
     def consume(self, issuer: str, jti: str, exp: int, use_id: str) -> bool:
         """Record the one use of a single-use token. True when new, or when `use_id` is the same use
         (a retried activity); False for any other presentation."""
-        with self._lock, self._connect() as db:
-            db.execute("DELETE FROM jti WHERE exp < ?", (int(time.time()) - LEEWAY_SECONDS,))
-            row = db.execute(
-                "SELECT state, use_id FROM jti WHERE issuer = ? AND jti = ?", (issuer, jti)
-            ).fetchone()
-            if row is None:
-                db.execute("INSERT INTO jti VALUES (?, ?, ?, 'consumed', ?)", (issuer, jti, exp, use_id))
-                return True
-            return bool(row[0] == "consumed" and row[1] == use_id)
+        return self.store.consume_now(issuer, jti, exp, use_id)
 
     def retire(self, issuer: str, jti: str, exp: int) -> None:
         """Mark a token dead before its expiry (its process ended): any later presentation is a replay."""
-        with self._lock, self._connect() as db:
-            db.execute(
-                "INSERT INTO jti VALUES (?, ?, ?, 'retired', NULL) ON CONFLICT (issuer, jti) DO UPDATE"
-                " SET state = 'retired'",
-                (issuer, jti, exp),
-            )
+        self.store.retire_now(issuer, jti, exp)
 
     def is_retired(self, issuer: str, jti: str) -> bool:
-        with self._lock, self._connect() as db:
-            row = db.execute("SELECT state FROM jti WHERE issuer = ? AND jti = ?", (issuer, jti)).fetchone()
-            return row is not None and row[0] == "retired"
+        return self.store.is_retired_now(issuer, jti)
 
 
 @dataclass(frozen=True)
@@ -119,14 +99,14 @@ class IdentityVerifier:
         local_issuer: str,
         local_keys: SigningKeys | KeySet | None,
         trusted: tuple[TrustedAttestor, ...] = (),
-        replay: ReplayGuard,
+        replay: ReplayStore | ReplayGuard,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.trust_domain = trust_domain
         self.local_issuer = local_issuer
         self._local = local_keys.key_set() if isinstance(local_keys, SigningKeys) else local_keys
         self._trusted = {t.issuer: t for t in trusted}
-        self._replay = replay
+        self._replay: ReplayStore = replay.store if isinstance(replay, ReplayGuard) else replay
         self._http = http
         self._jwks_cache: dict[str, tuple[float, KeySet]] = {}
 
@@ -202,7 +182,7 @@ class IdentityVerifier:
             agent = agent_from_spiffe_id(self.trust_domain, sub)
             if agent is None or claims.get("agent") != agent:
                 raise _refuse("subject is not an agent of this trust domain")
-            if self._replay.is_retired(issuer, jti):
+            if await self._replay.is_retired(issuer, jti):
                 raise _refuse("replayed: the attested process has ended")
             measurement = claims.get("qm_measurement")
             return VerifiedIdentity(
@@ -216,11 +196,11 @@ class IdentityVerifier:
         mapped = attestor.agent_for(sub)
         if mapped is None:
             raise _refuse("the attestor's subject maps to no agent")
-        if attestor.single_use and not self._replay.consume(
+        if attestor.single_use and not await self._replay.consume(
             issuer, jti, exp, use_id or secrets.token_hex(12)
         ):
             raise _refuse("replayed: this token was already used")
-        if attestor.single_use is False and self._replay.is_retired(issuer, jti):
+        if attestor.single_use is False and await self._replay.is_retired(issuer, jti):
             raise _refuse("replayed")
         return VerifiedIdentity(
             agent=mapped,

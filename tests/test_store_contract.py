@@ -1,0 +1,317 @@
+"""The store's contract, run against both backends: SQLite (a file) and PostgreSQL (a real server).
+
+Every concern's interface is exercised through `providers.store.open_store`, the way the worker and
+the API use it; concurrency cases use several threads (SQLite) or connections (PostgreSQL) at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from models.audit import AuditEvent
+from models.secret import Secret
+from providers.audit import AuditFilters
+from providers.store import LATEST, Store, open_store, token_hash
+from providers.store.migrations import migrate, schema_version
+
+
+class Rot13Sealer:
+    """A visible stand-in for the AES-GCM SecretBox: what is stored is never the plaintext."""
+
+    def seal(self, plaintext: str) -> str:
+        return "sealed:" + plaintext[::-1]
+
+    def unseal(self, sealed: str) -> str:
+        assert sealed.startswith("sealed:")
+        return sealed.removeprefix("sealed:")[::-1]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "quartermaster.sqlite")
+    return str(request.getfixturevalue("postgres_db"))
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    opened = open_store(store_url, sealer=Rot13Sealer())
+    yield opened
+    opened.close()
+
+
+def raw_rows(store: Store, sql: str) -> list[tuple[object, ...]]:
+    return store.db.run_sync(lambda tx: tx.execute(sql))
+
+
+# -- schema ----------------------------------------------------------------------------------------
+def test_an_empty_database_is_migrated_to_the_latest_version(store: Store, store_url: str) -> None:
+    assert store.db.run_sync(schema_version) == LATEST
+    # opening again (a second replica starting) changes nothing
+    again = open_store(store_url)
+    assert again.db.run_sync(schema_version) == LATEST
+    again.close()
+    assert migrate(store.db) == LATEST
+
+
+# -- connections, OAuth state, terms ---------------------------------------------------------------
+async def test_connections_are_sealed_at_rest_and_upserted(store: Store) -> None:
+    c = store.connections
+    assert await c.get_connection(principal_id="p1", provider="cloud") is None
+    await c.put_connection(
+        principal_id="p1",
+        provider="cloud",
+        account_id="acct-1",
+        link_action="created",
+        credential=Secret("cred-one"),
+        scopes=["a", "b"],
+    )
+    got = await c.get_connection(principal_id="p1", provider="cloud")
+    assert got is not None
+    assert (got.account_id, got.link_action, got.credential.reveal(), got.scopes) == (
+        "acct-1",
+        "created",
+        "cred-one",
+        ["a", "b"],
+    )
+    assert raw_rows(store, "SELECT credential FROM connections") == [("sealed:eno-derc",)]
+    await c.put_connection(
+        principal_id="p1",
+        provider="cloud",
+        account_id="acct-1",
+        link_action="linked",
+        credential=Secret("cred-two"),
+        scopes=[],
+    )
+    got = await c.get_connection(principal_id="p1", provider="cloud")
+    assert got is not None and got.credential.reveal() == "cred-two" and got.link_action == "linked"
+    assert raw_rows(store, "SELECT count(*) FROM connections") == [(1,)]
+    assert await c.get_connection(principal_id="p1", provider="db") is None
+
+
+async def test_a_store_without_a_sealer_refuses_credentials(store_url: str) -> None:
+    bare = open_store(store_url)
+    with pytest.raises(RuntimeError, match="seal key"):
+        await bare.connections.put_connection(
+            principal_id="p", provider="x", account_id="a", link_action="l", credential=Secret("c"), scopes=[]
+        )
+    bare.close()
+
+
+async def test_oauth_state_first_write_wins(store: Store) -> None:
+    o = store.oauth
+    await o.put_oauth_pending(
+        state="s1", principal_id="p", provider="db", verifier=Secret("v1"), redirect_uri="http://cb"
+    )
+    await o.put_oauth_pending(
+        state="s1", principal_id="p", provider="db", verifier=Secret("v2"), redirect_uri="http://cb"
+    )
+    pending = await o.get_oauth_pending("s1")
+    assert pending is not None
+    assert (pending.principal_id, pending.provider, pending.verifier.reveal(), pending.redirect_uri) == (
+        "p",
+        "db",
+        "v1",
+        "http://cb",
+    )
+    assert await o.get_oauth_pending("s2") is None
+    assert "v1" not in str(raw_rows(store, "SELECT verifier FROM oauth_pending"))
+
+
+async def test_terms_acceptance_is_recorded_once_per_version(store: Store) -> None:
+    t = store.terms
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert await t.accepted_terms(principal_id="p", provider="cloud", terms_version="v1") is None
+    await t.record_terms(
+        principal_id="p", provider="cloud", terms_version="v1", accepted_at=at, approval_id="a1"
+    )
+    await t.record_terms(
+        principal_id="p",
+        provider="cloud",
+        terms_version="v1",
+        accepted_at=at + timedelta(days=1),
+        approval_id="a2",
+    )
+    got = await t.accepted_terms(principal_id="p", provider="cloud", terms_version="v1")
+    assert got is not None and (got.accepted_at, got.approval_id) == (at.isoformat(), "a1")
+    assert await t.accepted_terms(principal_id="p", provider="cloud", terms_version="v2") is None
+
+
+# -- replay guard ----------------------------------------------------------------------------------
+async def test_single_use_tokens_are_consumed_once_even_when_raced(store: Store) -> None:
+    r = store.replay
+    exp = int(datetime.now(UTC).timestamp()) + 600
+    results = await asyncio.gather(*(r.consume("iss", "jti-race", exp, f"use-{i}") for i in range(8)))
+    assert sorted(results) == [False] * 7 + [True]
+    winner = f"use-{results.index(True)}"
+    assert await r.consume("iss", "jti-race", exp, winner)  # the same use, retried
+    assert not await r.consume("iss", "jti-race", exp, "use-other")
+    assert await r.consume("other-iss", "jti-race", exp, "use-other")  # ids are per issuer
+
+
+async def test_retired_tokens_stay_retired_and_expired_records_are_purged(store: Store) -> None:
+    r = store.replay
+    exp = int(datetime.now(UTC).timestamp()) + 600
+    assert not await r.is_retired("iss", "j1")
+    await r.retire("iss", "j1", exp)
+    await r.retire("iss", "j1", exp)
+    assert await r.is_retired("iss", "j1")
+    assert await r.consume("iss", "j2", exp, "u")
+    await r.retire("iss", "j2", exp)  # a consumed token can still be retired
+    assert await r.is_retired("iss", "j2") and not await r.consume("iss", "j2", exp, "u")
+    await r.consume("iss", "old", int(datetime.now(UTC).timestamp()) - 3600, "u")
+    await r.consume("iss", "j3", exp, "u")  # every consume purges what expired
+    assert raw_rows(store, "SELECT count(*) FROM identity_jti WHERE jti = 'old'") == [(0,)]
+
+
+# -- webhook inbox ---------------------------------------------------------------------------------
+async def test_webhook_events_and_readiness_are_recorded_once(store: Store) -> None:
+    w = store.webhooks
+    assert not await w.seen("evt_1") and not await w.fired("cus_1", "seti_1")
+    await w.record_event("evt_0", "customer.created", "ignored")
+    assert await w.seen("evt_0")
+    assert await w.record_fired("cus_1", "seti_1", "evt_1", "setup_intent.succeeded")
+    assert not await w.record_fired("cus_1", "seti_1", "evt_2", "checkout.session.completed")
+    assert await w.fired("cus_1", "seti_1") and await w.seen("evt_1") and await w.seen("evt_2")
+    assert raw_rows(store, "SELECT id, outcome FROM webhook_events ORDER BY id") == [
+        ("evt_0", "ignored"),
+        ("evt_1", "handled"),
+        ("evt_2", "already_handled"),
+    ]
+
+
+# -- human logins ----------------------------------------------------------------------------------
+KEY = b"login-code-key"
+
+
+def code_hash(code: str) -> str:
+    return hmac.new(KEY, code.encode(), hashlib.sha256).hexdigest()
+
+
+async def test_a_login_code_is_single_use(store: Store) -> None:
+    lg = store.logins
+    soon = datetime.now(UTC) + timedelta(minutes=10)
+    await lg.start_login(
+        login_id="l1", principal_id="p", email="a@x", code_hash=code_hash("123456"), expires_at=soon
+    )
+    ok = await lg.check_login_code(login_id="l1", code_hash=code_hash("123456"))
+    assert (ok.outcome, ok.principal_id, ok.email) == ("ok", "p", "a@x")
+    assert (await lg.check_login_code(login_id="l1", code_hash=code_hash("123456"))).outcome == "unknown"
+    assert (await lg.check_login_code(login_id="nope", code_hash=code_hash("1"))).outcome == "unknown"
+    assert "123456" not in str(raw_rows(store, "SELECT * FROM login_codes"))
+
+
+async def test_wrong_codes_use_up_the_tries_and_expiry_is_enforced(store: Store) -> None:
+    lg = store.logins
+    soon = datetime.now(UTC) + timedelta(minutes=10)
+    await lg.start_login(
+        login_id="l2",
+        principal_id="p",
+        email="a@x",
+        code_hash=code_hash("good"),
+        expires_at=soon,
+        max_tries=3,
+    )
+    outcomes = [(await lg.check_login_code(login_id="l2", code_hash=code_hash("bad"))) for _ in range(3)]
+    assert [(o.outcome, o.tries_left) for o in outcomes] == [
+        ("wrong_code", 2),
+        ("wrong_code", 1),
+        ("too_many_tries", 0),
+    ]
+    # burnt: even the right code is refused now
+    assert (await lg.check_login_code(login_id="l2", code_hash=code_hash("good"))).outcome == "too_many_tries"
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    await lg.start_login(
+        login_id="l3", principal_id="p", email="a@x", code_hash=code_hash("c"), expires_at=past
+    )
+    assert (await lg.check_login_code(login_id="l3", code_hash=code_hash("c"))).outcome == "expired"
+
+
+async def test_concurrent_guesses_cannot_exceed_the_tries(store: Store) -> None:
+    lg = store.logins
+    soon = datetime.now(UTC) + timedelta(minutes=10)
+    await lg.start_login(
+        login_id="l4",
+        principal_id="p",
+        email="a@x",
+        code_hash=code_hash("good"),
+        expires_at=soon,
+        max_tries=3,
+    )
+    guesses = await asyncio.gather(
+        *(lg.check_login_code(login_id="l4", code_hash=code_hash(f"bad{i}")) for i in range(10))
+    )
+    assert sum(g.outcome == "wrong_code" for g in guesses) == 2
+    assert raw_rows(store, "SELECT tries FROM login_codes WHERE login_id = 'l4'") == [(3,)]
+
+
+async def test_login_tokens_are_stored_hashed_and_can_be_revoked(store: Store) -> None:
+    lg = store.logins
+    later = datetime.now(UTC) + timedelta(days=30)
+    t1, t2, t3 = "qmh_one", "qmh_two", "qmh_three"
+    for t in (t1, t2):
+        await lg.issue_token(token_hash=token_hash(t), principal_id="p", email="a@x", expires_at=later)
+    await lg.issue_token(token_hash=token_hash(t3), principal_id="q", email="b@x", expires_at=later)
+    found = await lg.find_token(token_hash(t1))
+    assert found is not None and (found.principal_id, found.email) == ("p", "a@x")
+    assert abs((found.expires_at - later).total_seconds()) < 1
+    assert "qmh_one" not in str(raw_rows(store, "SELECT * FROM login_tokens"))
+    assert await lg.find_token(token_hash("qmh_unknown")) is None
+    assert await lg.revoke_token(token_hash(t1)) and not await lg.revoke_token(token_hash(t1))
+    assert await lg.find_token(token_hash(t1)) is None
+    assert await lg.revoke_principal_tokens("p") == 1
+    assert await lg.find_token(token_hash(t2)) is None and await lg.find_token(token_hash(t3)) is not None
+    gone = datetime.now(UTC) - timedelta(seconds=1)
+    await lg.issue_token(token_hash=token_hash("qmh_old"), principal_id="p", email="a@x", expires_at=gone)
+    assert await lg.find_token(token_hash("qmh_old")) is None
+
+
+# -- freezes and session revocations ---------------------------------------------------------------
+async def test_freezes_are_durable_and_idempotent(store: Store, store_url: str) -> None:
+    f = store.freezes
+    assert await f.agent_freeze(principal_id="p", agent="planner") is None
+    await f.freeze_agent(principal_id="p", agent="planner", reason="principal froze it")
+    first = await f.agent_freeze(principal_id="p", agent="planner")
+    await f.freeze_agent(principal_id="p", agent="planner", reason="again")
+    again = await f.agent_freeze(principal_id="p", agent="planner")
+    assert first is not None and again == first and first.reason == "principal froze it"
+    assert await f.agent_freeze(principal_id="p", agent="builder") is None
+    assert await f.agent_freeze(principal_id="q", agent="planner") is None
+    # another replica (a new connection) sees it
+    other = open_store(store_url)
+    assert await other.freezes.agent_freeze(principal_id="p", agent="planner") == first
+    other.close()
+    assert await f.unfreeze_agent(principal_id="p", agent="planner")
+    assert not await f.unfreeze_agent(principal_id="p", agent="planner")
+    assert await f.agent_freeze(principal_id="p", agent="planner") is None
+
+
+async def test_session_revocations_are_permanent(store: Store) -> None:
+    f = store.freezes
+    assert await f.session_revocation("s1") is None
+    await f.revoke_session(session_id="s1", principal_id="p", reason="kill switch")
+    await f.revoke_session(session_id="s1", principal_id="p", reason="later")
+    rev = await f.session_revocation("s1")
+    assert rev is not None and (rev.principal_id, rev.reason) == ("p", "kill switch")
+    assert await f.session_revocation("s2") is None
+
+
+# -- audit trail (the same store) ------------------------------------------------------------------
+def test_the_audit_trail_lives_in_the_store(store: Store) -> None:
+    now = datetime.now(UTC)
+    events = [
+        AuditEvent(event_id=f"e{i}", time=now, action="charge.made", principal_id="p", request_id=f"r{i % 2}")
+        for i in range(5)
+    ]
+    assert all(store.audit.append(e) for e in events)
+    assert not store.audit.append(events[0])
+    assert [r.event.event_id for r in store.audit.query(AuditFilters(request_id="r1"))] == ["e1", "e3"]
+    report = store.audit.verify()
+    assert report.ok and report.records == 5
