@@ -84,6 +84,17 @@ class SqlLogins:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    async def email_of(self, principal_id: str) -> str | None:
+        """The email a principal logged in with (the API acts for that principal's agents)."""
+
+        def work(tx: Tx) -> str | None:
+            rows = tx.execute(
+                "SELECT email FROM login_tokens WHERE principal_id = ? LIMIT 1", (principal_id,)
+            )
+            return str(rows[0][0]) if rows else None
+
+        return await self._db.run(work)
+
     async def start_login(
         self,
         *,

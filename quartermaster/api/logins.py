@@ -1,42 +1,24 @@
-"""Human logins: one-time login codes sent to the human's channel, and the login tokens they buy.
+"""Human logins and the API's own kill-switch record, on the one shared store (`providers.store`).
 
-Server side. Only hashes are stored: a login code as HMAC(authority key, login id + code), a token as
-sha256 (tokens are 256-bit random, so an unkeyed hash cannot be reversed). The table also remembers
-each principal's email (the API needs it to act for an agent of that principal) and the agents a human
-froze, so a reset of a workflow cannot undo a freeze (the API checks this list on every agent call).
-
-The SQLite file lives in the data directory (0600); replicas on other hosts share one store
-(`QM_DATABASE_URL`, see docs/deploy.md).
+Server side. Only hashes are stored: a login code as HMAC(server key, login id + code), a token as
+sha256 (tokens are 256-bit random). Freezes and session revocations are written here before the
+workflows are told and checked on every agent call, so a reset of a workflow cannot undo them. Every
+API replica and worker shares the store (`QM_DATABASE_URL`), so a login made through one replica works
+on all of them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
-import os
 import secrets
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+
+from providers.store import Store, token_hash
 
 TOKEN_PREFIX = "qmh_"  # noqa: S105 - a prefix, not a secret
 LOGIN_CODE_TRIES = 5
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS login_codes (
-  login_id TEXT PRIMARY KEY, principal_id TEXT NOT NULL, email TEXT NOT NULL, code_hash TEXT NOT NULL,
-  expires_at REAL NOT NULL, tries INTEGER NOT NULL DEFAULT 0, used INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS login_tokens (
-  token_hash TEXT PRIMARY KEY, principal_id TEXT NOT NULL, email TEXT NOT NULL,
-  expires_at REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
-CREATE TABLE IF NOT EXISTS principals (principal_id TEXT PRIMARY KEY, email TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS frozen_agents (
-  principal_id TEXT NOT NULL, agent TEXT NOT NULL, frozen INTEGER NOT NULL, changed_at REAL NOT NULL,
-  PRIMARY KEY (principal_id, agent));
-CREATE TABLE IF NOT EXISTS revoked_sessions (session_id TEXT PRIMARY KEY, revoked_at REAL NOT NULL);
-"""
 
 
 @dataclass(frozen=True)
@@ -46,35 +28,12 @@ class HumanLogin:
     expires_at: datetime
 
 
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 class LoginStore:
     """Logins, tokens, principals' emails and the API's own freeze/revocation list."""
 
-    def __init__(self, path: Path, *, code_key: bytes) -> None:
-        self._path = path
+    def __init__(self, store: Store, *, code_key: bytes) -> None:
+        self._store = store
         self._key = code_key
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
-        for suffix in ("", "-wal", "-shm"):
-            if (p := Path(f"{path}{suffix}")).exists():
-                os.chmod(p, 0o600)
-
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self._path, timeout=30, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA busy_timeout=30000")
-        return db
-
-    async def _run(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-        def run() -> list[tuple[object, ...]]:
-            with self._connect() as db:
-                return list(db.execute(sql, args).fetchall())
-
-        return await asyncio.to_thread(run)
 
     def _code_hash(self, login_id: str, code: str) -> str:
         return hmac.new(self._key, f"login:{login_id}:{code}".encode(), hashlib.sha256).hexdigest()
@@ -83,103 +42,78 @@ class LoginStore:
     async def start(self, *, principal_id: str, email: str, ttl: timedelta) -> tuple[str, str, datetime]:
         """A new login: (login id, code for the human's channel only, expiry)."""
         login_id = "login_" + secrets.token_hex(12)
-        code = f"{secrets.randbelow(10**4):04d}-{secrets.randbelow(10**4):04d}-{secrets.randbelow(10**4):04d}"
+        code = "-".join(f"{secrets.randbelow(10**4):04d}" for _ in range(3))
         expires = datetime.now(UTC) + ttl
-        await self._run(
-            "INSERT INTO login_codes (login_id, principal_id, email, code_hash, expires_at)"
-            " VALUES (?,?,?,?,?)",
-            (login_id, principal_id, email, self._code_hash(login_id, code), expires.timestamp()),
+        await self._store.logins.start_login(
+            login_id=login_id,
+            principal_id=principal_id,
+            email=email,
+            code_hash=self._code_hash(login_id, code),
+            expires_at=expires,
+            max_tries=LOGIN_CODE_TRIES,
         )
-        await self._run("INSERT OR REPLACE INTO principals VALUES (?, ?)", (principal_id, email))
         return login_id, code, expires
 
     async def redeem(self, login_id: str, code: str, *, token_ttl: timedelta) -> tuple[str, HumanLogin]:
-        """Trade a login code for a token. Raises LookupError(reason) when refused; a wrong code
-        counts one of LOGIN_CODE_TRIES, an empty one never does."""
-        rows = await self._run(
-            "SELECT principal_id, email, code_hash, expires_at, tries, used FROM login_codes"
-            " WHERE login_id=?",
-            (login_id,),
-        )
-        if not rows:
-            raise LookupError("unknown login")
-        principal_id, email, stored, expires_at, tries, used = rows[0]
-        if used:
-            raise LookupError("this login code was already used")
-        if float(str(expires_at)) < datetime.now(UTC).timestamp():
-            raise LookupError("this login code has expired")
-        if int(str(tries)) >= LOGIN_CODE_TRIES:
-            raise LookupError("too many wrong codes: start a new login")
+        """Trade a login code for a token. Raises LookupError(reason) when refused; a wrong code uses
+        one of LOGIN_CODE_TRIES, an empty one never does."""
         if not code.strip():
             raise LookupError("give the code you received")
-        if not hmac.compare_digest(str(stored), self._code_hash(login_id, code.strip())):
-            await self._run("UPDATE login_codes SET tries = tries + 1 WHERE login_id=?", (login_id,))
-            left = LOGIN_CODE_TRIES - int(str(tries)) - 1
-            raise LookupError(f"wrong code ({left} tries left)")
-        # single use: only the first redeemer flips `used`
-        changed = await self._run(
-            "UPDATE login_codes SET used = 1 WHERE login_id=? AND used = 0 RETURNING login_id", (login_id,)
+        check = await self._store.logins.check_login_code(
+            login_id=login_id, code_hash=self._code_hash(login_id, code.strip())
         )
-        if not changed:
-            raise LookupError("this login code was already used")
+        if check.outcome != "ok" or check.principal_id is None or check.email is None:
+            reasons = {
+                "wrong_code": f"wrong code ({check.tries_left} tries left)",
+                "expired": "this login code has expired or was already used",
+                "too_many_tries": "too many wrong codes: start a new login",
+                "unknown": "unknown login",
+            }
+            raise LookupError(reasons.get(check.outcome, "login refused"))
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         exp = datetime.now(UTC) + token_ttl
-        await self._run(
-            "INSERT INTO login_tokens (token_hash, principal_id, email, expires_at) VALUES (?,?,?,?)",
-            (token_hash(token), str(principal_id), str(email), exp.timestamp()),
+        await self._store.logins.issue_token(
+            token_hash=token_hash(token), principal_id=check.principal_id, email=check.email, expires_at=exp
         )
-        return token, HumanLogin(principal_id=str(principal_id), email=str(email), expires_at=exp)
+        return token, HumanLogin(principal_id=check.principal_id, email=check.email, expires_at=exp)
 
     async def human(self, token: str) -> HumanLogin | None:
         """The login a token stands for, while it is valid."""
-        rows = await self._run(
-            "SELECT principal_id, email, expires_at, revoked FROM login_tokens WHERE token_hash=?",
-            (token_hash(token),),
-        )
-        if not rows:
+        found = await self._store.logins.find_token(token_hash(token))
+        if found is None:
             return None
-        principal_id, email, expires_at, revoked = rows[0]
-        exp = datetime.fromtimestamp(float(str(expires_at)), UTC)
-        if revoked or exp <= datetime.now(UTC):
-            return None
-        return HumanLogin(principal_id=str(principal_id), email=str(email), expires_at=exp)
+        return HumanLogin(principal_id=found.principal_id, email=found.email, expires_at=found.expires_at)
 
     async def logout(self, token: str) -> None:
-        await self._run("UPDATE login_tokens SET revoked = 1 WHERE token_hash=?", (token_hash(token),))
+        await self._store.logins.revoke_token(token_hash(token))
 
     # ---- principals, freezes, revocations --------------------------------------------------------
     async def email_of(self, principal_id: str) -> str | None:
-        rows = await self._run("SELECT email FROM principals WHERE principal_id=?", (principal_id,))
-        return str(rows[0][0]) if rows else None
+        return await self._store.logins.email_of(principal_id)
 
     async def set_frozen(self, principal_id: str, agent: str, frozen: bool) -> None:
-        await self._run(
-            "INSERT OR REPLACE INTO frozen_agents VALUES (?, ?, ?, ?)",
-            (principal_id, agent, int(frozen), datetime.now(UTC).timestamp()),
-        )
+        if frozen:
+            await self._store.freezes.freeze_agent(
+                principal_id=principal_id, agent=agent, reason="kill switch"
+            )
+        else:
+            await self._store.freezes.unfreeze_agent(principal_id=principal_id, agent=agent)
 
     async def frozen(self, principal_id: str, agents: list[str]) -> list[str]:
-        if not agents:
-            return []
-        marks = ",".join("?" * len(agents))
-        rows = await self._run(
-            f"SELECT agent FROM frozen_agents WHERE principal_id=? AND frozen=1 AND agent IN ({marks})",  # noqa: S608 - placeholders only
-            (principal_id, *agents),
-        )
-        return [str(r[0]) for r in rows]
+        out = []
+        for agent in agents:
+            if await self._store.freezes.agent_freeze(principal_id=principal_id, agent=agent) is not None:
+                out.append(agent)
+        return out
 
-    async def revoke_sessions(self, session_ids: list[str]) -> None:
+    async def revoke_sessions(self, session_ids: list[str], *, principal_id: str = "") -> None:
         for sid in session_ids:
-            await self._run(
-                "INSERT OR IGNORE INTO revoked_sessions VALUES (?, ?)", (sid, datetime.now(UTC).timestamp())
+            await self._store.freezes.revoke_session(
+                session_id=sid, principal_id=principal_id, reason="revoked"
             )
 
     async def any_revoked(self, session_ids: list[str]) -> bool:
-        if not session_ids:
-            return False
-        marks = ",".join("?" * len(session_ids))
-        rows = await self._run(
-            f"SELECT 1 FROM revoked_sessions WHERE session_id IN ({marks}) LIMIT 1",  # noqa: S608 - placeholders only
-            tuple(session_ids),
-        )
-        return bool(rows)
+        for sid in session_ids:
+            if await self._store.freezes.session_revocation(sid) is not None:
+                return True
+        return False

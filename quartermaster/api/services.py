@@ -15,6 +15,7 @@ from activities.spend import SpendActivities
 from providers.assertions import AssertionSigner
 from providers.notifier import Notifier
 from providers.registry import ProviderRegistry
+from providers.store import Store
 from quartermaster.api.logins import LoginStore
 from quartermaster.config import Settings
 from quartermaster.identity.attestation import Attestor
@@ -54,14 +55,16 @@ def build_services(
     *,
     notifier: Notifier | None = None,
     identity: IdentitySettings | None = None,
+    store: Store | None = None,
 ) -> ApiServices:
     """Wire the API's services from settings (the same adapters the worker builds)."""
     from quartermaster.gateway import assertion_signer, build_inbox
-    from worker import build_notifier
+    from worker import build_notifier, build_store
 
     ids = identity or IdentitySettings.from_env(settings.data_dir)
     registry = ProviderRegistry.from_settings(settings)
     login_key = keyring.principal or b""
+    store = store or build_store(settings, keyring)
     return ApiServices(
         settings=settings,
         identity=ids,
@@ -69,12 +72,14 @@ def build_services(
         temporal=temporal,
         orchestrator=Orchestrator(temporal=temporal, settings=settings, keyring=keyring, registry=registry),
         sessions=SessionService(temporal=temporal, keyring=keyring, task_queue=settings.task_queue),
-        presentations=SessionActivities.from_settings(settings, keyring, temporal, identity=ids),
+        presentations=SessionActivities.from_settings(
+            settings, keyring, temporal, identity=ids, replay=store.replay
+        ),
         spend=SpendActivities(temporal, settings.task_queue, providers=list(settings.providers)),
-        logins=LoginStore(settings.data_dir / "api.sqlite", code_key=login_key),
+        logins=LoginStore(store, code_key=login_key),
         notifier=notifier or build_notifier(settings),
         attestor=Attestor.from_settings(ids, create=True),
         signer=assertion_signer(settings),
-        webhooks=build_inbox(settings),
+        webhooks=build_inbox(settings, store=store),
         replay=ReplayGuard(ids.replay_db),
     )

@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from models.errors import ErrorCode, QuartermasterError
 from quartermaster.cli import verbs
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"qm {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser)
     for register in verbs.REGISTRY:
-        register(sub)
+        register(cast("argparse._SubParsersAction[argparse.ArgumentParser]", sub))
     return parser
 
 
