@@ -100,11 +100,23 @@ REFUSED = frozenset(
 )
 
 
+#: Stripe Projects' CLI codes with the same meaning (docs/cli.md): agents written for either can branch
+STRIPE_PROJECTS_ALIASES: dict[ErrorCode, str] = {
+    ErrorCode.TERMS_ACCEPTANCE_REQUIRED: "TOS_ACCEPTANCE_REQUIRED",
+    ErrorCode.OAUTH_CONSENT_REQUIRED: "PROVIDER_NOT_LINKED",
+    ErrorCode.UNAUTHENTICATED: "BROWSER_AUTH_REQUIRED",
+    ErrorCode.UNKNOWN_ERROR: "UNKNOWN_ERROR",
+}
+
+
 def code_of(value: str | None) -> ErrorCode:
     """The ErrorCode named `value`, or UNKNOWN_ERROR for anything else (a result's code is data)."""
-    return (
-        ErrorCode(value) if value is not None and value in ErrorCode.__members__ else ErrorCode.UNKNOWN_ERROR
-    )
+    if value is not None and value in ErrorCode.__members__:
+        return ErrorCode(value)
+    for code, alias in STRIPE_PROJECTS_ALIASES.items():
+        if value == alias:
+            return code
+    return ErrorCode.UNKNOWN_ERROR
 
 
 def exit_code(code: ErrorCode) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from models.errors import ErrorCode, exit_code
+from models.errors import STRIPE_PROJECTS_ALIASES, ErrorCode, exit_code
 from models.money import MAX_MINOR_UNITS, Money
 
 
@@ -47,9 +47,17 @@ def emit(args: argparse.Namespace, data: Any, text: str | None = None) -> None:
         print(text)
 
 
+def error_object(code: ErrorCode, message: str) -> dict[str, str]:
+    """The error as agents read it; `stripe_projects_code` when Stripe Projects names it too."""
+    out = {"code": str(code), "message": message}
+    if code in STRIPE_PROJECTS_ALIASES:
+        out["stripe_projects_code"] = STRIPE_PROJECTS_ALIASES[code]
+    return out
+
+
 def report_error(args: argparse.Namespace, code: ErrorCode, message: str) -> int:
     if getattr(args, "json", False):
-        print(json.dumps({"error": {"code": str(code), "message": message}}))
+        print(json.dumps({"error": error_object(code, message)}))
     else:
         print(f"{code}: {message}", file=sys.stderr)
     return exit_code(code)

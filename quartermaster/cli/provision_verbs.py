@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from models.api import ProvisionView
 from models.errors import ErrorCode, QuartermasterError, code_of
-from quartermaster.cli.output import add_common, emit, report_error, table, usd
+from quartermaster.cli.output import add_common, emit, error_object, report_error, table, usd
 from quartermaster.client import QuartermasterClient
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ def print_view(args: argparse.Namespace, view: ProvisionView) -> int:
     code = code_of(err["code"])
     if view.state == "waiting_for_human":
         if args.json:
-            print(json.dumps({"error": err, "request": data}))
+            print(json.dumps({"error": error_object(code, err["message"]), "request": data}))
         else:
             lines = [f"{code}: {err['message']}"]
             for w in view.waiting_for:
@@ -169,7 +169,7 @@ def print_view(args: argparse.Namespace, view: ProvisionView) -> int:
         f": {', '.join(view.compensations)})" if view.compensations else ")"
     )
     if args.json:
-        print(json.dumps({"error": {"code": err["code"], "message": message}, "request": data}))
+        print(json.dumps({"error": error_object(code, message), "request": data}))
     else:
         report_error(args, code, message)
     return UNDONE_EXIT

@@ -156,6 +156,9 @@ def run_exec(args: argparse.Namespace) -> int:
     if not command:
         raise QuartermasterError(ErrorCode.INVALID_REQUEST, "usage: qm exec RESOURCE -- COMMAND [ARGS...]")
     creds = asyncio.run(fetch_credentials(args.resource))
+    if args.name:
+        prefix = re.sub(r"[^A-Za-z0-9_]", "_", args.name).upper().rstrip("_") + "_"
+        creds = {prefix + re.sub(r"^[A-Z0-9]+_", "", name.upper()): value for name, value in creds.items()}
     return run_with_credentials(command, creds)
 
 
@@ -245,6 +248,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `exec`, `env` and `keys` to the `qm` parser."""
     p = sub.add_parser("exec", help="run a command with a resource's credentials in its environment only")
     p.add_argument("resource", help="the resource id")
+    p.add_argument(
+        "--name", help="the variables' prefix instead of the provider's (e.g. ORDERS_DB: ORDERS_DB_URL)"
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     p.set_defaults(handler=run_exec)
 

@@ -34,3 +34,7 @@ REGISTRY.append(session_verbs.register)
 from quartermaster.cli import auth_verbs  # noqa: E402
 
 REGISTRY.append(auth_verbs.register)
+
+from quartermaster.cli import doctor_verbs  # noqa: E402
+
+REGISTRY.append(doctor_verbs.register)
