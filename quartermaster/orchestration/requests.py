@@ -271,7 +271,8 @@ class Orchestrator:
         self, email: str | None = None, *, principal_id: str | None = None
     ) -> list[ApprovalRequest]:
         """Every pending approval, from one visibility query (the list is in each workflow's memo)."""
-        query = f"{QM_STATE.name} = '{State.AWAITING_APPROVAL}'"
+        # this deployment's workflows only: a namespace may hold others' (other keys, other task queues)
+        query = f"{QM_STATE.name} = '{State.AWAITING_APPROVAL}' AND TaskQueue = '{self.settings.task_queue}'"
         pid = principal_id or (self.keyring.principal_id(email) if email else None)
         if pid:
             query += f" AND {QM_PRINCIPAL.name} = '{pid}'"
@@ -307,7 +308,10 @@ class Orchestrator:
         self, email: str | None = None, *, principal_id: str | None = None, sessions: set[str] | None = None
     ) -> list[ResourceInfo]:
         """Live resources (of one principal; with `sessions`, only those provisioned under them)."""
-        query = f"WorkflowType = 'ProvisionWorkflow' AND {QM_STATE.name} = '{State.COMPLETED}'"
+        query = (
+            f"WorkflowType = 'ProvisionWorkflow' AND {QM_STATE.name} = '{State.COMPLETED}'"
+            f" AND TaskQueue = '{self.settings.task_queue}'"
+        )
         pid = principal_id or (self.keyring.principal_id(email) if email else None)
         if pid:
             query += f" AND {QM_PRINCIPAL.name} = '{pid}'"
