@@ -33,7 +33,7 @@ async def test_ledger_bench_quick(client: Client) -> None:
 # The four start together: they are mostly waiting on round trips, and the suite stays short.
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH_SCRIPTS = ("throughput", "cost", "waiting", "profile")
+BENCH_SCRIPTS = ("throughput", "cost", "waiting", "profile", "api_overhead")
 #: a quick run in flight: (exit code, output)
 BenchRun = asyncio.Task[tuple[int, str]]
 
@@ -77,6 +77,7 @@ def _columns_in(out: str, *names: str) -> None:
         ("waiting", ("requests parked at the terms gate", "worker process RSS", "qm approvals",
                      "one approval: request completed", "completed")),
         ("profile", ("wall", "worker cpu", "server cpu", "sims cpu", "top project functions")),
+        ("api_overhead", ("the API's overhead", "catalog", "status", "API/direct")),
     ],
 )  # fmt: skip
 async def test_provisioning_bench_quick(
