@@ -9,6 +9,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
@@ -20,6 +21,7 @@ from activities.alerts import AlertActivities
 from activities.approvals import ApprovalActivities
 from activities.audit import AuditActivities
 from activities.catalog import CatalogActivities
+from activities.heartbeat import HeartbeatInterceptor
 from activities.payment import PaymentActivities
 from activities.resources import ResourceActivities
 from activities.session_revocation import (
@@ -115,6 +117,7 @@ def build_activities(
         payment.create_setup_session,
         payment.issue_payment_token,
         payment.revoke_payment_token,
+        payment.refund_charge,
         resources.create_resource,
         resources.resource_ready,
         resources.submit_information,
@@ -158,9 +161,16 @@ PASSTHROUGH = (
 )
 
 
+#: a dead worker's sticky queue is given up after this long (the SDK's default is 10 s): a restarted
+#: worker picks up the workflows of the one that died sooner
+STICKY_SCHEDULE_TO_START = timedelta(seconds=3)
+
+
 def build_worker(
     client: Client, settings: Settings, keyring: Keyring, store: Store | None = None, **options: Any
 ) -> Worker:
+    options["interceptors"] = [HeartbeatInterceptor(), *options.get("interceptors", [])]
+    options.setdefault("sticky_queue_schedule_to_start_timeout", STICKY_SCHEDULE_TO_START)
     options.setdefault(
         "workflow_runner",
         SandboxedWorkflowRunner(

@@ -8,8 +8,8 @@ from pydantic import BaseModel
 from temporalio import activity
 
 from activities.errors import adapter_errors
-from models.payment import Customer, PaymentMethodStatus, SetupSession
-from models.provisioning import IssuedToken, PaymentTokenInput
+from models.payment import Customer, PaymentMethodStatus, RefundResult, SetupSession
+from models.provisioning import IssuedToken, PaymentTokenInput, RefundInput
 from models.secret import Secret
 from providers.stripe_adapter import StripeAdapter
 
@@ -64,7 +64,8 @@ class PaymentActivities:
     @activity.defn(name="issue_payment_token")
     async def issue_payment_token(self, inp: PaymentTokenInput) -> IssuedToken:
         """A token the provider can charge at most `amount` with: the reservation, not the cap."""
-        expires_at = datetime.now(UTC).replace(microsecond=0) + TOKEN_LIFETIME
+        # the workflow's expiry: recomputing it here would change the parameters of a retried call
+        expires_at = inp.expires_at or datetime.now(UTC).replace(microsecond=0) + TOKEN_LIFETIME
         with adapter_errors("stripe payment token"):
             token = await self._stripe.issue_payment_token(
                 customer_id=inp.customer_id,
@@ -83,4 +84,14 @@ class PaymentActivities:
         with adapter_errors("stripe revoke token"):
             await self._stripe.revoke_payment_token(
                 token_id=inp.token_id, idempotency_key=inp.idempotency_key
+            )
+
+    @activity.defn(name="refund_charge")
+    async def refund_charge(self, inp: RefundInput) -> RefundResult:
+        """Refund what is left of a PaymentIntent, once per idempotency key."""
+        with adapter_errors("stripe refund"):
+            return await self._stripe.refund(
+                payment_intent_id=inp.payment_intent_id,
+                idempotency_key=inp.idempotency_key,
+                metadata=inp.metadata,
             )

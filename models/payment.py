@@ -48,3 +48,12 @@ class ChargeResult(BaseModel):
     payment_intent_id: str
     status: Literal["succeeded", "requires_action", "canceled", "processing", "requires_payment_method"]
     amount: Money
+
+
+class RefundResult(BaseModel):
+    """A refund of (part of) a PaymentIntent's charge."""
+
+    refund_id: str
+    payment_intent_id: str
+    status: Literal["pending", "requires_action", "succeeded", "failed", "canceled"]
+    amount: Money

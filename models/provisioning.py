@@ -93,6 +93,16 @@ class PaymentTokenInput(BaseModel):
     recurring_interval: Literal["month", "week", "year"] | None = None
     idempotency_key: str
     metadata: dict[str, str] = Field(default_factory=dict)
+    #: from workflow time, so a retried attempt sends the same parameters under the same key
+    expires_at: datetime | None = None
+
+
+class RefundInput(BaseModel):
+    """Give back what a provider charged for a request that is being undone."""
+
+    payment_intent_id: str
+    idempotency_key: str
+    metadata: dict[str, str] = Field(default_factory=dict)
 
 
 class IssuedToken(BaseModel):
@@ -160,6 +170,8 @@ class ProvisionResult(BaseModel):
     error_code: str | None = None
     error_message: str | None = None
     compensations: list[str] = Field(default_factory=list)
+    #: what Stripe kept for an undone request: a charge the provider could not undo (else None)
+    kept_charge: Charge | None = None
     principal_id: str | None = None
     agent_chain: list[str] = Field(default_factory=list)
 

@@ -1,5 +1,5 @@
 """`StripeAdapter`: Quartermaster's Stripe side (customers, payment methods, Checkout setup sessions,
-Shared Payment Tokens, charges) on the official `stripe` SDK's async methods over httpx.
+Shared Payment Tokens, charges, refunds) on the official `stripe` SDK's async methods over httpx.
 
 The SDK's own network retries are off (Temporal owns retries) and every write carries the caller's
 deterministic idempotency key, so a retried activity replays instead of acting twice. Every stripe
@@ -18,7 +18,14 @@ import httpx
 import stripe
 
 from models.money import Money
-from models.payment import ChargeResult, Customer, PaymentMethodStatus, PaymentToken, SetupSession
+from models.payment import (
+    ChargeResult,
+    Customer,
+    PaymentMethodStatus,
+    PaymentToken,
+    RefundResult,
+    SetupSession,
+)
 from models.secret import Secret
 from providers.errors import (
     PaymentDeclinedError,
@@ -124,6 +131,15 @@ def _charge(intent: Any) -> ChargeResult:
         payment_intent_id=intent["id"],
         status=intent["status"],
         amount=_money(intent["amount"], intent["currency"]),
+    )
+
+
+def _refund(refund: Any) -> RefundResult:
+    return RefundResult(
+        refund_id=refund["id"],
+        payment_intent_id=refund["payment_intent"],
+        status=refund["status"],
+        amount=_money(refund["amount"], refund["currency"]),
     )
 
 
@@ -322,3 +338,37 @@ class StripeAdapter:
             lambda: self._client.v1.payment_intents.search_async(params={"query": query, "limit": 100})
         )
         return [_charge(intent) for intent in result.data]
+
+    async def refund(
+        self, *, payment_intent_id: str, idempotency_key: str, metadata: dict[str, str],
+        amount: Money | None = None,
+    ) -> RefundResult:  # fmt: skip
+        """Refund a PaymentIntent (all that is left of it, or `amount`) once per idempotency key. A
+        charge that is already fully refunded (`charge_already_refunded`, e.g. by an earlier key)
+        counts as done: the refunds of the PaymentIntent are returned instead of an error."""
+        params: dict[str, Any] = {"payment_intent": payment_intent_id, "metadata": metadata}
+        if amount is not None:
+            params["amount"] = amount.amount
+        try:
+            refund = await self._client.v1.refunds.create_async(
+                params=cast(Any, params), options={"idempotency_key": idempotency_key}
+            )
+        except stripe.InvalidRequestError as exc:
+            if exc.code != "charge_already_refunded":
+                raise map_stripe_error(exc) from exc
+            done = await self.list_refunds(payment_intent_id=payment_intent_id)
+            if not done:
+                raise map_stripe_error(exc) from exc
+            return done[0]
+        except stripe.StripeError as exc:
+            raise map_stripe_error(exc) from exc
+        return _refund(refund)
+
+    async def list_refunds(self, *, payment_intent_id: str) -> list[RefundResult]:
+        """The refunds of one PaymentIntent, newest first."""
+        found = await self._call(
+            lambda: self._client.v1.refunds.list_async(
+                params={"payment_intent": payment_intent_id, "limit": 100}
+            )
+        )
+        return [_refund(r) for r in found.data]

@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from models.audit import AuditAction
     from models.errors import ErrorCode
     from models.ledger import (
+        MAX_HOLD_SECONDS,
         CommitLayers,
         LayeredReserveOutcome,
         LedgerLayer,
@@ -31,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.money import Money
     from models.payment import Customer, PaymentMethodStatus, SetupSession
-    from models.provider import Resource, TermsAcceptance
+    from models.provider import Charge, Resource, TermsAcceptance
     from models.provisioning import (
         AccountInput,
         CompleteOAuth,
@@ -48,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         ProvisionResult,
         ProvisionStatus,
         Quote,
+        RefundInput,
         ResourceRef,
         SubmitInformationInput,
         TermsRecord,
@@ -67,9 +69,12 @@ with workflow.unsafe.imports_passed_through():
         State,
     )
 
-#: provider and Stripe calls: retried with backoff, given up after a bounded time
+#: provider and Stripe calls: retried with backoff, given up after a bounded time. The activities
+#: heartbeat while they wait (activities/heartbeat.py), so a killed worker's attempt is retried after
+#: the heartbeat timeout instead of the whole start-to-close timeout.
 CALL: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=15),  # adapters time out after 10 s
+    "heartbeat_timeout": timedelta(seconds=3),
     "schedule_to_close_timeout": timedelta(minutes=10),
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30)
@@ -78,11 +83,13 @@ CALL: dict[str, Any] = {
 #: compensations must finish: no overall deadline
 UNDO: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),
+    "heartbeat_timeout": timedelta(seconds=3),
     "retry_policy": RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=5)),
 }
 #: polling a pending resource: the retry policy is the poll
 POLL: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(seconds=30),
+    "start_to_close_timeout": timedelta(seconds=15),
+    "heartbeat_timeout": timedelta(seconds=3),
     "schedule_to_close_timeout": timedelta(minutes=30),
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(milliseconds=500),
@@ -90,6 +97,10 @@ POLL: dict[str, Any] = {
         maximum_interval=timedelta(seconds=10),
     ),
 }
+#: how long a payment token lives (from workflow time): long enough for the create call and its retries
+PAYMENT_TOKEN_LIFETIME = timedelta(hours=1)
+#: after the reservation, at most this many `information` rounds wait for the human
+INFORMATION_ROUNDS = 3
 WAITING_CODES: dict[str, ErrorCode] = {
     "terms": ErrorCode.TERMS_ACCEPTANCE_REQUIRED,
     "payment_method": ErrorCode.PAYMENT_METHOD_REQUIRED,
@@ -124,6 +135,12 @@ class ProvisionWorkflow:
         self.oauth: OAuthCallback | None = None
         self.payment_method_ready = False
         self.undo: list[tuple[str, Any]] = []
+        #: what the provider charged for this request (seen on the created resource), and whether the
+        #: provider can undo the resource (then compensation refunds the charge)
+        self.charge: Charge | None = None
+        self.reversible = True
+        #: the reservation's expiry: the payment token must not outlive it
+        self.reserved_until: Any = None
         self.result = ProvisionResult(request_id="", outcome="rejected", service_id="")
         self.audit: AuditTrail | None = None
         self.audited_attempts = 0
@@ -375,17 +392,24 @@ class ProvisionWorkflow:
             f"create {req.service_id} {req.name}",
         )
         ref = ResourceRef(principal_id=self.principal_id, provider=provider, resource_id=resource.resource_id)
+        self.reversible = quote.reversible
+        self.charge = resource.charge  # money moved: compensation must refund it or keep it counted
         if quote.reversible:
             self.undo.append(("remove_resource", ref))
         self.result.resource_id = resource.resource_id
         resource = await self._settle(ref, resource)
+        self.charge = resource.charge or self.charge
         self.result.resource_status = resource.status
         if resource.charge is not None:
             self.result.charge = resource.charge
             await self.audit.record("charge.made", amount=resource.charge.amount, resource_id=ref.resource_id)
         await self.audit.record("resource.created", resource_id=ref.resource_id)
+        # the spend is committed once the request can no longer be undone (after the credential), so an
+        # undo after the charge can still release the reservation it refunds
+        commit_last = token is not None and workflow.patched("commit-spend-last")
         if token is not None:
-            await self._commit_spend(resource)
+            if not commit_last:
+                await self._commit_spend(resource)
             await self._revoke_token(token, "consumed")
 
         # 7. credential
@@ -416,6 +440,8 @@ class ProvisionWorkflow:
                 None,
                 "record the credential on the session",
             )
+        if commit_last:
+            await self._commit_spend(resource)
         self.undo.clear()  # fully done: nothing to compensate any more
         self.step = "done"
 
@@ -547,6 +573,10 @@ class ProvisionWorkflow:
             )
         await self._reserve(req, amount)
         assert pm.payment_method_id is not None
+        # every parameter of the keyed call comes from the workflow: a retry sends the same request
+        expires_at = workflow.now().replace(microsecond=0) + PAYMENT_TOKEN_LIFETIME
+        if self.reserved_until is not None:
+            expires_at = min(expires_at, self.reserved_until)
         token: IssuedToken = await self._call(
             "issue_payment_token",
             PaymentTokenInput(
@@ -556,6 +586,7 @@ class ProvisionWorkflow:
                 amount=amount,
                 idempotency_key=f"{self.wid}:payment-token",
                 metadata={"qm_workflow_id": self.wid, "qm_request_id": req.request_id},
+                expires_at=expires_at,
             ),
             IssuedToken,
             f"payment token for {amount} at {req.provider}",
@@ -586,6 +617,9 @@ class ProvisionWorkflow:
         self.layers = self._layers(req, amount)
         purchase_id = self.wid
         override: str | None = None
+        # held until the request ends: through every `information` round and the calls around them
+        waits = INFORMATION_ROUNDS * self.policy.approval_timeout_seconds
+        hold = min(MAX_HOLD_SECONDS, waits + 2 * 3600)
         while True:
             out: LayeredReserveOutcome = await self._call(
                 "reserve_spend",
@@ -595,11 +629,13 @@ class ProvisionWorkflow:
                     layers=self.layers,
                     principal_id=self.principal_id,
                     override_approval_id=override,
+                    hold_seconds=hold,
                 ),
                 LayeredReserveOutcome,
                 f"reserve {amount} under every limit",
             )
             if out.ok:
+                self.reserved_until = out.expires_at
                 self.undo.append(
                     ("release_spend", ReleaseLayers(purchase_id=purchase_id, layers=self.layers))
                 )
@@ -626,8 +662,9 @@ class ProvisionWorkflow:
             )
             override = f"{self.wid}.spend_limit"
 
-    async def _commit_spend(self, resource: Resource) -> None:
-        charged = resource.charge.amount if resource.charge else Money(amount=0)
+    async def _commit_spend(self, resource: Resource | None) -> None:
+        charge = resource.charge if resource is not None and resource.charge else self.charge
+        charged = charge.amount if charge else Money(amount=0)
         await self._call(
             "commit_spend",
             CommitLayers(purchase_id=self.wid, amount=charged, layers=self.layers),
@@ -681,7 +718,14 @@ class ProvisionWorkflow:
         return resource
 
     async def _compensate(self) -> None:
-        """Undo in reverse order; every step retries until it succeeds."""
+        """Undo in reverse order; every step retries until it succeeds.
+
+        A charge is refunded once its resource is removed; a charge for a resource the provider
+        cannot undo is kept, and its spend committed (never released), so the ledger always equals
+        what Stripe kept."""
+        settle = self.charge is not None and workflow.patched("undo-settles-charge")
+        removed = False
+        kinds = {kind for kind, _ in self.undo}
         for kind, arg in reversed(self.undo):
             if kind == "revoke_payment_token":
                 await self._revoke_token(arg, "compensation")
@@ -694,14 +738,59 @@ class ProvisionWorkflow:
                     summary="compensate: remove the half-created resource",
                     **UNDO,
                 )
+                removed = True
                 self.result.compensations.append("resource removed")
                 if self.audit:
                     await self.audit.record(
                         "resource.removed", reason="compensation", resource_id=arg.resource_id
                     )
+                if settle:
+                    await self._refund()
             elif kind == "release_spend":
-                await workflow.execute_activity(
-                    "release_spend", arg, summary="compensate: release the spend reservation", **UNDO
-                )
-                self.result.compensations.append("reservation released")
+                if settle and not removed and self.charge is not None:
+                    await self._keep_charge(arg)
+                else:
+                    await workflow.execute_activity(
+                        "release_spend", arg, summary="compensate: release the spend reservation", **UNDO
+                    )
+                    self.result.compensations.append("reservation released")
+        if settle and not removed and "release_spend" not in kinds and self.charge is not None:
+            self.result.kept_charge = self.charge  # nothing reserved to commit (cannot happen today)
         self.undo.clear()
+
+    async def _refund(self) -> None:
+        """Refund the request's charge at Stripe (one deterministic key per request)."""
+        assert self.charge is not None
+        await workflow.execute_activity(
+            "refund_charge",
+            RefundInput(
+                payment_intent_id=self.charge.payment_reference,
+                idempotency_key=f"{self.wid}:compensate-refund",
+                metadata={"qm_workflow_id": self.wid, "qm_request_id": self.req.request_id},
+            ),
+            summary=f"compensate: refund {self.charge.amount}",
+            **UNDO,
+        )
+        self.result.compensations.append(f"charge of {self.charge.amount} refunded")
+        if self.audit:
+            await self.audit.record("charge.refunded", amount=self.charge.amount, reason="compensation")
+
+    async def _keep_charge(self, release: ReleaseLayers) -> None:
+        """The provider cannot undo the resource: the charge stays, and so does its spend."""
+        assert self.charge is not None
+        await workflow.execute_activity(
+            "commit_spend",
+            CommitLayers(purchase_id=self.wid, amount=self.charge.amount, layers=release.layers),
+            summary=f"compensate: commit {self.charge.amount} (the provider cannot undo it)",
+            **UNDO,
+        )
+        self.result.kept_charge = self.charge
+        self.result.compensations.append(
+            f"spend of {self.charge.amount} kept committed: {self.req.provider} cannot undo "
+            f"{self.req.service_id} {self.result.resource_id or ''}".rstrip()
+        )
+        if self.audit:
+            await self.audit.record(
+                "charge.kept", amount=self.charge.amount, reason="provider cannot undo",
+                resource_id=self.result.resource_id,
+            )  # fmt: skip

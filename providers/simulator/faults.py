@@ -1,5 +1,6 @@
-"""Fault injection for tests: an ASGI middleware that makes chosen routes slow, fail, rate-limit, hang
-or "crash after commit" (the write happens, the response is lost), as set through `POST /_sim/faults`.
+"""Fault injection for tests: an ASGI middleware that makes chosen routes slow, fail, refuse (a
+permanent 409), rate-limit, hang or "crash after commit" (the write happens, the response is lost),
+as set through `POST /_sim/faults`.
 
 Faults are test knobs, so they live in memory, not in the SQLite file.
 """
@@ -17,7 +18,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 FaultKind = Literal[
-    "latency", "error_500", "error_429", "timeout", "crash_after_commit", "delay_after_commit"
+    "latency", "error_500", "error_409", "error_429", "timeout", "crash_after_commit", "delay_after_commit"
 ]
 DEFAULT_SECONDS: dict[str, float] = {
     "latency": 0.5,
@@ -103,6 +104,9 @@ class FaultMiddleware:
             await self.app(scope, receive, send)
         elif fault.kind == "error_500":
             await _respond(send, 500, _error_body("simulated_fault", "injected server error"))
+        elif fault.kind == "error_409":
+            # a permanent refusal: the caller must not retry, and undoes what it did so far
+            await _respond(send, 409, _error_body("simulated_refusal", "injected permanent refusal"))
         elif fault.kind == "error_429":
             retry = str(max(1, round(seconds)))
             await _respond(

@@ -87,6 +87,14 @@ _SPECS: list[tuple[str, str, Handler, set[str]]] = [
     ("GET", r"/v1/payment_intents/search", payments.search_payment_intents, {"query", "limit", "page"}),
     ("GET", rf"/v1/payment_intents/{_PM}", payments.retrieve_payment_intent, {"expand"}),
     ("GET", r"/v1/charges", payments.list_charges, _PAGING | {"payment_intent"}),
+    (
+        "POST",
+        r"/v1/refunds",
+        payments.create_refund,
+        {"payment_intent", "amount", "reason", "metadata", "expand"},
+    ),
+    ("GET", r"/v1/refunds", payments.list_refunds, _PAGING | {"payment_intent"}),
+    ("GET", rf"/v1/refunds/{_PM}", payments.retrieve_refund, {"expand"}),
 ]
 ROUTES = [(m, re.compile(p + "$"), h, a) for m, p, h, a in _SPECS]  # fmt: skip
 

@@ -257,3 +257,68 @@ def list_charges(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
 
 def public_token(token: dict[str, Any]) -> dict[str, Any]:
     return public(token)
+
+
+def create_refund(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
+    """Refund a succeeded PaymentIntent, all of it or `amount` of it; never more than it has left."""
+    pi_id = req_str(params, "payment_intent")
+    intent = ctx.store.get("payment_intent", pi_id)
+    if intent is None:
+        raise not_found("payment_intent", pi_id, param="payment_intent")
+    if intent.get("status") != "succeeded":
+        raise invalid("This PaymentIntent has no successful charge to refund.", param="payment_intent")
+    received = int(intent.get("amount_received") or 0)
+    already = int(intent.get("amount_refunded") or 0)
+    left = received - already
+    amount = as_int(params, "amount", required=False, minimum=1)
+    amount = left if amount is None else amount
+    if left <= 0:
+        raise _refuse(
+            f"Charge {intent.get('latest_charge')} has already been refunded.",
+            "charge_already_refunded",
+            "payment_intent",
+        )
+    if amount > left:
+        raise invalid(
+            f"Refund amount ({amount}) is greater than unrefunded amount on charge ({left})", param="amount"
+        )
+    reason = params.get("reason") or None
+    if reason is not None and reason not in ("duplicate", "fraudulent", "requested_by_customer"):
+        raise invalid("Invalid reason", param="reason")
+    refund = {
+        "id": new_id("re_"),
+        "object": "refund",
+        "created": ctx.now(),
+        "amount": amount,
+        "currency": intent["currency"],
+        "payment_intent": pi_id,
+        "charge": intent.get("latest_charge"),
+        "metadata": as_metadata(params),
+        "reason": reason,
+        "status": "succeeded",
+    }
+    ctx.store.put(refund)
+    intent["amount_refunded"] = already + amount
+    ctx.store.put(intent)
+    charge = ctx.store.get("charge", str(intent.get("latest_charge")))
+    if charge is not None:
+        charge["amount_refunded"] = already + amount
+        charge["refunded"] = already + amount >= received
+        ctx.store.put(charge)
+        ctx.emit("charge.refunded", charge)
+    return refund
+
+
+def retrieve_refund(ctx: ApiContext, params: dict[str, Any], ident: str) -> dict[str, Any]:
+    found = ctx.store.get("refund", ident)
+    if found is None:
+        raise not_found("refund", ident)
+    return found
+
+
+def list_refunds(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
+    intent = params.get("payment_intent")
+    where = {"$.payment_intent": intent} if isinstance(intent, str) and intent else None
+    found = ctx.store.find("refund", where=where)
+    limit = min(as_int(params, "limit", required=False, minimum=1) or 10, 100)
+    return list_object("/v1/refunds", found[:limit], has_more=len(found) > limit)
