@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import secrets
 
 from temporalio import activity
@@ -134,5 +135,14 @@ class AccountActivities:
         with adapter_errors("oauth token exchange"):
             account = await self._registry.get(inp.provider).exchange_code(
                 client_id=OAUTH_CLIENT_ID, code=inp.code, code_verifier=verifier, redirect_uri=redirect_uri
+            )
+        # whoever opened the URL could consent with another account (login_hint is only a hint): link
+        # only the account whose verified email is the one the identity assertion named
+        expected = (inp.principal_email or "").strip().lower()
+        linked = (account.primary_email or "").strip().lower()
+        if not expected or not account.email_verified or not hmac.compare_digest(linked, expected):
+            raise permanent(
+                ErrorCode.ACCOUNT_IDENTITY_MISMATCH,
+                f"the {inp.provider} account that consented is not the principal's; nothing was linked",
             )
         return await self._save(inp.provider, inp.principal_id, account)

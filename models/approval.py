@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
 
 from models.money import Money
 from models.secret import Secret
@@ -23,8 +23,16 @@ ApprovalKind = Literal[
 ]
 
 
+#: `details` keys only the human may see: whoever holds the OAuth authorization URL can consent with
+#: another account; whoever holds the Checkout URL can attach a card to the principal's customer
+HUMAN_ONLY_DETAILS = frozenset({"authorization_url", "checkout_url"})
+
+
 class ApprovalRequest(BaseModel):
-    """A question for the principal. No secrets: it is shown by `qm approvals` and queries."""
+    """A question for the principal. No secrets: it is shown by `qm approvals` and queries.
+
+    `human_only` names the `details` keys that go to the human's channel only; `for_agent()` is the
+    request without them (what an agent may read: status, waiting results)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -36,6 +44,19 @@ class ApprovalRequest(BaseModel):
     details: dict[str, Any] = Field(default_factory=dict)
     requested_at: datetime
     expires_at: datetime
+    human_only: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _mark_human_only(self) -> ApprovalRequest:
+        marked = set(self.human_only) | (HUMAN_ONLY_DETAILS & set(self.details))
+        self.human_only = sorted(marked)
+        return self
+
+    def for_agent(self) -> ApprovalRequest:
+        """The request as an agent may see it: human-only details removed."""
+        hidden = set(self.human_only)
+        kept = {k: v for k, v in self.details.items() if k not in hidden}
+        return self.model_copy(update={"details": kept})
 
 
 class ApprovalNotice(BaseModel):

@@ -40,6 +40,9 @@ class ProviderAccount(BaseModel):
     scopes: list[str] = Field(default_factory=list)
     expires_at: datetime | None = None
     refresh_token: Secret | None = None
+    #: the account holder's email as the provider verified it (OAuth linking checks it)
+    primary_email: str | None = None
+    email_verified: bool = False
 
 
 class Charge(BaseModel):

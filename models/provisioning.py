@@ -77,6 +77,8 @@ class CompleteOAuth(BaseModel):
     principal_id: str
     state: str
     code: Secret
+    #: the identity assertion's email: the linked account must be this person's (None: refused)
+    principal_email: str | None = None
 
 
 class TermsRecord(BaseModel):

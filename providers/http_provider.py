@@ -210,6 +210,8 @@ class HttpProvider:
             "scopes": str(doc.get("scope", "")).split(),
             "expires_at": datetime.now(UTC) + timedelta(seconds=doc["expires_in"]),
             "refresh_token": doc.get("refresh_token"),
+            "primary_email": doc.get("primary_email"),
+            "email_verified": doc.get("email_verified") is True,
         }
         return self._parse(ProviderAccount, account, op)
 

@@ -8,6 +8,7 @@ is compensated, so the result is either `completed` or `undone` (or `rejected` w
 
 from __future__ import annotations
 
+import hmac
 from datetime import timedelta
 from typing import Any
 
@@ -133,6 +134,10 @@ class ProvisionWorkflow:
         self.gate = ApprovalGate()
         self.step = "received"
         self.oauth: OAuthCallback | None = None
+        #: the pending OAuth state; only a callback carrying exactly this state is accepted
+        self.oauth_state: str | None = None
+        self.ignored_callbacks: list[str] = []
+        self.audited_callbacks = 0
         self.payment_method_ready = False
         self.undo: list[tuple[str, Any]] = []
         #: what the provider charged for this request (seen on the created resource), and whether the
@@ -157,8 +162,13 @@ class ProvisionWorkflow:
 
     @workflow.signal(name="oauth_callback")
     def oauth_callback(self, callback: OAuthCallback) -> None:
-        if self.oauth is None:
+        """Accept the one callback whose whole state is the pending one; ignore (and audit) the rest,
+        so a forged callback cannot take the human's place."""
+        pending = self.oauth_state
+        if self.oauth is None and pending is not None and hmac.compare_digest(callback.state, pending):
             self.oauth = callback
+            return
+        self.ignored_callbacks.append("already_completed" if self.oauth is not None else "state_mismatch")
 
     @workflow.signal(name="payment_method_ready")
     def payment_method_ready_signal(self) -> None:
@@ -169,7 +179,8 @@ class ProvisionWorkflow:
         return ProvisionStatus(
             request_id=self.result.request_id,
             step=self.step,
-            pending_approvals=[r.model_dump(mode="json") for r in self.gate.pending()],
+            # the agent's view: human-only details (the OAuth and Checkout URLs) go to the human's channel
+            pending_approvals=[r.for_agent().model_dump(mode="json") for r in self.gate.pending()],
             resource_id=self.result.resource_id,
             link_action=self.result.link_action,
         )
@@ -203,6 +214,7 @@ class ProvisionWorkflow:
             )
         if self.audit is not None:
             await self._audit_rejected(self.gate.attempts[self.audited_attempts :])  # late or replayed codes
+            await self._audit_ignored_callbacks()
             await self.audit.record(
                 "request.completed" if self.result.outcome == "completed" else "request.failed",
                 outcome="success" if self.result.outcome == "completed" else "failure",
@@ -286,6 +298,13 @@ class ProvisionWorkflow:
                 details={"approval_id": attempt.approval_id},
             )
         await self.audit.flush()
+
+    async def _audit_ignored_callbacks(self) -> None:
+        """Audit OAuth callbacks that did not match the pending state (buffered with the next flush)."""
+        assert self.audit is not None
+        for reason in self.ignored_callbacks[self.audited_callbacks :]:
+            await self.audit.record("oauth.callback_ignored", outcome="refused", reason=reason)
+        self.audited_callbacks = len(self.ignored_callbacks)
 
     async def _provision(self, req: ProvisionRequest) -> None:
         provider = req.provider
@@ -477,23 +496,33 @@ class ProvisionWorkflow:
         )
         if exists:
             start: OAuthStart = await self._call("start_oauth", inp, OAuthStart, "start OAuth + PKCE")
+            self.oauth_state = start.state
             await self._ask(
                 "oauth_consent",
                 f"link your existing {provider} account to Quartermaster",
                 {"authorization_url": start.authorization_url, "provider": provider},
                 satisfied_by=lambda: self.oauth is not None and self.oauth.state == start.state,
             )
+            await self._audit_ignored_callbacks()
             cb = self.oauth
             if cb is None or cb.code is None:
                 raise Stop(ErrorCode.APPROVAL_DENIED, f"OAuth consent refused at {provider}")
-            conn: ConnectionRef = await self._call(
-                "complete_oauth",
-                CompleteOAuth(
-                    provider=provider, principal_id=self.principal_id, state=start.state, code=cb.code
-                ),
-                ConnectionRef,
-                "exchange the authorization code",
-            )
+            try:
+                conn: ConnectionRef = await self._call(
+                    "complete_oauth",
+                    CompleteOAuth(
+                        provider=provider,
+                        principal_id=self.principal_id,
+                        state=start.state,
+                        code=cb.code,
+                        principal_email=str(req.actor.principal_email),
+                    ),
+                    ConnectionRef,
+                    "exchange the authorization code",
+                )
+            except Stop as stop:
+                await self.audit.record("account.link_refused", outcome="refused", reason=stop.code)
+                raise
             await self.audit.record("account.linked", details={"link_action": conn.link_action})
             return conn
         record = TermsRecord(

@@ -129,6 +129,7 @@ def _issue(ctx: SimulatorContext, *, account_id: str, scopes: str, source: str) 
             token_hash(token), f"tok_{secrets.token_hex(8)}", kind, account_id, ctx.config.client_id,
             scopes, source, now, expires,
         )  # fmt: skip
+    account = ctx.store.account(account_id) or {}
     return {
         "access_token": access,
         "token_type": "Bearer",
@@ -137,6 +138,9 @@ def _issue(ctx: SimulatorContext, *, account_id: str, scopes: str, source: str) 
         "scope": scopes,
         "account_id": account_id,
         "link_action": "linked_existing",
+        # whose account this is: the client checks it is the person it asked for (login_hint is a hint)
+        "primary_email": account.get("email", ""),
+        "email_verified": True,
     }
 
 

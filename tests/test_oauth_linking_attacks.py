@@ -1,0 +1,106 @@
+"""OAuth account linking under attack: consent with someone else's account, forged callbacks, and the
+authorization URL kept away from the agent."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import httpx
+
+from models.provisioning import ProvisionResult
+from providers.audit import open_audit_store
+from providers.audit.store import AuditFilters
+from providers.connection_store import ConnectionStore
+from quartermaster.codec import SecretBox
+from quartermaster.orchestration.requests import Waiting
+from tests.fixtures.stack import Stack, new_email
+from tests.test_provision_e2e import result_of
+
+
+def _with_login_hint(url: str, email: str) -> str:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query["login_hint"] = email
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _connection(stack: Stack, email: str, provider: str) -> object:
+    box = SecretBox(stack.keyring)
+    store = ConnectionStore(stack.data_dir / "connections.sqlite", seal=box.seal, unseal=box.unseal)
+    return store.get_connection(principal_id=stack.principal_id(email), provider=provider)
+
+
+def _audited(stack: Stack, workflow_id: str, action: str) -> list[object]:
+    store = open_audit_store(stack.settings.resolved_audit_db)
+    try:
+        return list(store.query(AuditFilters(workflow_id=workflow_id, action=action)))
+    finally:
+        store.close()
+
+
+async def test_consent_with_another_account_links_nothing(stack: Stack) -> None:
+    """Whoever opens the URL changes `login_hint` and consents as themselves: the code exchange
+    returns their account, whose verified email is not the principal's, so nothing is linked."""
+    victim, attacker = new_email(), new_email()
+    await stack.seed_account("db", victim)
+    await stack.seed_account("db", attacker)
+    req = stack.request("db/postgres:free", victim)
+    await stack.qm.submit(req)
+    consent = await stack.wait_for_approval(req.request_id, "oauth_consent")
+    await stack.consent(_with_login_hint(consent["details"]["authorization_url"], attacker))
+    res = await result_of(stack, req.request_id)
+    assert (res.outcome, res.error_code) == ("rejected", "ACCOUNT_IDENTITY_MISMATCH"), res
+    assert res.link_action is None and res.resource_id is None
+    assert _connection(stack, victim, "db") is None
+    for _ in range(50):
+        if _audited(stack, f"provision-{req.request_id}", "account.link_refused"):
+            break
+        await asyncio.sleep(0.1)
+    assert _audited(stack, f"provision-{req.request_id}", "account.link_refused")
+
+
+async def test_forged_callback_is_ignored_and_the_human_still_links(stack: Stack) -> None:
+    """A callback with the right request but a wrong nonce used to win (first callback wins) and
+    block the human's real consent until the timeout."""
+    email = new_email()
+    await stack.seed_account("db", email)
+    req = stack.request("db/postgres:free", email)
+    await stack.qm.submit(req)
+    consent = await stack.wait_for_approval(req.request_id, "oauth_consent")
+    wid = f"provision-{req.request_id}"
+    async with httpx.AsyncClient() as http:
+        forged = {"state": f"{wid}.oauth_consent.forged-nonce", "code": "attacker-code"}
+        r = await http.get(f"{stack.gateway_url}/oauth/callback", params=forged)
+        assert r.status_code < 500
+    await stack.consent(consent["details"]["authorization_url"])
+    res: ProvisionResult = await result_of(stack, req.request_id, timeout=30)
+    assert (res.outcome, res.link_action) == ("completed", "linked_existing"), res
+    for _ in range(50):
+        if _audited(stack, wid, "oauth.callback_ignored"):
+            break
+        await asyncio.sleep(0.1)
+    (ignored,) = _audited(stack, wid, "oauth.callback_ignored")
+    assert ignored.event.reason == "state_mismatch"  # type: ignore[attr-defined]
+
+
+async def test_authorization_url_goes_to_the_human_only(stack: Stack) -> None:
+    email = new_email()
+    await stack.seed_account("db", email)
+    req = stack.request("db/postgres:free", email)
+    await stack.qm.submit(req)
+    consent = await stack.wait_for_approval(req.request_id, "oauth_consent")
+    url = consent["details"]["authorization_url"]
+    assert consent["human_only"] == ["authorization_url"]
+    # what an agent reads: the status query and the waiting result built on it
+    status = await stack.client.get_workflow_handle(f"provision-{req.request_id}").query("status")
+    assert url not in str(status)
+    waiting = await stack.qm.status(req.request_id)
+    assert isinstance(waiting, Waiting) and waiting.approvals[0].kind == "oauth_consent"
+    assert "authorization_url" not in waiting.approvals[0].details
+    assert url not in waiting.model_dump_json()
+    # the human's channel has it
+    assert any(m.get("details", {}).get("authorization_url") == url for m in stack.inbox(email))
+    await stack.consent(url, approve=False)
+    res = await result_of(stack, req.request_id)
+    assert url not in res.model_dump_json()
