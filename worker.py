@@ -32,7 +32,7 @@ from activities.session_revocation import (
 from activities.sessions import SessionActivities
 from activities.spend import SpendActivities
 from models.provisioning import Policy
-from providers.notifier import InboxNotifier, Notifier, WebhookNotifier
+from providers.notifier import InboxNotifier, Notifier, NotifierConfigError, WebhookNotifier
 from providers.registry import ProviderRegistry
 from providers.store import Store, open_store
 from providers.stripe_adapter import StripeAdapter
@@ -53,8 +53,15 @@ log = logging.getLogger("quartermaster.worker")
 
 
 def build_notifier(settings: Settings) -> Notifier:
+    """The human's channel: the signed webhook; the console + inbox file only in dev. Approval codes
+    never go to stdout outside dev, so without a channel the worker refuses to start."""
     if settings.notify_webhook_url:
-        return WebhookNotifier(url=settings.notify_webhook_url)
+        return WebhookNotifier(url=settings.notify_webhook_url, secret=settings.notify_webhook_secret or "")
+    if not settings.dev:
+        raise NotifierConfigError(
+            "no notification channel: set QM_NOTIFY_WEBHOOK_URL and QM_NOTIFY_WEBHOOK_SECRET "
+            "(QM_DEV=1 uses the local inbox)"
+        )
     return InboxNotifier(inbox_dir=settings.data_dir / "inbox")
 
 
@@ -193,6 +200,11 @@ async def main() -> None:
     settings = Settings.from_env()
     keyring = load_keyring(settings.resolved_keys_file, create=settings.dev)
     log.info("configuration: %s", settings.describe())
+    try:
+        build_notifier(settings)  # refuse to start, before connecting, when there is no safe channel
+    except NotifierConfigError as exc:
+        log.error("not starting: %s", exc)
+        raise SystemExit(2) from None
     client = await connect(settings, keyring)
     worker = build_worker(client, settings, keyring)
     stop = asyncio.Event()

@@ -60,6 +60,8 @@ class Settings(BaseModel):
     approval_timeout_seconds: int = 86_400
     purchase_approval_above: int = 0
     notify_webhook_url: str | None = None
+    #: HMAC key that signs every webhook delivery (QM_NOTIFY_WEBHOOK_SECRET)
+    notify_webhook_secret: str | None = None
     dev: bool = False
 
     @property
@@ -107,6 +109,7 @@ class Settings(BaseModel):
             "QM_APPROVAL_TIMEOUT_SECONDS": "approval_timeout_seconds",
             "QM_PURCHASE_APPROVAL_ABOVE": "purchase_approval_above",
             "QM_NOTIFY_WEBHOOK_URL": "notify_webhook_url",
+            "QM_NOTIFY_WEBHOOK_SECRET": "notify_webhook_secret",
         }
         for var, field in simple.items():
             if var in e and e[var] != "":
@@ -131,6 +134,8 @@ class Settings(BaseModel):
             "keys_file": str(self.resolved_keys_file),
             "database": _describe_database(self.resolved_database_url),
             "codec_auth_token": "set" if self.codec_auth_token else "not set",
+            "notify": "webhook " + self.notify_webhook_url if self.notify_webhook_url else "dev inbox",
+            "notify_webhook_secret": "set" if self.notify_webhook_secret else "not set",
         }
 
 
