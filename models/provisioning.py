@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.catalog import Interval, ServiceEntry
+from models.catalog import Interval, ServiceEntry, ServiceId
 from models.money import Money
 from models.provider import Charge, LinkAction, ResourceStatus, TermsAcceptance
 from models.request import Actor
@@ -178,27 +178,34 @@ class ProvisionResult(BaseModel):
     agent_chain: list[str] = Field(default_factory=list)
 
 
+#: provider-issued ids (resources, credentials): bounded and printable, they go into workflow IDs
+ProviderObjectId = Annotated[
+    str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+]
+ScopeName = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")]
+
+
 class RemoveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    resource_id: str
-    service_id: str
+    resource_id: ProviderObjectId
+    service_id: ServiceId
     actor: Actor
     #: credentials minted for the resource, revoked with it
-    credential_ids: list[str] = Field(default_factory=list)
+    credential_ids: list[ProviderObjectId] = Field(default_factory=list, max_length=1000)
 
 
 class RotateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    resource_id: str
-    service_id: str
-    request_id: str
+    resource_id: ProviderObjectId
+    service_id: ServiceId
+    request_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$")]
     actor: Actor
-    scopes: list[str] = Field(default_factory=list)
-    ttl_seconds: int = 3600
+    scopes: list[ScopeName] = Field(default_factory=list, max_length=100)
+    ttl_seconds: Annotated[int, Field(ge=60, le=86_400, strict=True)] = 3600
     #: the credentials the new one replaces (revoked after the new one is minted)
-    credential_ids: list[str] = Field(default_factory=list)
+    credential_ids: list[ProviderObjectId] = Field(default_factory=list, max_length=1000)
 
 
 class ResourceActionResult(BaseModel):

@@ -43,7 +43,9 @@ class ProvisionRequest(BaseModel):
     #: a budget for this request below the monthly caps
     budget: Money | None = None
     #: scopes the agent needs on the minted credential; empty = all the service offers
-    scopes: list[str] = Field(default_factory=list)
+    scopes: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list, max_length=100
+    )
     credential_ttl_seconds: Annotated[int, Field(ge=60, le=86_400)] = 3600
     actor: Actor
 

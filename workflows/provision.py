@@ -69,6 +69,7 @@ with workflow.unsafe.imports_passed_through():
         QM_STATE,
         State,
     )
+    from workflows.workflow_input import parse_input, raw_str
 
 #: provider and Stripe calls: retried with backoff, given up after a bounded time. The activities
 #: heartbeat while they wait (activities/heartbeat.py), so a killed worker's attempt is retried after
@@ -191,7 +192,19 @@ class ProvisionWorkflow:
 
     # -- main -------------------------------------------------------------------------------------
     @workflow.run
-    async def run(self, req: ProvisionRequest) -> ProvisionResult:
+    async def run(self, raw: Any) -> ProvisionResult:
+        """`raw` is the ProvisionRequest as JSON: validated here, so bad input ends the workflow."""
+        parsed = parse_input(ProvisionRequest, raw)
+        if isinstance(parsed, str):
+            workflow.upsert_search_attributes([QM_STATE.value_set(State.FAILED)])
+            return ProvisionResult(
+                request_id=raw_str(raw, "request_id"),
+                outcome="rejected",
+                service_id=raw_str(raw, "service_id"),
+                error_code=ErrorCode.INVALID_REQUEST,
+                error_message=parsed,
+            )
+        req = parsed
         self.req = req
         self.wid = workflow.info().workflow_id
         self.result = ProvisionResult(

@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.audit_trail import AuditTrail
     from workflows.provision import CALL, Stop, stop_from
     from workflows.search_attributes import QM_AGENT, QM_PRINCIPAL, QM_PROVIDER, QM_RESOURCE, QM_SERVICE
+    from workflows.workflow_input import parse_input, raw_str
 
 UNTIL_DONE: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),
@@ -89,10 +90,23 @@ async def _begin(
     return auth, trail, ref
 
 
+def _invalid(raw: Any, message: str) -> ResourceActionResult:
+    return ResourceActionResult(
+        resource_id=raw_str(raw, "resource_id"),
+        outcome="rejected",
+        error_code=ErrorCode.INVALID_REQUEST,
+        error_message=message,
+    )
+
+
 @workflow.defn(name="RemoveResourceWorkflow")
 class RemoveResourceWorkflow:
     @workflow.run
-    async def run(self, req: RemoveRequest) -> ResourceActionResult:
+    async def run(self, raw: Any) -> ResourceActionResult:
+        """`raw` is the RemoveRequest as JSON: validated here, so bad input ends the workflow."""
+        req = parse_input(RemoveRequest, raw)
+        if isinstance(req, str):
+            return _invalid(raw, req)
         wid = workflow.info().workflow_id
         begun = await _begin(req.actor, req.service_id, req.resource_id, "remove")
         if isinstance(begun, ResourceActionResult):
@@ -132,7 +146,11 @@ class RemoveResourceWorkflow:
 @workflow.defn(name="RotateCredentialWorkflow")
 class RotateCredentialWorkflow:
     @workflow.run
-    async def run(self, req: RotateRequest) -> ResourceActionResult:
+    async def run(self, raw: Any) -> ResourceActionResult:
+        """`raw` is the RotateRequest as JSON: validated here, so bad input ends the workflow."""
+        req = parse_input(RotateRequest, raw)
+        if isinstance(req, str):
+            return _invalid(raw, req)
         wid = workflow.info().workflow_id
         begun = await _begin(req.actor, req.service_id, req.resource_id, "rotate")
         if isinstance(begun, ResourceActionResult):

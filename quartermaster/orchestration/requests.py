@@ -97,6 +97,21 @@ def _session_of(req: ProvisionRequest) -> str | None:
         return None
 
 
+#: a provisioning waits for at most this many human gates in a row (terms or OAuth consent, payment
+#: method, purchase, spend limit, three `information` rounds)
+MAX_GATES_PER_REQUEST = 7
+#: every activity call, poll and compensation of one request fits easily in this
+PROVISION_WORK = timedelta(hours=12)
+#: remove and rotate wait for no human: calls and their retries only
+RESOURCE_ACTION_TIMEOUT = timedelta(hours=1)
+
+
+def provision_execution_timeout(approval_timeout_seconds: int) -> timedelta:
+    """The longest a provisioning can legitimately take: every gate timing out in turn, plus the
+    calls. Beyond it Temporal ends the run (so this is generous: a timed-out run compensates nothing)."""
+    return MAX_GATES_PER_REQUEST * timedelta(seconds=approval_timeout_seconds) + PROVISION_WORK
+
+
 def workflow_id_for(request_id: str, principal_id: str | None = None) -> str:
     """`provision-<principal id>-<request id>` for the API (request ids are the principal's own
     idempotency keys); `provision-<request id>` for server-side callers that pick unique ids."""
@@ -201,6 +216,7 @@ class Orchestrator:
                 search_attributes=attrs,
                 memo={"fingerprint": fp},
                 static_summary=f"provision {req.service_id} '{req.name}' for agent {req.actor.agent}",
+                execution_timeout=provision_execution_timeout(self.settings.approval_timeout_seconds),
             )
         except WorkflowAlreadyStartedError:
             handle = self.temporal.get_workflow_handle(wid)
@@ -417,7 +433,7 @@ class Orchestrator:
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             result_type=ResourceActionResult,
             static_summary=f"remove {resource_id}",
-            execution_timeout=timedelta(hours=1),
+            execution_timeout=RESOURCE_ACTION_TIMEOUT,
         )
         return result
 
@@ -441,5 +457,6 @@ class Orchestrator:
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             result_type=ResourceActionResult,
             static_summary=f"rotate the credential of {resource_id}",
+            execution_timeout=RESOURCE_ACTION_TIMEOUT,
         )
         return result
