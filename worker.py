@@ -33,6 +33,7 @@ from activities.sessions import SessionActivities
 from activities.spend import SpendActivities
 from models.provisioning import Policy
 from providers.notifier import InboxNotifier, Notifier, NotifierConfigError, WebhookNotifier
+from providers.private_files import private_directory
 from providers.registry import ProviderRegistry
 from providers.store import Store, open_store
 from providers.stripe_adapter import StripeAdapter
@@ -74,6 +75,7 @@ def build_activities(
     settings: Settings, keyring: Keyring, client: Client, store: Store | None = None
 ) -> list[Callable[..., Any]]:
     """Every activity, bound to adapters built from `settings`. Secrets stay in this process."""
+    private_directory(settings.data_dir)
     approvals = ApprovalActivities(build_notifier(settings))
     registry = ProviderRegistry.from_settings(settings)
     stripe = StripeAdapter(

@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
+from providers.private_files import private_sqlite_file
+
 T = TypeVar("T")
 Dialect = Literal["sqlite", "postgresql"]
 Row = tuple[Any, ...]
@@ -95,8 +97,8 @@ class SqliteDatabase(_Base):
     dialect: Dialect = "sqlite"
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 30.0) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
+        # 0600 before the first connection: SQLite gives the WAL and SHM files the database's mode
+        self.path = private_sqlite_file(path)
         self.label = str(path)
         self._timeout = busy_timeout_s
 

@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from providers.private_files import private_directory
 from providers.stripe_sim import billing, payments
 from providers.stripe_sim.admin import Faults, admin_routes
 from providers.stripe_sim.api_context import API_VERSION, ApiContext
@@ -152,7 +153,7 @@ def create_app(config: SimConfig) -> Starlette:
     """The ASGI app; state lives in `<config.data_dir>/stripe.sqlite`."""
     if config.webhook_url and not config.webhook_secret:
         raise ValueError("a webhook URL needs a webhook signing secret")
-    store = SimStore(config.data_dir / "stripe.sqlite")
+    store = SimStore(private_directory(config.data_dir) / "stripe.sqlite")
     faults = Faults()
     sender = WebhookSender(
         store, url=config.webhook_url, secret=config.webhook_secret or "",

@@ -4,12 +4,13 @@ and the webhook event log. One connection, used only from the server's event loo
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from providers.private_files import connect_private_sqlite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -43,8 +44,7 @@ class SimStore:
     touching real time, which webhook signatures keep using."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db = connect_private_sqlite(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
         self._seq = int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM objects").fetchone()[0])
