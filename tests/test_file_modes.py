@@ -36,7 +36,7 @@ async def test_data_dir_and_every_store_are_private_after_a_real_run(
 ) -> None:
     data_dir = tmp_path / "qm-data"
     data_dir.mkdir(mode=0o755)
-    os.chmod(data_dir, 0o755)
+    os.chmod(data_dir, 0o755)  # noqa: S103 - the loose mode a 022 umask gives, to be tightened
     async with open_stack(client, keyring, data_dir) as stack:
         email = new_email()
         req = stack.request("cloud/r2", email)
