@@ -9,9 +9,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 
 from models.provisioning import ProvisionResult
-from providers.audit import open_audit_store
 from providers.audit.store import AuditFilters
-from providers.connection_store import ConnectionStore
+from providers.store import open_store
 from quartermaster.codec import SecretBox
 from quartermaster.orchestration.requests import Waiting
 from tests.fixtures.stack import Stack, new_email
@@ -25,18 +24,14 @@ def _with_login_hint(url: str, email: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def _connection(stack: Stack, email: str, provider: str) -> object:
-    box = SecretBox(stack.keyring)
-    store = ConnectionStore(stack.data_dir / "connections.sqlite", seal=box.seal, unseal=box.unseal)
-    return store.get_connection(principal_id=stack.principal_id(email), provider=provider)
+async def _connection(stack: Stack, email: str, provider: str) -> object:
+    store = open_store(stack.settings.resolved_database_url, sealer=SecretBox(stack.keyring))
+    return await store.connections.get_connection(principal_id=stack.principal_id(email), provider=provider)
 
 
 def _audited(stack: Stack, workflow_id: str, action: str) -> list[object]:
-    store = open_audit_store(stack.settings.resolved_audit_db)
-    try:
-        return list(store.query(AuditFilters(workflow_id=workflow_id, action=action)))
-    finally:
-        store.close()
+    store = open_store(stack.settings.resolved_database_url)
+    return list(store.audit.query(AuditFilters(workflow_id=workflow_id, action=action)))
 
 
 async def test_consent_with_another_account_links_nothing(stack: Stack) -> None:
@@ -52,7 +47,7 @@ async def test_consent_with_another_account_links_nothing(stack: Stack) -> None:
     res = await result_of(stack, req.request_id)
     assert (res.outcome, res.error_code) == ("rejected", "ACCOUNT_IDENTITY_MISMATCH"), res
     assert res.link_action is None and res.resource_id is None
-    assert _connection(stack, victim, "db") is None
+    assert await _connection(stack, victim, "db") is None
     for _ in range(50):
         if _audited(stack, f"provision-{req.request_id}", "account.link_refused"):
             break
