@@ -27,6 +27,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.SESSION_REVOKED: 401,
     ErrorCode.LOGIN_INVALID: 401,
     ErrorCode.FORBIDDEN: 403,
+    ErrorCode.ACCOUNT_IDENTITY_MISMATCH: 403,
     ErrorCode.AGENT_FROZEN: 403,
     ErrorCode.SERVICE_NOT_ALLOWED: 403,
     ErrorCode.BUDGET_EXCEEDED: 403,
