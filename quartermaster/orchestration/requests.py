@@ -354,27 +354,33 @@ class Orchestrator:
             )
         return out
 
-    async def resource_owner(self, resource_id: str) -> RequestOwner | None:
-        """Who the resource's provisioning belongs to (None when there is no such resource)."""
+    async def _provisioned(self, resource_id: str) -> str | None:
+        """The id of the completed provisioning that made `resource_id`. Visibility lags a workflow's
+        completion by a moment, so an id that looks real is looked up again for up to ~2 s."""
         if not _SAFE_ID.match(resource_id):
             return None
         query = f"WorkflowType = 'ProvisionWorkflow' AND QmResource = '{resource_id}'"
-        async for wf in self.temporal.list_workflows(query):
-            if wf.status == CLOSED_OK:
-                return await self.owner(wf.id)
+        for attempt in range(8 if resource_id.startswith("res_") else 1):
+            async for wf in self.temporal.list_workflows(query):
+                if wf.status == CLOSED_OK:
+                    return wf.id
+            if attempt < 7:
+                await asyncio.sleep(0.25)
         return None
 
+    async def resource_owner(self, resource_id: str) -> RequestOwner | None:
+        """Who the resource's provisioning belongs to (None when there is no such resource)."""
+        wid = await self._provisioned(resource_id)
+        return await self.owner(wid) if wid else None
+
     async def _provision_of(self, resource_id: str) -> ProvisionResult:
-        if not _SAFE_ID.match(resource_id):
-            raise QuartermasterError(ErrorCode.NOT_FOUND, f"no resource {resource_id}")
-        query = f"WorkflowType = 'ProvisionWorkflow' AND QmResource = '{resource_id}'"
-        async for wf in self.temporal.list_workflows(query):
-            if wf.status == CLOSED_OK:
-                res: ProvisionResult = await self.temporal.get_workflow_handle(
-                    wf.id, result_type=ProvisionResult
-                ).result()
-                if res.outcome == "completed":
-                    return res
+        wid = await self._provisioned(resource_id)
+        if wid is not None:
+            res: ProvisionResult = await self.temporal.get_workflow_handle(
+                wid, result_type=ProvisionResult
+            ).result()
+            if res.outcome == "completed":
+                return res
         raise QuartermasterError(ErrorCode.NOT_FOUND, f"no resource {resource_id}")
 
     async def _removed(self, resource_id: str) -> bool:
