@@ -75,7 +75,9 @@ class Recorded:
         self.outputs.append(result.model_dump_json())
         if result.is_error:
             text = "".join(getattr(c, "text", "") for c in result.content)
-            err = json.loads(text)["error"]
+            # the SDK prefixes "Error executing tool NAME: "; the rest is the API's error shape
+            assert "{" in text, f"{tool}: {text}"
+            err = json.loads(text[text.index("{") :])["error"]
             raise ToolError(err["code"], err["message"])
         assert result.structured_content is not None, result
         return dict(result.structured_content)
