@@ -15,7 +15,7 @@ from mcp import Client
 
 from models.money import Money
 from quartermaster.client import QuartermasterClient
-from quartermaster.mcp import build_server
+from quartermaster.mcp import SPEC_VERSION, build_server
 from quartermaster.mcp.state import McpState
 from tests.fixtures.stack import Stack, new_email
 from tests.mcp.harness import Recorded, agent_tokens, over_http, over_stdio
@@ -61,6 +61,7 @@ async def test_stdio_free_run(stack: Stack) -> None:
     tokens = await agent_tokens(stack, human, "planner", sid)
     canary = Canary()
     async with over_stdio(tokens) as mcp:
+        assert mcp.client.protocol_version == SPEC_VERSION  # the SDK's newest revision (docs/mcp.md)
         assert {t.name for t in await mcp.tools()} == TOOLS
         await free_run(stack, mcp, human, email, tokens, canary)
     assert mcp.outputs and not canary.leaks(mcp.outputs), canary.leaks(mcp.outputs)
@@ -74,6 +75,7 @@ async def test_http_free_and_paid_runs_leak_nothing(stack: Stack) -> None:
     tokens = await agent_tokens(stack, human, "planner", sid)
     canary = Canary()
     async with over_http(stack.api_url, tokens.headers()) as mcp:
+        assert mcp.client.protocol_version == SPEC_VERSION
         await free_run(stack, mcp, human, email, tokens, canary)
         await paid_run(stack, mcp, human, email, canary)
     urls = [v for v in canary.values if v.startswith("http")]

@@ -43,6 +43,8 @@ test("without the agent's tokens the endpoint answers 401 with resource metadata
 test("catalog, provision a free service, status, resources", async () => {
   const client = await connect(agentHeaders());
   try {
+    // the handshake era: this SDK's newest revision, which the Python server also speaks (docs/mcp.md)
+    assert.equal(client.transport?.protocolVersion, "2025-11-25");
     const { tools } = await client.listTools();
     assert.deepEqual(
       tools.map((t) => t.name).sort(),
