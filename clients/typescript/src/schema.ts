@@ -700,6 +700,9 @@ export interface components {
         /**
          * ApprovalRequest
          * @description A question for the principal. No secrets: it is shown by `qm approvals` and queries.
+         *
+         *     `human_only` names the `details` keys that go to the human's channel only; `for_agent()` is the
+         *     request without them (what an agent may read: status, waiting results).
          */
         ApprovalRequest: {
             /** Approval Id */
@@ -713,6 +716,8 @@ export interface components {
              * Format: date-time
              */
             expires_at: string;
+            /** Human Only */
+            human_only?: string[];
             /**
              * Kind
              * @enum {string}
@@ -878,7 +883,7 @@ export interface components {
          * ErrorCode
          * @enum {string}
          */
-        ErrorCode: "INVALID_REQUEST" | "UNKNOWN_PROVIDER" | "UNKNOWN_SERVICE" | "INVALID_CONFIGURATION" | "PRICE_ABOVE_MAXIMUM" | "CURRENCY_MISMATCH" | "NOT_FOUND" | "IDEMPOTENCY_CONFLICT" | "BODY_TOO_LARGE" | "TERMS_ACCEPTANCE_REQUIRED" | "PAYMENT_METHOD_REQUIRED" | "OAUTH_CONSENT_REQUIRED" | "PURCHASE_APPROVAL_REQUIRED" | "SPEND_LIMIT_REACHED" | "LIMIT_CHANGE_APPROVAL_REQUIRED" | "SESSION_APPROVAL_REQUIRED" | "UNFREEZE_APPROVAL_REQUIRED" | "INFORMATION_REQUIRED" | "APPROVAL_DENIED" | "APPROVAL_TIMED_OUT" | "APPROVAL_REJECTED" | "SESSION_INVALID" | "SESSION_EXPIRED" | "SESSION_REVOKED" | "SERVICE_NOT_ALLOWED" | "BUDGET_EXCEEDED" | "AGENT_FROZEN" | "IDENTITY_INVALID" | "PAYMENT_DECLINED" | "PROVIDER_ERROR" | "PROVIDER_UNAVAILABLE" | "TEMPORAL_UNAVAILABLE" | "PORT_IN_USE" | "UNAUTHENTICATED" | "FORBIDDEN" | "LOGIN_INVALID" | "RATE_LIMITED" | "API_UNAVAILABLE" | "UNKNOWN_ERROR";
+        ErrorCode: "INVALID_REQUEST" | "UNKNOWN_PROVIDER" | "UNKNOWN_SERVICE" | "INVALID_CONFIGURATION" | "PRICE_ABOVE_MAXIMUM" | "CURRENCY_MISMATCH" | "NOT_FOUND" | "IDEMPOTENCY_CONFLICT" | "BODY_TOO_LARGE" | "TERMS_ACCEPTANCE_REQUIRED" | "PAYMENT_METHOD_REQUIRED" | "OAUTH_CONSENT_REQUIRED" | "PURCHASE_APPROVAL_REQUIRED" | "SPEND_LIMIT_REACHED" | "LIMIT_CHANGE_APPROVAL_REQUIRED" | "SESSION_APPROVAL_REQUIRED" | "UNFREEZE_APPROVAL_REQUIRED" | "INFORMATION_REQUIRED" | "APPROVAL_DENIED" | "APPROVAL_TIMED_OUT" | "APPROVAL_REJECTED" | "SESSION_INVALID" | "SESSION_EXPIRED" | "SESSION_REVOKED" | "SERVICE_NOT_ALLOWED" | "BUDGET_EXCEEDED" | "AGENT_FROZEN" | "IDENTITY_INVALID" | "ACCOUNT_IDENTITY_MISMATCH" | "PAYMENT_DECLINED" | "PROVIDER_ERROR" | "PROVIDER_UNAVAILABLE" | "TEMPORAL_UNAVAILABLE" | "PORT_IN_USE" | "UNAUTHENTICATED" | "FORBIDDEN" | "LOGIN_INVALID" | "RATE_LIMITED" | "API_UNAVAILABLE" | "UNKNOWN_ERROR";
         /**
          * ErrorResponse
          * @description Every refusal and failure.
