@@ -73,6 +73,25 @@ def _ensure_postgresql() -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql"], check=False, env=env)
 
 
+def _ensure_node_packages() -> None:
+    """`npm ci` in clients/typescript when node_modules is missing or package-lock.json changed."""
+    package = ROOT / "clients" / "typescript"
+    lock = package / "package-lock.json"
+    if not lock.exists():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        print("npm is missing: the TypeScript SDK's tests will fail (install Node 20+ with npm)")
+        return
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
+    stamp = package / "node_modules" / ".qm-installed"
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    print("installing the TypeScript SDK's packages (npm ci) ...", flush=True)
+    subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=package, check=True)
+    stamp.write_text(digest)
+
+
 def _run(*argv: str) -> int:
     return subprocess.run([str(BIN / argv[0]), *argv[1:]], cwd=ROOT).returncode
 

@@ -226,3 +226,16 @@ class ResourceAction(BaseModel):
     outcome: Literal["completed", "rejected"]
     credential: CredentialRef | None = None
     error: dict[str, str] | None = None
+
+
+class ProtectedResourceMetadata(BaseModel):
+    """OAuth 2.0 Protected Resource Metadata (RFC 9728) of the API, which includes the MCP endpoint.
+    Agents do not run an OAuth flow: their bearer is the session token `qm run` injected, presented
+    with the identity token in `X-QM-Identity`."""
+
+    resource: str
+    resource_name: str = "Quartermaster API"
+    bearer_methods_supported: list[str] = Field(default_factory=lambda: ["header"])
+    resource_documentation: str | None = None
+    #: where the MCP streamable HTTP transport is served
+    mcp_endpoint: str

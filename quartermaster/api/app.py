@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.routing import Route
 
 from quartermaster import __version__
 from quartermaster.api import errors
 from quartermaster.api.limits import BoundedBody
+from quartermaster.api.mcp_http import MCP_PATH, McpEdge
 from quartermaster.api.routes import (
     agents,
     approvals,
@@ -21,6 +23,7 @@ from quartermaster.api.routes import (
     dev,
     identities,
     login,
+    mcp,
     provisions,
     resources,
     sessions,
@@ -28,7 +31,7 @@ from quartermaster.api.routes import (
 from quartermaster.api.services import ApiServices
 
 #: routers open to anonymous callers (each still authenticates what it receives)
-PUBLIC_ROUTERS = (catalog.router, login.router, callbacks.router)
+PUBLIC_ROUTERS = (catalog.router, login.router, callbacks.router, mcp.router)
 #: routers whose every route requires a verified caller
 PROTECTED_ROUTERS = (
     provisions.router,
@@ -56,7 +59,8 @@ def create_app(services: ApiServices | None = None, *, dev_routes: bool | None =
             keyring = load_keyring(settings.resolved_keys_file, create=settings.dev)
             temporal = await connect(settings, keyring)
             app.state.services = build_services(settings, keyring, temporal)
-        yield
+        async with mcp_edge.running():
+            yield
 
     app = FastAPI(
         title="Quartermaster API",
@@ -67,6 +71,9 @@ def create_app(services: ApiServices | None = None, *, dev_routes: bool | None =
     )
     if services is not None:
         app.state.services = services
+    # the MCP tools over streamable HTTP, acting as the agent that presented its tokens (mcp_http.py)
+    mcp_edge = McpEdge(app)
+    app.router.routes.append(Route(MCP_PATH, endpoint=mcp_edge, include_in_schema=False))
     errors.install(app)
     for router in (*PUBLIC_ROUTERS, *PROTECTED_ROUTERS):
         app.include_router(router)

@@ -38,3 +38,7 @@ REGISTRY.append(auth_verbs.register)
 from quartermaster.cli import doctor_verbs  # noqa: E402
 
 REGISTRY.append(doctor_verbs.register)
+
+from quartermaster.cli import mcp_verbs  # noqa: E402
+
+REGISTRY.append(mcp_verbs.register)

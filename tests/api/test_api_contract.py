@@ -45,9 +45,10 @@ def _deps(route: APIRoute) -> set[object]:
 
 def test_every_route_declares_its_callers() -> None:
     app = create_app(dev_routes=True)
-    # every route comes from a router below; at the top level only FastAPI's own documentation
+    # every route comes from a router below; at the top level only FastAPI's own documentation and the
+    # MCP endpoint, which authenticates every request at its own edge (tests/mcp/test_mcp_attacker.py)
     top = {getattr(r, "path", None) for r in app.routes if not type(r).__name__.startswith("_Included")}
-    assert top <= {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}, top
+    assert top <= {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/mcp"}, top
     routes = [r for router in (*PUBLIC_ROUTERS, *PROTECTED_ROUTERS, dev.router) for r in router.routes]
     assert all(isinstance(r, APIRoute) for r in routes) and len(routes) > 30
     for route in routes:
@@ -67,6 +68,7 @@ def test_every_route_declares_its_callers() -> None:
         "/v1/logout",
         "/v1/whoami",
         "/.well-known/jwks.json",
+        "/.well-known/oauth-protected-resource",
         "/oauth/callback",
         "/stripe/webhook",
         "/checkout/done",
