@@ -172,6 +172,10 @@ class SessionActivities:
         claims = self._tokens.verify(session_token.reveal())
         if claims.agent_identity != identity.spiffe_id:
             raise QuartermasterError(ErrorCode.SESSION_INVALID, "the session is bound to another agent")
+        if identity.bound_session is not None and identity.bound_session != claims.session_id:
+            raise QuartermasterError(
+                ErrorCode.SESSION_INVALID, "the identity was attested for another session"
+            )
         ids = [*claims.ancestors, claims.session_id]
         found = await asyncio.gather(*(self.session_state(sid) for sid in ids))
         if any(state is None or state.session_id != sid for sid, state in zip(ids, found, strict=True)):

@@ -93,6 +93,9 @@ async def _verify_agent(svc: ApiServices, session: Secret, identity: Secret) -> 
             raise
         raise QuartermasterError(ErrorCode.UNAUTHENTICATED, err.message) from None
     leaf = seen.states[-1]
+    if seen.identity.issuer == svc.attestor.issuer and seen.identity.bound_session != leaf.session_id:
+        # this API's own attestations are always bound to the session they were made for
+        raise QuartermasterError(ErrorCode.UNAUTHENTICATED, "the identity was attested for another session")
     session_ids = tuple(s.session_id for s in seen.states)
     # the API's own record: a reset workflow cannot bring back a revoked session or a frozen agent
     if await svc.logins.any_revoked(list(session_ids)):

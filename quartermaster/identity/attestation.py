@@ -185,6 +185,7 @@ class Attestor:
         *,
         now: datetime | None = None,
         ttl_seconds: int | None = None,
+        session_id: str | None = None,
     ) -> IssuedIdentity:
         """A signed identity token for `agent`, carrying `measurement` as the `qm_measurement` claim."""
         if not AGENT_NAME.match(agent):
@@ -207,6 +208,9 @@ class Attestor:
             "agent": agent,
             "qm_measurement": measurement.model_dump(mode="json"),
         }
+        if session_id is not None:
+            # bound to one session: the same agent name under another principal's session is refused
+            claims["qm_sid"] = session_id
         token = self.keys.sign(claims, typ=IDENTITY_TYP)
         return IssuedIdentity(
             token=Secret(token),

@@ -76,6 +76,8 @@ class VerifiedIdentity:
     expires_at: int
     external_subject: str | None = None
     measurement: dict[str, Any] | None = None
+    #: the session the local attestor bound this process to (`qm_sid`), when it did
+    bound_session: str | None = None
 
 
 def _unverified_part(token: str, index: int) -> dict[str, Any]:
@@ -185,6 +187,7 @@ class IdentityVerifier:
             if await self._replay.is_retired(issuer, jti):
                 raise _refuse("replayed: the attested process has ended")
             measurement = claims.get("qm_measurement")
+            bound = claims.get("qm_sid")
             return VerifiedIdentity(
                 agent=agent,
                 spiffe_id=sub,
@@ -192,6 +195,7 @@ class IdentityVerifier:
                 jti=jti,
                 expires_at=exp,
                 measurement=measurement if isinstance(measurement, dict) else None,
+                bound_session=bound if isinstance(bound, str) else None,
             )
         mapped = attestor.agent_for(sub)
         if mapped is None:

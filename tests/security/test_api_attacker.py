@@ -25,6 +25,8 @@ class Victim:
     request_id: str
     resource_id: str
     approval_id: str
+    #: the victim agent's session token, as if it had leaked
+    session_token: str
 
 
 async def _victim(stack: Stack) -> Victim:
@@ -45,8 +47,11 @@ async def _victim(stack: Stack) -> Victim:
         pending = await agent.provisions.create(
             service_id="cloud/r2", name="v2", request_id="victim-2", wait=20
         )
+        leaked = agent._headers()["Authorization"].removeprefix("Bearer ")
     assert pending.state == "waiting_for_human", pending
-    return Victim(email, human, sid, "victim-1", done.resource_id or "", pending.waiting_for[0].approval_id)
+    return Victim(
+        email, human, sid, "victim-1", done.resource_id or "", pending.waiting_for[0].approval_id, leaked
+    )
 
 
 async def _raw(url: str, method: str, path: str, headers: dict[str, str], json: Any = None) -> httpx.Response:
@@ -196,6 +201,11 @@ async def attack(stack: Stack, victim: Victim) -> list[str]:
     forged = dict(agent_h)
     forged["X-QM-Identity"] = stack.identity("other-agent").reveal()
     await expect("another agent's identity", "GET", "/v1/resources", forged, 401, "UNAUTHENTICATED")
+    # the victim's leaked session token with the attacker's own identity (same agent name, "planner")
+    mixed = {"Authorization": f"Bearer {victim.session_token}", "X-QM-Identity": agent_h["X-QM-Identity"]}
+    await expect(
+        "a leaked session token with my identity", "GET", "/v1/resources", mixed, 401, "UNAUTHENTICATED"
+    )
     no_identity = {"Authorization": agent_h["Authorization"]}
     await expect("session token alone", "GET", "/v1/resources", no_identity, 401, "UNAUTHENTICATED")
     await attacker.aclose()

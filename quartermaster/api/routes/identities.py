@@ -43,7 +43,9 @@ async def attest(body: AttestBody, caller: AnyCaller, svc: Services) -> AttestRe
     if token is None:
         code = ErrorCode.SESSION_REVOKED if state.status == "revoked" else ErrorCode.SESSION_INVALID
         raise QuartermasterError(code, f"the session is {state.status}")
-    issued = svc.attestor.issue(body.agent, Measurement.model_validate(body.measurement.model_dump()))
+    issued = svc.attestor.issue(
+        body.agent, Measurement.model_validate(body.measurement.model_dump()), session_id=body.session_id
+    )
     return AttestResult(
         agent=body.agent,
         identity_token=issued.token.reveal(),
