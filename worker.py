@@ -39,10 +39,12 @@ from providers.store import Store, open_store
 from providers.stripe_adapter import StripeAdapter
 from quartermaster.codec import SecretBox
 from quartermaster.config import Settings
+from quartermaster.crypto.authority import AuthoritySigner
 from quartermaster.gateway import assertion_signer
 from quartermaster.keys import Keyring, load_keyring
 from quartermaster.logging_setup import configure_logging
 from quartermaster.temporal import connect
+from workflows import authority as workflow_authority
 from workflows.agent_freeze import AgentWorkflow
 from workflows.ledger import SpendLedgerWorkflow
 from workflows.limits import LimitChangeWorkflow, PrincipalLimitsWorkflow
@@ -76,7 +78,8 @@ def build_activities(
 ) -> list[Callable[..., Any]]:
     """Every activity, bound to adapters built from `settings`. Secrets stay in this process."""
     private_directory(settings.data_dir)
-    approvals = ApprovalActivities(build_notifier(settings))
+    authority = AuthoritySigner.from_keyring(keyring)
+    approvals = ApprovalActivities(build_notifier(settings), authority=authority)
     registry = ProviderRegistry.from_settings(settings)
     stripe = StripeAdapter(
         api_key=settings.stripe_api_key,
@@ -92,12 +95,14 @@ def build_activities(
     accounts = AccountActivities(
         registry=registry,
         store=store.connections,
-        signer=assertion_signer(settings),
+        signer=assertion_signer(settings, keyring),
         public_url=settings.public_url,
     )
     payment = PaymentActivities(stripe=stripe, public_url=settings.public_url)
     resources = ResourceActivities(registry=registry, store=store.connections)
-    spend = SpendActivities(client, settings.task_queue, providers=list(settings.providers))
+    spend = SpendActivities(
+        client, settings.task_queue, authority=authority, providers=list(settings.providers)
+    )
     alerts = AlertActivities(build_notifier(settings))
     revoker = RegistryCredentialRevoker(
         registry=registry, accounts=ConnectionStoreAccounts(store.connections)
@@ -166,6 +171,8 @@ PASSTHROUGH = (
     # stateless helpers the workflows import: shared, not re-imported for every new workflow
     "workflows.approval_gate",
     "workflows.audit_trail",
+    # holds the verification keys installed below: one instance for every workflow of the process
+    "workflows.authority",
     "workflows.search_attributes",
 )
 
@@ -178,6 +185,8 @@ STICKY_SCHEDULE_TO_START = timedelta(seconds=3)
 def build_worker(
     client: Client, settings: Settings, keyring: Keyring, store: Store | None = None, **options: Any
 ) -> Worker:
+    """The worker, with the workflows' authority-proof verification keys installed first."""
+    workflow_authority.install(keyring.authority_keys())
     options["interceptors"] = [HeartbeatInterceptor(), *options.get("interceptors", [])]
     options.setdefault("sticky_queue_schedule_to_start_timeout", STICKY_SCHEDULE_TO_START)
     options.setdefault(

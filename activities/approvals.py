@@ -1,4 +1,5 @@
-"""Approval notices: make a one-time code, deliver it to the principal's channel, return its hash."""
+"""Approval notices: make a one-time code, deliver it to the principal's channel, return its keyed hash
+(HMAC with the server-side authority key, so the hash in history allows no offline guess)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import secrets
 
 from temporalio import activity
 
-from models.approval import ApprovalNotice, ApprovalTicket, code_hash
+from models.approval import ApprovalNotice, ApprovalTicket
 from providers.notifier import Notifier
+from quartermaster.crypto.authority import AuthoritySigner
 
 _ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O/1/I: humans type these
 
@@ -18,8 +20,9 @@ def new_code() -> str:
 
 
 class ApprovalActivities:
-    def __init__(self, notifier: Notifier) -> None:
+    def __init__(self, notifier: Notifier, *, authority: AuthoritySigner) -> None:
         self._notifier = notifier
+        self._authority = authority
 
     @activity.defn(name="notify_approval")
     async def notify_approval(self, notice: ApprovalNotice) -> ApprovalTicket:
@@ -42,4 +45,4 @@ class ApprovalActivities:
                 "code": code,
             },
         )
-        return ApprovalTicket(code_hash=code_hash(req.approval_id, code))
+        return self._authority.code_ticket(req.approval_id, code)

@@ -1,10 +1,13 @@
 """Session enforcement: verify an actor's identity + session tokens, answer what it may do, sign tokens.
 
 `authorize_actor` is the enforcement point the provisioning, remove and rotate workflows call first.
-It verifies the agent identity token (attestor signature, audience, expiry, replay), the session token
-(Quartermaster's signature, expiry) and that the session is bound to that very identity, then asks the
-session entities (root to leaf) and the agent entities whether anything was revoked, expired or frozen.
-Refusals are answers (`Authorization.allowed = False` with an ErrorCode), not exceptions.
+An agent must present a session: it verifies the agent identity token (attestor signature, audience,
+expiry, replay), the session token (Quartermaster's signature, expiry) and that the session is bound
+to that very identity, then asks the session entities (root to leaf) and the agent entities whether
+anything was revoked, expired or frozen. A logged-in human's own request instead carries the API's
+authority proof over its email, request and service. Nothing else is allowed (there is no mode where
+a caller's claimed email is believed). Refusals are answers (`Authorization.allowed = False` with an
+ErrorCode), not exceptions. The signing and verification keys all come from the server's key file.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.session_revocation import CredentialRevoker
+from models.authority import ProofKind, change_of
 from models.errors import ErrorCode, QuartermasterError
 from models.ledger import LedgerView
 from models.money import Money
@@ -40,8 +44,9 @@ from models.session import (
 )
 from providers.store.interfaces import ReplayStore
 from quartermaster.config import Settings
+from quartermaster.crypto.authority import AuthoritySigner, human_actor_change, verify_proof
 from quartermaster.identity.attenuation import services_allowed
-from quartermaster.identity.attestation import Attestor, spiffe_id
+from quartermaster.identity.attestation import spiffe_id
 from quartermaster.identity.keys import SigningKeys
 from quartermaster.identity.settings import IdentitySettings
 from quartermaster.identity.tokens import SessionClaims, SessionTokens
@@ -77,14 +82,13 @@ class SessionActivities:
         verifier: IdentityVerifier,
         tokens: SessionTokens,
         revoker: CredentialRevoker | None = None,
-        require_session: bool = False,
     ) -> None:
         self._client = client
         self._keyring = keyring
         self._verifier = verifier
         self._tokens = tokens
         self._revoker = revoker
-        self.require_session = require_session
+        self._authority = AuthoritySigner.from_keyring(keyring)
 
     @classmethod
     def from_settings(
@@ -97,12 +101,16 @@ class SessionActivities:
         identity: IdentitySettings | None = None,
         replay: ReplayStore | None = None,
     ) -> SessionActivities:
-        """Keys and trust from the data dir and the environment (see quartermaster.identity.settings);
+        """Keys from the key file (attestor and session sections), trust from the environment (see
+        quartermaster.identity.settings): every replica given the same key file verifies the same.
         `replay` is the store's replay guard (default: the store `ids.replay_db` names)."""
         ids = identity or IdentitySettings.from_env(settings.data_dir)
-        try:
-            local: SigningKeys | None = Attestor.from_settings(ids, create=settings.dev).keys
-        except FileNotFoundError:
+        local: SigningKeys | None
+        if ids.attestor_keys_json:
+            local = SigningKeys.from_json(ids.attestor_keys_json)
+        elif keyring.attestor is not None:
+            local = keyring.signing_keys("attestor")
+        else:
             local = None  # no local attestor on this deployment: only trusted external attestors
         verifier = IdentityVerifier(
             trust_domain=ids.trust_domain,
@@ -111,18 +119,8 @@ class SessionActivities:
             trusted=ids.trusted_attestors,
             replay=replay if replay is not None else ReplayGuard(ids.replay_db),
         )
-        tokens = SessionTokens(
-            keys=SigningKeys.load_or_create(ids.resolved_session_keys_file, prefix="ses"),
-            issuer=ids.session_issuer,
-        )
-        return cls(
-            client=client,
-            keyring=keyring,
-            verifier=verifier,
-            tokens=tokens,
-            revoker=revoker,
-            require_session=ids.require_session,
-        )
+        tokens = SessionTokens(keys=keyring.signing_keys("session"), issuer=ids.session_issuer)
+        return cls(client=client, keyring=keyring, verifier=verifier, tokens=tokens, revoker=revoker)
 
     def all(self) -> list[Callable[..., Any]]:
         """Every activity of this class, for the worker."""
@@ -225,7 +223,7 @@ class SessionActivities:
         use_id = f"{info.workflow_id}:{info.activity_id}"
         try:
             if actor.session_token is None:
-                return await self._authorize_without_session(req, principal_id, use_id)
+                return self._authorize_human(req, principal_id)
             if actor.identity_token is None:
                 return refuse(ErrorCode.IDENTITY_INVALID, "a session token needs the agent's identity token")
             seen = await self.verify_presentation(actor.session_token, actor.identity_token, use_id=use_id)
@@ -260,28 +258,23 @@ class SessionActivities:
             agent_identity=seen.identity.spiffe_id,
         )
 
-    async def _authorize_without_session(
-        self, req: AuthorizationRequest, principal_id: str, use_id: str
-    ) -> Authorization:
-        """The pre-session mode (`--email/--agent`): allowed unless QM_REQUIRE_SESSION=1 or frozen."""
+    def _authorize_human(self, req: AuthorizationRequest, principal_id: str) -> Authorization:
+        """A logged-in human's own request: allowed only with the API's proof over exactly this email,
+        request and service (the API signs it after verifying the human's login token)."""
         actor = req.actor
-        if self.require_session:
+        if actor.kind != "human":
             raise QuartermasterError(
-                ErrorCode.SESSION_INVALID, "a session is required (QM_REQUIRE_SESSION=1)"
+                ErrorCode.SESSION_REQUIRED, "an agent needs a session (qm run --session ...)"
             )
-        identity: str | None = None
-        if actor.identity_token is not None:
-            verified = await self._verifier.verify(actor.identity_token.reveal(), use_id=use_id)
-            if verified.agent != actor.agent:
-                raise QuartermasterError(
-                    ErrorCode.IDENTITY_INVALID, "the identity token is for another agent"
-                )
-            identity = verified.spiffe_id
-        if (await self.agent_status(principal_id, actor.agent)).frozen:
-            raise QuartermasterError(ErrorCode.AGENT_FROZEN, f"agent {actor.agent} is frozen")
-        return Authorization(
-            allowed=True, principal_id=principal_id, agent_chain=[actor.agent], agent_identity=identity
-        )
+        if req.request_id is None or not verify_proof(
+            self._keyring.authority_keys(),
+            actor.proof,
+            kind=ProofKind.HUMAN_ACTOR,
+            target=req.request_id,
+            change=human_actor_change(actor, request_id=req.request_id, service_id=req.service_id),
+        ):
+            raise QuartermasterError(ErrorCode.UNAUTHENTICATED, "a human's request needs the API's proof")
+        return Authorization(allowed=True, principal_id=principal_id, agent_chain=[actor.agent])
 
     @activity.defn(name="record_credential")
     async def record_credential(self, rec: RecordCredential) -> None:
@@ -308,7 +301,20 @@ class SessionActivities:
 
     @activity.defn(name="sign_session_token")
     async def sign_session_token(self, req: SessionTokenRequest) -> SignedSessionToken:
-        return SignedSessionToken(token=self._tokens.issue(req))
+        """The session token; for a delegation also the proof the child session's start needs."""
+        start_proof: str | None = None
+        if req.state is not None:
+            if req.state.session_id != req.session_id:
+                raise ApplicationError(
+                    "the state names another session", type=str(ErrorCode.INVALID_REQUEST), non_retryable=True
+                )
+            start_proof = self._authority.sign(
+                ProofKind.SESSION_DELEGATED,
+                session_workflow_id(req.session_id),
+                change_of(req.state),
+                issued_at=activity.info().current_attempt_scheduled_time if activity.in_activity() else None,
+            )
+        return SignedSessionToken(token=self._tokens.issue(req), start_proof=start_proof)
 
     @activity.defn(name="check_delegation")
     async def check_delegation(self, req: DelegationCheck) -> DelegationCheckResult:

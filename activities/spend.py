@@ -1,6 +1,8 @@
 """Spend activities: reserve, commit and release one purchase across its ledger layers, set limits,
 and read what was spent. They talk to the ledger entities with update-with-start, so a ledger comes
 into being on its first use, and every call is idempotent on the purchase id (activity retries are safe).
+Every start and update carries the worker's authority proof (the ledgers refuse anything else); an
+override is signed only for the calling workflow's own `spend_limit` approval.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from models.authority import ProofKind
 from models.ledger import (
     CommitLayers,
     CommitSpend,
@@ -55,9 +58,16 @@ from models.limits import (
     limits_workflow_id,
 )
 from models.money import Money
+from quartermaster.crypto.authority import AuthoritySigner
 from workflows.search_attributes import QM_PRINCIPAL, QM_PROVIDER
 
 T = TypeVar("T")
+_UPDATE_KINDS = {
+    "reserve": ProofKind.LEDGER_RESERVE,
+    "commit": ProofKind.LEDGER_COMMIT,
+    "release": ProofKind.LEDGER_RELEASE,
+    "set_limit": ProofKind.LEDGER_SET_LIMIT,
+}
 #: the server admits ~10 in-flight updates per workflow and aborts updates racing a continue-as-new:
 #: both are "try again shortly", never a verdict on the purchase
 _TRANSIENT = frozenset({RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.UNAVAILABLE, RPCStatusCode.ABORTED})
@@ -70,6 +80,19 @@ PER_LEDGER_IN_FLIGHT = 8
 def _layer_order(layer: LedgerLayer) -> tuple[bool, str]:
     # narrow budgets first (most likely to refuse), then the shared monthly caps; a fixed order
     return (layer.kind == "monthly", layer.ledger_id)
+
+
+def _caller_workflow_id() -> str | None:
+    """The workflow whose activity this is (None when called in-process, e.g. by the API or a test)."""
+    return activity.info().workflow_id if activity.in_activity() else None
+
+
+def _signed_at() -> datetime:
+    """The Temporal server's time of this attempt where there is one: start proofs are checked against
+    the workflow's start time on the same clock."""
+    if activity.in_activity():
+        return activity.info().current_attempt_scheduled_time
+    return datetime.now(UTC)
 
 
 def _currency_error(expected: str, got: str, where: str) -> ApplicationError:
@@ -88,6 +111,7 @@ class SpendActivities:
         client: Client,
         task_queue: str,
         *,
+        authority: AuthoritySigner | None = None,
         providers: Sequence[str] = (),
         ledger_workflow: str = "SpendLedger",
         search_attributes: bool = True,
@@ -95,6 +119,7 @@ class SpendActivities:
     ) -> None:
         self._client = client
         self._task_queue = task_queue
+        self._signer = authority
         self._providers = tuple(providers)
         self._ledger_workflow = ledger_workflow
         self._search_attributes = search_attributes
@@ -102,6 +127,17 @@ class SpendActivities:
         self._in_flight: dict[str, tuple[asyncio.Semaphore, int]] = {}
 
     # ---- plumbing ---------------------------------------------------------------------------------
+
+    @property
+    def _authority(self) -> AuthoritySigner:
+        """Changes need the authority key; without one these activities can only read."""
+        if self._signer is None:
+            raise ApplicationError(
+                "AUTHORITY_INVALID: spend activities built without the authority key cannot change ledgers",
+                type="AUTHORITY_INVALID",
+                non_retryable=True,
+            )
+        return self._signer
 
     async def _queued(self, ledger_id: str, call: Any) -> Any:
         """Run `call` with at most PER_LEDGER_IN_FLIGHT calls per ledger in flight from this process."""
@@ -148,7 +184,14 @@ class SpendActivities:
         )
         if self._can_after is not None:
             start.continue_as_new_after_events = self._can_after
-        return start
+        # `state` is never signed: only the ledger's own continue-as-new carries it
+        return self._authority.signed(
+            start,
+            ProofKind.LEDGER_START,
+            layer.ledger_id,
+            issued_at=_signed_at(),
+            exclude=frozenset({"state"}),
+        )
 
     async def _ledger_update(
         self,
@@ -160,6 +203,7 @@ class SpendActivities:
     ) -> T:
         """Send `update` to the layer's ledger, starting the ledger first if it does not exist."""
         start = await self._ledger_start(layer, req)
+        arg = self._authority.signed(arg, _UPDATE_KINDS[update], layer.ledger_id)
         attrs = None
         if self._search_attributes and start.principal_id and start.provider:
             attrs = TypedSearchAttributes(
@@ -176,8 +220,9 @@ class SpendActivities:
                 id=layer.ledger_id,
                 task_queue=self._task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                # a finished ledger is never silently restarted empty (its purchase ids would be lost)
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                # a finished ledger is never silently restarted empty (its purchase ids would be lost);
+                # only a failed one is: a ledger fails only when its start was forged
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 search_attributes=attrs,
                 static_summary=f"spend ledger {layer.ledger_id}",
             )
@@ -220,7 +265,16 @@ class SpendActivities:
     async def set_spend_limit(self, change: LimitChange) -> PrincipalLimits:
         """Apply an approved change to the limits entity, then push it to this month's ledgers.
 
-        Only call this after a human approved it (a `limit_change` or a `spend_limit` approval)."""
+        Only call this after a human approved it (a `limit_change` or a `spend_limit` approval). Signed
+        only when the approval belongs to the calling workflow."""
+        caller = _caller_workflow_id()
+        if caller is not None and change.approval_id.rpartition(".")[0] != caller:
+            raise ApplicationError(
+                "AUTHORITY_INVALID: a limit change names another workflow's approval",
+                type="AUTHORITY_INVALID",
+                non_retryable=True,
+            )
+        change = self._authority.signed(change, ProofKind.LIMITS_SET, limits_workflow_id(change.principal_id))
         op: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
             "PrincipalLimits",
             LimitsStart(principal_id=change.principal_id),
@@ -258,9 +312,21 @@ class SpendActivities:
         for layer in layers:
             if layer.kind == "budget" and layer.limit.currency != req.amount.currency:
                 raise _currency_error(layer.limit.currency, req.amount.currency, layer.ledger_id)
-        held: list[LedgerLayer] = []
+        held: list[tuple[LedgerLayer, datetime | None]] = []
         outcomes: list[ReserveOutcome] = []
         try:
+            # an override is valid only for the calling workflow's own approval (in-process callers
+            # such as tests name the approval's workflow themselves)
+            caller = _caller_workflow_id()
+            if req.override_approval_id is not None:
+                owner = req.override_approval_id.rpartition(".")[0]
+                if caller is not None and owner != caller:
+                    raise ApplicationError(
+                        "AUTHORITY_INVALID: an override names another workflow's approval",
+                        type="AUTHORITY_INVALID",
+                        non_retryable=True,
+                    )
+                caller = owner
             for layer in layers:
                 override = req.override_approval_id
                 if req.override_ledger_ids is not None and layer.ledger_id not in req.override_ledger_ids:
@@ -270,13 +336,14 @@ class SpendActivities:
                     amount=req.amount,
                     hold_seconds=req.hold_seconds,
                     override_approval_id=override,
+                    requested_by=caller,
                 )
                 out = await self._ledger_update(layer, "reserve", spend, ReserveOutcome, req)
                 outcomes.append(out)
                 if out.status not in ("reserved", "already_reserved", "already_committed"):
                     await self._roll_back(req.purchase_id, held)
                     return LayeredReserveOutcome(ok=False, refused_by=layer, outcome=out, outcomes=outcomes)
-                held.append(layer)
+                held.append((layer, out.expires_at if out.status != "already_committed" else None))
         except ApplicationError:
             await self._roll_back(req.purchase_id, held)
             raise
@@ -290,15 +357,20 @@ class SpendActivities:
             expires_at=min(expiries) if expiries else None,
         )
 
-    async def _roll_back(self, purchase_id: str, held: list[LedgerLayer]) -> None:
-        # forget rather than tombstone, so the same purchase id may retry (e.g. after an approval)
-        for layer in reversed(held):
-            await self._settle(layer, "release", ReleaseSpend(purchase_id=purchase_id, forget=True))
+    async def _roll_back(self, purchase_id: str, held: list[tuple[LedgerLayer, datetime | None]]) -> None:
+        # forget rather than tombstone, so the same purchase id may retry (e.g. after an approval);
+        # only the reservation made here, so a replayed roll-back cannot drop a later one
+        for layer, until in reversed(held):
+            if until is None:
+                continue  # committed: nothing to give back
+            release = ReleaseSpend(purchase_id=purchase_id, forget=True, held_until=until)
+            await self._settle(layer, "release", release)
 
     async def _settle(
         self, layer: LedgerLayer, update: str, arg: CommitSpend | ReleaseSpend
     ) -> SettleOutcome:
         """Commit or release on an existing ledger (never starts one: there is nothing to settle)."""
+        arg = self._authority.signed(arg, _UPDATE_KINDS[update], layer.ledger_id)
         handle = self._client.get_workflow_handle(layer.ledger_id)
         try:
             out: SettleOutcome = await self._queued(

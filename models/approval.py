@@ -67,9 +67,11 @@ class ApprovalNotice(BaseModel):
 
 
 class ApprovalTicket(BaseModel):
-    """What the workflow keeps: only the hash of the one-time code the human received."""
+    """What the workflow keeps: only the keyed hash of the one-time code the human received."""
 
     code_hash: str
+    #: the authority key the hash was made with; None = the unkeyed sha256 of older histories
+    kid: str | None = None
 
 
 class ApprovalDecision(BaseModel):
@@ -85,18 +87,42 @@ class ApprovalDecision(BaseModel):
     information: dict[str, Any] | None = None
     #: for kind `spend_limit`: raise the provider's monthly limit instead of approving once
     raise_limit_to: Money | None = None
+    #: who sent it, as the API authenticated them (wrong codes are counted per caller)
+    caller: str | None = Field(default=None, max_length=200)
+    #: the API's authority proof over everything above but the code (models.authority)
+    proof: str | None = Field(default=None, max_length=200)
 
 
-DecisionStatus = Literal["ACCEPTED", "WRONG_CODE", "UNKNOWN_APPROVAL", "ALREADY_DECIDED", "LOCKED_OUT"]
+DecisionStatus = Literal[
+    "ACCEPTED",
+    "WRONG_CODE",
+    "UNKNOWN_APPROVAL",
+    "ALREADY_DECIDED",
+    "LOCKED_OUT",
+    # an empty code: never counted as a try
+    "CODE_REQUIRED",
+    # no valid proof that the API sent it (e.g. straight to Temporal): never counted as a try
+    "UNAUTHENTICATED",
+]
 
 
 class DecisionOutcome(BaseModel):
     status: DecisionStatus
     approval_id: str
+    #: wrong codes this caller may still send before they are locked out of this approval
+    tries_left: int | None = None
 
 
-def code_hash(approval_id: str, code: str) -> str:
-    """sha256 over the approval id and the code: a code proves one approval only."""
+def code_hash(key: bytes, approval_id: str, code: str) -> str:
+    """HMAC-SHA256 with a server-side authority key over the approval id and the code: a code proves
+    one approval only, and the hash in history allows no offline guess without the key."""
+    from models.authority import code_mac
+
+    return code_mac(key, approval_id, code)
+
+
+def legacy_code_hash(approval_id: str, code: str) -> str:
+    """The unkeyed sha256 of histories recorded before keyed hashes (verification only)."""
     import hashlib
 
     return hashlib.sha256(f"{approval_id}:{code}".encode()).hexdigest()

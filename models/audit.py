@@ -42,6 +42,8 @@ AuditAction = Literal[
     "agent.unfrozen",
     "request.completed",
     "request.failed",
+    # a change sent without a valid authority proof (straight to Temporal), refused
+    "authority.refused",
 ]
 
 

@@ -39,6 +39,10 @@ class ErrorCode(StrEnum):
     IDENTITY_INVALID = "IDENTITY_INVALID"
     #: OAuth linking reached an account whose verified email is not the principal's
     ACCOUNT_IDENTITY_MISMATCH = "ACCOUNT_IDENTITY_MISMATCH"
+    #: a request without a verified session (agents) or the API's proof (a human's own request)
+    SESSION_REQUIRED = "SESSION_REQUIRED"
+    #: a change of money or authority without a valid authority proof (models.authority)
+    AUTHORITY_INVALID = "AUTHORITY_INVALID"
     PAYMENT_DECLINED = "PAYMENT_DECLINED"
     PROVIDER_ERROR = "PROVIDER_ERROR"
     PROVIDER_UNAVAILABLE = "PROVIDER_UNAVAILABLE"

@@ -90,6 +90,10 @@ class ReserveSpend(BaseModel):
     hold_seconds: int = Field(default=3600, ge=1, le=MAX_HOLD_SECONDS)
     #: the approval id (`<workflow id>.spend_limit`) of a human's one-time approval of this purchase
     override_approval_id: str | None = Field(default=None, max_length=300)
+    #: the workflow whose activity asked: an override must be that workflow's own approval
+    requested_by: str | None = Field(default=None, max_length=300)
+    #: the worker's authority proof over this reservation (models.authority)
+    proof: str | None = Field(default=None, max_length=200)
 
 
 class CommitSpend(BaseModel):
@@ -99,6 +103,7 @@ class CommitSpend(BaseModel):
 
     purchase_id: PurchaseId
     amount: Money
+    proof: str | None = Field(default=None, max_length=200)
 
 
 class ReleaseSpend(BaseModel):
@@ -109,6 +114,10 @@ class ReleaseSpend(BaseModel):
 
     purchase_id: PurchaseId
     forget: bool = False
+    #: with `forget`: only the reservation that expires at this instant (the one this caller made), so
+    #: a replayed roll-back can never drop a later reservation of the same purchase
+    held_until: datetime | None = None
+    proof: str | None = Field(default=None, max_length=200)
 
 
 class SetLedgerLimit(BaseModel):
@@ -118,6 +127,7 @@ class SetLedgerLimit(BaseModel):
 
     limit: Money
     version: int = Field(ge=0)
+    proof: str | None = Field(default=None, max_length=200)
 
 
 ReserveStatus = Literal["reserved", "already_reserved", "already_committed", "already_released", "over_limit"]
@@ -267,6 +277,8 @@ class LedgerStart(BaseModel):
     continue_as_new_after_updates: int = Field(default=1000, ge=10, le=1900)
     idle_close_seconds: int = BUDGET_IDLE_CLOSE_SECONDS
     state: LedgerState | None = None
+    #: the worker's authority proof over the first run's start (everything but `state`)
+    proof: str | None = Field(default=None, max_length=200)
 
 
 class SpendAlert(BaseModel):

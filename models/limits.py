@@ -49,6 +49,8 @@ class LimitChange(BaseModel):
     #: the approval that authorised it (`<workflow id>.limit_change` or `.spend_limit`)
     approval_id: str
     changed_at: datetime
+    #: the worker's authority proof over this change (models.authority)
+    proof: str | None = Field(default=None, max_length=200)
 
 
 class LimitsStart(BaseModel):
@@ -64,9 +66,11 @@ class LimitChangeRequest(BaseModel):
     provider: str | None = Field(default=None, max_length=100, pattern=r"^[a-z0-9][a-z0-9_-]*$")
     limit: Money
     approval_timeout_seconds: int = Field(default=86_400, ge=1)
+    #: the API's authority proof (the principal id and the email the code goes to belong together)
+    proof: str | None = Field(default=None, max_length=200)
 
 
-LimitChangeStatus = Literal["applied", "denied", "timed_out", "locked_out"]
+LimitChangeStatus = Literal["applied", "denied", "timed_out", "locked_out", "refused"]
 
 
 class LimitChangeResult(BaseModel):

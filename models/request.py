@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
@@ -17,10 +17,12 @@ AgentName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
 
 
 class Actor(BaseModel):
-    """Who is asking: the human principal and the agent acting for them.
+    """Who is asking, as the API built it after authenticating the caller.
 
-    Until sessions are presented, `principal_email` and `agent` are asserted by the caller. With a
-    session, the worker verifies `session_token` + `identity_token` and the chain is taken from them.
+    An agent (`kind="agent"`) presents a session: the worker verifies `session_token` +
+    `identity_token` and takes the principal and chain from them. A logged-in human's own request
+    (`kind="human"`) carries the API's authority `proof` over the email, request and service
+    (`quartermaster.crypto.authority.sign_human_actor`). Anything else is refused.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -29,6 +31,8 @@ class Actor(BaseModel):
     agent: AgentName
     session_token: Secret | None = None
     identity_token: Secret | None = None
+    kind: Literal["agent", "human"] = "agent"
+    proof: str | None = Field(default=None, max_length=200)
 
 
 class ProvisionRequest(BaseModel):

@@ -130,6 +130,8 @@ class SessionStart(BaseModel):
 
     open: SessionOpenRequest | None = None
     delegated: SessionState | None = None
+    #: the API's proof over `open`, or the worker's over `delegated` (models.authority)
+    proof: str | None = Field(default=None, max_length=200)
 
 
 class DelegationRequest(BaseModel):
@@ -172,6 +174,8 @@ class DelegationResult(BaseModel):
 
 class SignedSessionToken(BaseModel):
     token: Secret
+    #: for a delegation: the worker's authority proof over the child's start (SessionStart.proof)
+    start_proof: str | None = None
 
 
 class SessionTokenRequest(BaseModel):
@@ -189,6 +193,8 @@ class SessionTokenRequest(BaseModel):
     chain_identities: list[str]
     ancestors: list[str] = Field(default_factory=list)
     depth: int = 0
+    #: a delegated child's whole state: the activity also signs the child's start with it
+    state: SessionState | None = None
 
 
 class RevokeRequest(BaseModel):
@@ -215,7 +221,7 @@ class AuthorizationRequest(BaseModel):
     service_id: str
     amount: Money | None = None
     action: Literal["provision", "remove", "rotate"] = "provision"
-    #: for audit event ids: the calling workflow's id
+    #: the request the actor asked for (a human actor's proof names it)
     request_id: str | None = None
 
 
@@ -264,6 +270,8 @@ class AgentUnfreezeRequest(BaseModel):
     principal_id: str
     principal_email: EmailStr
     reason: str = Field(default="unfreeze", max_length=200)
+    #: the API's authority proof: the principal id and the email the code goes to belong together
+    proof: str | None = Field(default=None, max_length=200)
 
 
 class AgentSessionRef(BaseModel):

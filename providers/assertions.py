@@ -119,6 +119,14 @@ class AssertionSigner:
         return signer
 
     @classmethod
+    def from_json(cls, text: str, *, issuer: str) -> AssertionSigner:
+        """A signer from the key-file document (the `assertion` section of the server's key file)."""
+        return cls(issuer=issuer, keys=[_SigningKey.from_json(k) for k in json.loads(text)["keys"]])
+
+    def to_json(self) -> str:
+        return json.dumps({"keys": [k.to_json() for k in self._keys]}, indent=2)
+
+    @classmethod
     def ephemeral(cls, *, issuer: str) -> AssertionSigner:
         """A signer whose keys live only in memory (tests, one-off tools)."""
         return cls(issuer=issuer, keys=[_SigningKey.generate(int(time.time()))])
@@ -189,7 +197,7 @@ class AssertionSigner:
         # 0600 from the first byte: no window in which another user could read the private keys
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            json.dump({"keys": [k.to_json() for k in self._keys]}, fh, indent=2)
+            fh.write(self.to_json())
         os.replace(tmp, self._path)
 
 

@@ -9,13 +9,18 @@ from typing import Any
 from providers.assertions import AssertionSigner
 from providers.store import Store, open_store
 from quartermaster.config import Settings
+from quartermaster.keys import Keyring
 
 
-def assertion_signer(settings: Settings) -> AssertionSigner:
-    """The one place the signer is loaded: worker (signs) and gateway (publishes the JWKS)."""
-    return AssertionSigner.load_or_create(
-        settings.data_dir / "assertion-keys.json", issuer=settings.public_url
-    )
+def assertion_signer(settings: Settings, keyring: Keyring | None = None) -> AssertionSigner:
+    """The one place the signer is built: worker (signs) and API (publishes the JWKS), both from the
+    key file's `assertion` section (`keyring`, else the key file `settings` names), so every replica
+    signs and publishes the same keys."""
+    if keyring is None:
+        from quartermaster.keys import load_keyring
+
+        keyring = load_keyring(settings.resolved_keys_file, create=settings.dev)
+    return keyring.assertion_signer(issuer=settings.public_url)
 
 
 def webhook_secret(settings: Settings) -> str | None:

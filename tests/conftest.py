@@ -17,8 +17,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from quartermaster.codec import EncryptionCodec
 from quartermaster.converter import data_converter
+from quartermaster.crypto.authority import AuthoritySigner
 from quartermaster.keys import Keyring
 from tests.fixtures import network_guard
+from workflows import authority as workflow_authority
 from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
 
 network_guard.install()
@@ -41,7 +43,16 @@ TEST_KEYS = Path(__file__).parent / "histories" / "test-keys.json"
 
 @pytest.fixture(scope="session")
 def keyring() -> Keyring:
-    return Keyring.from_json(TEST_KEYS.read_text())
+    """The test keys; their authority keys are installed as the workflows' verification keys (what
+    `worker.build_worker` does), since the fixtures' workers share this process."""
+    ring = Keyring.from_json(TEST_KEYS.read_text())
+    workflow_authority.install(ring.authority_keys())
+    return ring
+
+
+@pytest.fixture(scope="session")
+def authority(keyring: Keyring) -> AuthoritySigner:
+    return AuthoritySigner.from_keyring(keyring)
 
 
 @pytest.fixture(scope="session")

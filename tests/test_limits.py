@@ -20,10 +20,13 @@ from models.ledger import (
     ReserveSpend,
     monthly_ledger_id,
 )
-from models.limits import LimitChange, LimitChangeRequest, LimitChangeResult, SpendSummaryRequest
+from models.limits import LimitChange, LimitChangeResult, SpendSummaryRequest
 from models.money import MAX_MINOR_UNITS, Money
 from models.secret import Secret
+from providers.registry import ProviderRegistry
+from quartermaster.config import Settings
 from quartermaster.keys import Keyring
+from quartermaster.orchestration.requests import Orchestrator
 from tests.fixtures.spend import SpendStack, inbox_messages, new_principal, poll
 
 
@@ -196,24 +199,20 @@ async def _accepted_updates(client: Client, workflow_id: str) -> int:
 
 
 async def test_limit_change_needs_the_human_code(
-    spend_stack: SpendStack, client: Client, keyring: Keyring, tmp_path: Path, monkeypatch, capsys
-) -> None:  # type: ignore[no-untyped-def]
+    spend_stack: SpendStack, client: Client, keyring: Keyring, tmp_path: Path
+) -> None:
     email = f"human-{uuid.uuid4().hex[:6]}@example.com"
     principal = keyring.principal_id(email)
+    qm = Orchestrator(
+        temporal=client,
+        settings=Settings(data_dir=tmp_path / "qm", task_queue=spend_stack.task_queue, providers={}),
+        keyring=keyring,
+        registry=ProviderRegistry({}),
+    )
     cap = monthly(principal, "db")
     assert (await spend_stack.spend.reserve_spend(reserve(principal, "a", 80, cap))).ok
 
-    # what `POST /v1/billing/limits` starts for the logged-in human (the CLI path: test_provision_spend)
-    workflow_id = f"limit-change-{principal}-{uuid.uuid4().hex[:12]}"
-    await client.start_workflow(
-        "LimitChange",
-        LimitChangeRequest(
-            principal_id=principal, principal_email=email, provider="db", limit=Money.usd(250)
-        ),
-        id=workflow_id,
-        task_queue=spend_stack.task_queue,
-    )
-    approval_id = f"{workflow_id}.limit_change"
+    workflow_id, approval_id = await qm.request_limit_change(email=email, limit=Money.usd(250), provider="db")
     assert approval_id == f"{workflow_id}.limit_change" and email not in approval_id
 
     notices = await poll(
@@ -222,14 +221,18 @@ async def test_limit_change_needs_the_human_code(
     assert notices[0]["approval_id"] == approval_id and notices[0]["kind"] == "limit_change"
     handle = client.get_workflow_handle(workflow_id, result_type=LimitChangeResult)
     wrong = ApprovalDecision(approval_id=approval_id, decision="approve", code=Secret("AAAAA-BBBBB"))
-    out = await handle.execute_update("submit_decision", wrong, result_type=DecisionOutcome)
-    assert out.status == "WRONG_CODE"
+    out = await qm.decide(wrong, caller=principal)
+    assert (out.status, out.tries_left) == ("WRONG_CODE", 4)
+    # an empty code is never a try; a decision sent straight to Temporal is not even looked at
+    assert (await qm.decide(wrong.model_copy(update={"code": Secret("")}), caller=principal)).tries_left == 4
+    right = ApprovalDecision(approval_id=approval_id, decision="approve", code=Secret(notices[0]["code"]))
+    unsigned = await handle.execute_update("submit_decision", right, result_type=DecisionOutcome)
+    assert unsigned.status == "UNAUTHENTICATED"
     summary = await spend_stack.spend.spend_view(SpendSummaryRequest(principal_id=principal))
     assert {p.provider: p.ledger.limit for p in summary.providers}["db"] == Money.usd(100)
     assert not (await spend_stack.spend.reserve_spend(reserve(principal, "b", 50, cap))).ok
 
-    right = ApprovalDecision(approval_id=approval_id, decision="approve", code=Secret(notices[0]["code"]))
-    out = await handle.execute_update("submit_decision", right, result_type=DecisionOutcome)
+    out = await qm.decide(right, caller=principal)
     assert out.status == "ACCEPTED"
     result = await handle.result()
     assert result.status == "applied"

@@ -13,6 +13,7 @@ import worker
 from quartermaster.codec import EncryptionCodec
 from quartermaster.converter import data_converter
 from quartermaster.keys import Keyring
+from workflows import authority as workflow_authority
 
 HISTORIES = Path(__file__).parent / "histories"
 FILES = sorted(HISTORIES.glob("*.json"))
@@ -34,7 +35,9 @@ def test_every_workflow_type_has_a_recorded_history() -> None:
 async def test_history_replays(path: Path, keyring: Keyring) -> None:
     doc = json.loads(path.read_text())  # noqa: ASYNC240 - a small local file
     history = WorkflowHistory.from_json(doc.pop("workflowId"), doc)
+    workflow_authority.install(keyring.authority_keys())  # as worker.build_worker does
     replayer = Replayer(
-        workflows=list(worker.workflow_classes()), data_converter=data_converter(EncryptionCodec(keyring))
+        workflows=list(worker.workflow_classes()),
+        data_converter=data_converter(EncryptionCodec(keyring)),
     )
     await replayer.replay_workflow(history)

@@ -22,6 +22,7 @@ from models.session import (
     SessionState,
     SessionTokenRequest,
 )
+from quartermaster.crypto.authority import sign_human_actor
 from quartermaster.identity.keys import SigningKeys
 from quartermaster.identity.tokens import SessionTokens
 from tests.fixtures.sessions import IdentityStack, audit_actions
@@ -183,9 +184,9 @@ async def test_frozen_agent_is_refused_until_unfrozen(identity_stack: IdentitySt
     assert result.frozen and state.session_id in result.sessions_revoked
     auth = await authorize(stack, "runaway", token, mine)
     assert (auth.allowed, auth.code) == (False, ErrorCode.AGENT_FROZEN)
-    # the pre-session mode is blocked too
+    # there is no way around a session
     pre = await authorize(stack, "runaway", None, None)
-    assert (pre.allowed, pre.code) == (False, ErrorCode.AGENT_FROZEN)
+    assert (pre.allowed, pre.code) == (False, ErrorCode.SESSION_REQUIRED)
     assert (await stack.qm.show(state.session_id)).status == "revoked"
     # a new session for a frozen agent is revoked as soon as it is active
     state2, token2 = await stack.open_root("runaway", email=EMAIL, expect="revoked")
@@ -200,7 +201,8 @@ async def test_frozen_agent_is_refused_until_unfrozen(identity_stack: IdentitySt
         if not (await stack.qm.agent_status("runaway", email=EMAIL)).frozen:
             break
         await asyncio.sleep(0.05)  # the workflow applies the approved unfreeze
-    assert (await authorize(stack, "runaway", None, None)).allowed
+    _, token3 = await stack.open_root("runaway", email=EMAIL)  # a new session works again
+    assert (await authorize(stack, "runaway", token3, stack.identity("runaway"))).allowed
     # the revoked sessions stay revoked: unfreezing restores no standing privilege
     assert (await authorize(stack, "runaway", token, mine)).code == ErrorCode.SESSION_REVOKED
     assert (await stack.qm.show(state2.session_id)).status == "revoked"
@@ -208,17 +210,30 @@ async def test_frozen_agent_is_refused_until_unfrozen(identity_stack: IdentitySt
     assert "agent.frozen" in actions and "agent.unfrozen" in actions
 
 
-async def test_pre_session_mode(identity_stack: IdentityStack) -> None:
+async def test_without_a_session_only_a_human_with_the_api_proof(identity_stack: IdentityStack) -> None:
+    """The pre-session mode is gone: an agent without a session is refused; a human's own request
+    passes only with the API's proof over exactly that email, request and service."""
     stack = identity_stack
-    auth = await authorize(stack, "legacy", None, None)
-    assert auth.allowed and auth.agent_chain == ["legacy"] and auth.session_ids == []
-    verified = await authorize(stack, "legacy", None, stack.identity("legacy"))
-    assert verified.allowed and verified.agent_identity == "spiffe://quartermaster.local/agent/legacy"
-    assert (
-        await authorize(stack, "legacy", None, stack.identity("other"))
-    ).code == ErrorCode.IDENTITY_INVALID
-    stack.sessions.require_session = True
-    try:
-        assert (await authorize(stack, "legacy", None, None)).code == ErrorCode.SESSION_INVALID
-    finally:
-        stack.sessions.require_session = False
+
+    async def human(
+        actor: Actor, *, request_id: str | None = "req-1", service: str = "cloud/workers"
+    ) -> Authorization:
+        req = AuthorizationRequest(actor=actor, service_id=service, request_id=request_id)
+        result: Authorization = await ActivityEnvironment().run(stack.sessions.authorize_actor, req)
+        return result
+
+    agent = await authorize(stack, "legacy", None, stack.identity("legacy"))
+    assert (agent.allowed, agent.code) == (False, ErrorCode.SESSION_REQUIRED)
+    claimed = Actor(principal_email=EMAIL, agent="legacy", kind="human")
+    assert (await human(claimed)).code == ErrorCode.UNAUTHENTICATED
+    signed = sign_human_actor(stack.keyring, claimed, request_id="req-1", service_id="cloud/workers")
+    ok = await human(signed)
+    assert ok.allowed and ok.principal_id == stack.keyring.principal_id(EMAIL) and ok.session_ids == []
+    # the proof names one request, one service and one email
+    assert (await human(signed, request_id="req-2")).code == ErrorCode.UNAUTHENTICATED
+    assert (await human(signed, request_id=None)).code == ErrorCode.UNAUTHENTICATED
+    assert (await human(signed, service="db/postgres")).code == ErrorCode.UNAUTHENTICATED
+    other = signed.model_copy(update={"principal_email": "victim@example.com"})
+    assert (await human(other)).code == ErrorCode.UNAUTHENTICATED
+    as_agent = signed.model_copy(update={"kind": "agent"})
+    assert (await human(as_agent)).code == ErrorCode.SESSION_REQUIRED

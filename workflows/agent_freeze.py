@@ -5,7 +5,10 @@ inside the update handler before any await, so every enforcement point that quer
 refuses at once; then every registered session (and any running session a visibility search finds)
 is revoked, which revokes the provider credentials minted under them and cascades to their
 descendants. A frozen agent's new sessions are revoked as they register. Unfreezing restores power,
-so it is a human action: an `agent_unfreeze` approval whose code goes to the principal.
+so it is a human action: an `agent_unfreeze` approval whose code goes to the principal, asked only
+with the API's authority proof (which binds the principal id to the email the code goes to, so a
+Temporal client without the server-side key cannot have the code sent to itself). Freezing needs no
+proof: it only takes authority away.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from temporalio.exceptions import ActivityError
 with workflow.unsafe.imports_passed_through():
     from models.approval import ApprovalDecision, ApprovalRequest, DecisionOutcome
     from models.audit import AuditAction, AuditEvent
+    from models.authority import ProofKind, change_of
     from models.session import (
         AgentFreezeRequest,
         AgentSessionRef,
@@ -30,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         RevokeSessions,
         RevokeSessionsResult,
     )
+    from workflows import authority
     from workflows.approval_gate import ApprovalGate
     from workflows.search_attributes import QM_AGENT, QM_STATE
 
@@ -105,6 +110,11 @@ class AgentWorkflow:
 
     @unfreeze.validator
     def _validate_unfreeze(self, req: AgentUnfreezeRequest) -> None:
+        wid = workflow.info().workflow_id
+        if not wid.startswith(f"agent-{req.principal_id}-") or not authority.verify(
+            req.proof, kind=ProofKind.AGENT_UNFREEZE, target=wid, change=change_of(req)
+        ):
+            raise ValueError("AUTHORITY_INVALID: an unfreeze needs the API's proof for this principal")
         if not self.status.frozen:
             raise ValueError("the agent is not frozen")
 

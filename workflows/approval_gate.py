@@ -1,9 +1,15 @@
 """Human approval gates inside a workflow.
 
 A gate asks the notifier activity to deliver a one-time code to the principal (never to the agent),
-keeps only the code's hash, and waits for a decision whose code matches. Wrong, replayed or late
-decisions change nothing and are kept in `attempts` for the audit trail; too many wrong codes close
-the approval as denied. A timeout is caught and returned as an outcome, never left to fail the task.
+keeps only the code's keyed hash (HMAC with a server-side authority key: history alone allows no
+offline guess), and waits for a decision whose code matches, checked with the keys the worker
+installed (`workflows.authority`). A decision counts only with the API's proof, which names the
+authenticated caller: wrong codes are counted per caller (so nobody can lock a human out of their own
+approval), an empty or unproven one is never a try, and every answer says how many tries are left.
+Only a flood of wrong codes from many callers closes the approval. Wrong, replayed or late decisions
+change nothing and are kept in `attempts` for the audit trail. A timeout is caught and returned as an
+outcome, never left to fail the task. Histories from before keyed hashes (`ticket.kid` None) keep
+their old rules, so they replay unchanged.
 """
 
 from __future__ import annotations
@@ -25,11 +31,17 @@ with workflow.unsafe.imports_passed_through():
         ApprovalRequest,
         ApprovalTicket,
         DecisionOutcome,
-        code_hash,
+        DecisionStatus,
+        legacy_code_hash,
     )
+    from models.authority import ProofKind, change_of
+    from workflows import authority
     from workflows.search_attributes import QM_AWAITING, QM_STATE, State
 
+#: wrong codes one caller may send for one approval (older histories: all callers together)
 MAX_WRONG_CODES = 5
+#: wrong codes from all callers together before the approval closes (a brute-force bound)
+MAX_WRONG_TOTAL = 25
 GateStatus = Literal["approved", "denied", "timed_out", "locked_out"]
 
 
@@ -48,10 +60,19 @@ class RejectedAttempt:
 @dataclass
 class _Open:
     request: ApprovalRequest
-    code_hash: str
+    ticket: ApprovalTicket
     wrong: int = 0
+    wrong_by: dict[str, int] = field(default_factory=dict)
     decision: ApprovalDecision | None = None
     locked_out: bool = False
+
+
+def _proven(d: ApprovalDecision) -> bool:
+    """Did the API send this decision (and name its caller)?"""
+    change = change_of(d, exclude=frozenset({"code"}))
+    return d.caller is not None and authority.verify(
+        d.proof, kind=ProofKind.APPROVAL_DECISION, target=d.approval_id, change=change
+    )
 
 
 @dataclass
@@ -70,24 +91,54 @@ class ApprovalGate:
         return [o.request for o in self.open.values() if o.decision is None and not o.locked_out]
 
     def decide(self, d: ApprovalDecision) -> DecisionOutcome:
-        """Check the proof and record the decision. Synchronous: atomic inside a handler."""
+        """Check the proof and the code and record the decision. Synchronous: atomic in a handler."""
         entry = self.open.get(d.approval_id)
-        status: str
+        status: DecisionStatus
+        tries_left: int | None = None
         if entry is None:
             status = "ALREADY_DECIDED" if d.approval_id in self.closed else "UNKNOWN_APPROVAL"
         elif entry.decision is not None:
             status = "ALREADY_DECIDED"
         elif entry.locked_out:
             status = "LOCKED_OUT"
-        elif not hmac.compare_digest(entry.code_hash, code_hash(d.approval_id, d.code.reveal())):
+        elif entry.ticket.kid is None:
+            status = self._decide_legacy(entry, d)
+        else:
+            status, tries_left = self._decide_keyed(entry, entry.ticket.kid, d)
+        if status == "ACCEPTED":
+            return DecisionOutcome(status=status, approval_id=d.approval_id)
+        self.attempts.append(RejectedAttempt(d.approval_id, status))
+        return DecisionOutcome(status=status, approval_id=d.approval_id, tries_left=tries_left)
+
+    @staticmethod
+    def _decide_keyed(entry: _Open, kid: str, d: ApprovalDecision) -> tuple[DecisionStatus, int | None]:
+        if not _proven(d):
+            return "UNAUTHENTICATED", None  # not from the API: not a try of anyone's
+        code = d.code.reveal()
+        caller = d.caller or ""
+        wrong = entry.wrong_by.get(caller, 0)
+        if not code.strip():
+            return "CODE_REQUIRED", MAX_WRONG_CODES - wrong
+        if wrong >= MAX_WRONG_CODES:
+            return "LOCKED_OUT", 0  # this caller only; the approval stays open for the others
+        if authority.code_matches(kid, d.approval_id, code, entry.ticket.code_hash):
+            entry.decision = d
+            return "ACCEPTED", None
+        entry.wrong_by[caller] = wrong + 1
+        entry.wrong += 1
+        entry.locked_out = entry.wrong >= MAX_WRONG_TOTAL
+        left = MAX_WRONG_CODES - wrong - 1
+        return ("LOCKED_OUT" if entry.locked_out or left == 0 else "WRONG_CODE"), left
+
+    @staticmethod
+    def _decide_legacy(entry: _Open, d: ApprovalDecision) -> DecisionStatus:
+        """The rules of histories recorded before keyed hashes (unkeyed sha256, one shared count)."""
+        if not hmac.compare_digest(entry.ticket.code_hash, legacy_code_hash(d.approval_id, d.code.reveal())):
             entry.wrong += 1
             entry.locked_out = entry.wrong >= MAX_WRONG_CODES
-            status = "LOCKED_OUT" if entry.locked_out else "WRONG_CODE"
-        else:
-            entry.decision = d
-            return DecisionOutcome(status="ACCEPTED", approval_id=d.approval_id)
-        self.attempts.append(RejectedAttempt(d.approval_id, status))
-        return DecisionOutcome(status=status, approval_id=d.approval_id)
+            return "LOCKED_OUT" if entry.locked_out else "WRONG_CODE"
+        entry.decision = d
+        return "ACCEPTED"
 
     async def ask(
         self,
@@ -121,7 +172,7 @@ class ApprovalGate:
             expires_at=now + timeout,
         )
         ticket = await self._notify(request, principal_email, kind)
-        entry = _Open(request=request, code_hash=ticket.code_hash)
+        entry = _Open(request=request, ticket=ticket)
         self.open[approval_id] = entry
         workflow.upsert_search_attributes(
             [QM_STATE.value_set(State.AWAITING_APPROVAL), QM_AWAITING.value_set(kind)]

@@ -3,7 +3,10 @@
 Invariant at every instant: committed + reserved ≤ effective limit (the base limit plus the one-time
 overrides a human approved for specific purchases). The handlers are synchronous, so each update's
 check and state change happen in one step with no await in between: two concurrent reservations can
-never both see the same headroom. Validators only reject malformed input (currency, amounts, ids).
+never both see the same headroom. Validators reject malformed input (currency, amounts, ids) and any
+change without the worker's authority proof (`workflows.authority`): a Temporal client without the
+server-side key cannot reserve, commit, release, override or set a limit. A first run whose start
+carries no valid proof fails at once (its limit never counts); only a continue-as-new carries state.
 
 The run loop does the slow work outside the handlers: it expires reservations by timer, sends alerts
 and audit events through activities, continues as new long before the history gets large (carrying
@@ -20,6 +23,7 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from models.audit import AuditEvent
+    from models.authority import ProofKind, change_of
     from models.ledger import (
         ALERT_THRESHOLDS,
         MONTHLY_GRACE,
@@ -38,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         month_end,
     )
     from models.money import MAX_MINOR_UNITS, Money
+    from workflows import authority
 
 _ACTIVITY_RETRY = RetryPolicy(maximum_interval=timedelta(seconds=60))
 
@@ -51,6 +56,24 @@ class SpendLedgerWorkflow:
     @workflow.init
     def __init__(self, start: LedgerStart) -> None:
         self._start = start
+        #: a first run started without the worker's proof: it fails before anything counts
+        self._forged = (
+            workflow.info().continued_run_id is None
+            and authority.required()
+            and not authority.verify(
+                start.proof,
+                kind=ProofKind.LEDGER_START,
+                target=workflow.info().workflow_id,
+                change=change_of(start, exclude=frozenset({"state"})),
+                issued_near=workflow.info().workflow_start_time,
+            )
+        )
+        if self._forged or (start.state is not None and workflow.info().continued_run_id is None):
+            # state is only ever carried by this workflow's own continue-as-new
+            start = start.model_copy(
+                update={"state": None, "limit": Money(amount=0, currency=start.limit.currency)}
+            )
+            self._start = start
         self._s = start.state or LedgerState(limit=start.limit, limit_version=start.limit_version)
         self._committed_ids = set(self._s.committed_ids)
         self._released_ids = set(self._s.released_ids)
@@ -105,6 +128,14 @@ class SpendLedgerWorkflow:
         self._updates_this_run += 1
         self._s.last_activity = workflow.now()
 
+    def _check_proof(
+        self, kind: ProofKind, req: ReserveSpend | CommitSpend | ReleaseSpend | SetLedgerLimit
+    ) -> None:
+        if self._forged or not authority.verify(
+            req.proof, kind=kind, target=self._start.ledger_id, change=change_of(req)
+        ):
+            raise _reject("AUTHORITY_INVALID", f"{kind} on {self._start.ledger_id} without a valid proof")
+
     def _check_currency(self, money: Money) -> None:
         if money.currency != self._currency:
             ledger, want, got = self._start.ledger_id, self._currency.upper(), money.currency.upper()
@@ -142,11 +173,18 @@ class SpendLedgerWorkflow:
 
     @reserve.validator
     def _validate_reserve(self, req: ReserveSpend) -> None:
+        self._check_proof(ProofKind.LEDGER_RESERVE, req)
         self._check_currency(req.amount)
         if req.amount.amount <= 0:
             raise _reject("INVALID_REQUEST", "a reservation is a positive amount")
         if req.override_approval_id is not None and not req.override_approval_id.endswith(".spend_limit"):
             raise _reject("INVALID_REQUEST", "an override names a spend_limit approval")
+        # an override is valid only for an approval the requesting workflow itself granted
+        if (
+            req.override_approval_id is not None
+            and req.override_approval_id != f"{req.requested_by}.spend_limit"
+        ):
+            raise _reject("AUTHORITY_INVALID", "an override names another workflow's approval")
 
     @workflow.update(name="commit")
     def commit(self, req: CommitSpend) -> SettleOutcome:
@@ -172,6 +210,7 @@ class SpendLedgerWorkflow:
 
     @commit.validator
     def _validate_commit(self, req: CommitSpend) -> None:
+        self._check_proof(ProofKind.LEDGER_COMMIT, req)
         self._check_currency(req.amount)
 
     @workflow.update(name="release")
@@ -181,6 +220,10 @@ class SpendLedgerWorkflow:
         pid = req.purchase_id
         if pid in self._committed_ids:
             return self._settled("already_committed")
+        if req.forget and req.held_until is not None:
+            current = self._s.reservations.get(pid)
+            if current is None or current.expires_at != req.held_until:
+                return self._settled("not_reserved")  # a later reservation of the same purchase: keep it
         held = self._s.reservations.pop(pid, None)
         if req.forget:
             return self._settled("released" if held else "not_reserved")
@@ -188,6 +231,10 @@ class SpendLedgerWorkflow:
             return self._settled("already_released")
         self._released_ids.add(pid)
         return self._settled("released" if held else "not_reserved")
+
+    @release.validator
+    def _validate_release(self, req: ReleaseSpend) -> None:
+        self._check_proof(ProofKind.LEDGER_RELEASE, req)
 
     @workflow.update(name="set_limit")
     def set_limit(self, req: SetLedgerLimit) -> LedgerView:
@@ -201,6 +248,7 @@ class SpendLedgerWorkflow:
 
     @set_limit.validator
     def _validate_set_limit(self, req: SetLedgerLimit) -> None:
+        self._check_proof(ProofKind.LEDGER_SET_LIMIT, req)
         self._check_currency(req.limit)
 
     @workflow.query(name="view")
@@ -331,6 +379,12 @@ class SpendLedgerWorkflow:
 
     @workflow.run
     async def run(self, start: LedgerStart) -> LedgerView:
+        if self._forged:
+            raise ApplicationError(
+                f"AUTHORITY_INVALID: ledger {start.ledger_id} started without the worker's proof",
+                type="AUTHORITY_INVALID",
+                non_retryable=True,
+            )
         workflow.set_current_details(f"spend ledger {start.ledger_id} ({start.kind})")
         while True:
             deadline = self._next_deadline()

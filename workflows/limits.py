@@ -4,9 +4,13 @@
 It only changes through `set_limit`, which the `set_spend_limit` activity sends after a human approved
 (a `limit_change` approval here, or a `spend_limit` approval with "raise the limit" in provisioning).
 
-`LimitChangeWorkflow` (`limit-change-<principal id>-<change id>`, started by `qm billing set-limit`)
-asks the principal through `ApprovalGate`: a one-time code goes to the principal's channel, and only a
+`LimitChangeWorkflow` (`limit-change-<principal id>-<change id>`, started by the API) asks the
+principal through `ApprovalGate`: a one-time code goes to the principal's channel, and only a
 decision carrying that code applies the change. Its approval id is `<workflow id>.limit_change`.
+
+Authority proofs (`workflows.authority`): `set_limit` needs the worker's proof, a limit change's start
+the API's (it binds the principal id to the email the code goes to), and only this workflow's own
+continue-as-new may carry limits in its start.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
 
     from models.approval import ApprovalDecision, ApprovalRequest, DecisionOutcome
     from models.audit import AuditEvent
+    from models.authority import ProofKind, change_of
     from models.limits import (
         LimitChange,
         LimitChangeRequest,
@@ -29,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         LimitsStart,
         PrincipalLimits,
     )
+    from workflows import authority
     from workflows.approval_gate import ApprovalGate
 
 _RETRY = RetryPolicy(maximum_interval=timedelta(seconds=60))
@@ -50,7 +56,9 @@ async def _audit(event: AuditEvent) -> None:
 class PrincipalLimitsWorkflow:
     @workflow.init
     def __init__(self, start: LimitsStart) -> None:
-        self._limits = start.state or PrincipalLimits(principal_id=start.principal_id)
+        # limits in the start are only ever carried by this workflow's own continue-as-new
+        carried = start.state if workflow.info().continued_run_id is not None else None
+        self._limits = carried or PrincipalLimits(principal_id=start.principal_id)
         self._to_audit: list[LimitChange] = []
 
     @workflow.update(name="set_limit")
@@ -82,6 +90,12 @@ class PrincipalLimitsWorkflow:
         if change.principal_id != self._limits.principal_id:
             message = "limit change for another principal"
             raise ApplicationError(message, type="INVALID_REQUEST", non_retryable=True)
+        wid = workflow.info().workflow_id
+        if not authority.verify(
+            change.proof, kind=ProofKind.LIMITS_SET, target=wid, change=change_of(change)
+        ):
+            message = "AUTHORITY_INVALID: a limit change without the worker's proof"
+            raise ApplicationError(message, type="AUTHORITY_INVALID", non_retryable=True)
 
     @workflow.update(name="get")
     def get(self) -> PrincipalLimits:
@@ -130,6 +144,27 @@ class LimitChangeWorkflow:
     async def run(self, req: LimitChangeRequest) -> LimitChangeResult:
         wf_id = workflow.info().workflow_id
         scope = f"provider {req.provider}" if req.provider else "every provider (global)"
+        if authority.required() and not authority.verify(
+            req.proof,
+            kind=ProofKind.LIMIT_CHANGE_REQUEST,
+            target=wf_id,
+            change=change_of(req),
+            issued_near=workflow.info().workflow_start_time,
+        ):
+            await _audit(
+                AuditEvent(
+                    event_id=f"{wf_id}:limit:forged",
+                    time=workflow.now(),
+                    action="authority.refused",
+                    outcome="refused",
+                    reason="AUTHORITY_INVALID",
+                    principal_id=req.principal_id,
+                    workflow_id=wf_id,
+                    provider=req.provider,
+                    amount=req.limit,
+                )
+            )
+            return LimitChangeResult(status="refused")
         result = await self._gate.ask(
             approval_id=f"{wf_id}.limit_change",
             kind="limit_change",

@@ -326,7 +326,11 @@ class ProvisionWorkflow:
         auth: Authorization = await self._call(
             "authorize_actor",
             AuthorizationRequest(
-                actor=req.actor, service_id=req.service_id, amount=req.max_price, action="provision"
+                actor=req.actor,
+                service_id=req.service_id,
+                amount=req.max_price,
+                action="provision",
+                request_id=req.request_id,
             ),
             Authorization,
             "authorize the actor",

@@ -34,10 +34,12 @@ UNTIL_DONE: dict[str, Any] = {
 }
 
 
-async def _authorize(actor: object, service_id: str, action: str) -> Authorization:
+async def _authorize(actor: object, service_id: str, action: str, request_id: str) -> Authorization:
     auth: Authorization = await workflow.execute_activity(
         "authorize_actor",
-        AuthorizationRequest(actor=actor, service_id=service_id, amount=None, action=action),
+        AuthorizationRequest(
+            actor=actor, service_id=service_id, amount=None, action=action, request_id=request_id
+        ),
         result_type=Authorization,
         summary=f"authorize {action}",
         **CALL,
@@ -70,10 +72,11 @@ def _trail(auth: Authorization, service_id: str, resource_id: str) -> AuditTrail
 
 
 async def _begin(
-    actor: object, service_id: str, resource_id: str, action: str
+    actor: object, service_id: str, resource_id: str, action: str, request_id: str
 ) -> tuple[Authorization, AuditTrail, ResourceRef] | ResourceActionResult:
-    """Authorize, tag, audit the decision; a refusal comes back as the workflow's result."""
-    auth = await _authorize(actor, service_id, action)
+    """Authorize, tag, audit the decision; a refusal comes back as the workflow's result.
+    `request_id` is what a human actor's proof names (remove: the resource id)."""
+    auth = await _authorize(actor, service_id, action, request_id)
     _tag(auth, service_id, resource_id)
     trail = _trail(auth, service_id, resource_id)
     await trail.record(
@@ -108,7 +111,7 @@ class RemoveResourceWorkflow:
         if isinstance(req, str):
             return _invalid(raw, req)
         wid = workflow.info().workflow_id
-        begun = await _begin(req.actor, req.service_id, req.resource_id, "remove")
+        begun = await _begin(req.actor, req.service_id, req.resource_id, "remove", req.resource_id)
         if isinstance(begun, ResourceActionResult):
             return begun
         _auth, trail, ref = begun
@@ -152,7 +155,7 @@ class RotateCredentialWorkflow:
         if isinstance(req, str):
             return _invalid(raw, req)
         wid = workflow.info().workflow_id
-        begun = await _begin(req.actor, req.service_id, req.resource_id, "rotate")
+        begun = await _begin(req.actor, req.service_id, req.resource_id, "rotate", req.request_id)
         if isinstance(begun, ResourceActionResult):
             return begun
         auth, trail, ref = begun

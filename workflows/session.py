@@ -6,6 +6,12 @@ holds its grant, its budget ledger id, its children and the provider credentials
 and an expiry timer. On expiry or revocation it refuses everything at once (status changes inside the
 handler, before any await), then revokes its credentials at the providers, cascades to its children
 and waits for them, so when a root's `revoke` update returns, the whole tree is closed.
+
+A start carries an authority proof (`workflows.authority`): the API's over a root's open request, the
+worker's (signed with the parent's token) over a delegated child's state. A start without one is
+`denied` from its first instant and does nothing, so a Temporal client without the server-side key
+cannot create an active session, nor bring a closed one back with a start of its own. Revocation
+needs no proof: it only takes authority away.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from temporalio.workflow import ChildWorkflowHandle, ParentClosePolicy
 with workflow.unsafe.imports_passed_through():
     from models.approval import ApprovalDecision, ApprovalRequest, DecisionOutcome
     from models.audit import AuditAction, AuditEvent
+    from models.authority import ProofKind, change_of
     from models.errors import ErrorCode
     from models.secret import Secret
     from models.session import (
@@ -50,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         session_workflow_id,
     )
     from quartermaster.identity.attenuation import AttenuationError, attenuate
+    from workflows import authority
     from workflows.approval_gate import ApprovalGate
     from workflows.search_attributes import QM_AGENT, QM_PRINCIPAL, QM_SESSION, QM_STATE
 
@@ -72,6 +80,7 @@ class SessionWorkflow:
         self._in_flight = 0
         self._audits: list[asyncio.Task[None]] = []
         self._open = start.open
+        self._forged = authority.required() and not self._start_proven(start)
         if start.delegated is not None:
             self.state = start.delegated
         elif start.open is not None:
@@ -101,6 +110,31 @@ class SessionWorkflow:
             raise ApplicationError(
                 "a session starts from an open request or a delegated state", non_retryable=True
             )
+        if self._forged:  # never active, not even for a query before the first task completes
+            self.state = self.state.model_copy(
+                update={
+                    "status": "denied",
+                    "closed_reason": "AUTHORITY_INVALID: started without a valid authority proof",
+                }
+            )
+
+    @staticmethod
+    def _start_proven(start: SessionStart) -> bool:
+        info = workflow.info()
+        if start.open is not None and start.delegated is None:
+            kind, sid, change = ProofKind.SESSION_OPEN, start.open.session_id, change_of(start.open)
+        elif start.delegated is not None and start.open is None:
+            kind, sid = ProofKind.SESSION_DELEGATED, start.delegated.session_id
+            change = change_of(start.delegated)
+        else:
+            return False
+        return session_workflow_id(sid) == info.workflow_id and authority.verify(
+            start.proof,
+            kind=kind,
+            target=info.workflow_id,
+            change=change,
+            issued_near=info.workflow_start_time,
+        )
 
     # ---- queries -------------------------------------------------------------------------------
     @workflow.query(name="state")
@@ -259,11 +293,11 @@ class SessionWorkflow:
             created_at=now,
             activated_at=now,
         )
-        signed = await self._sign(child)
+        signed = await self._sign(child, delegation=True)
         self._ensure_active()
         handle = await workflow.start_child_workflow(
             SessionWorkflow.run,
-            SessionStart(delegated=child),
+            SessionStart(delegated=child, proof=signed.start_proof),
             id=session_workflow_id(child_id),
             parent_close_policy=ParentClosePolicy.ABANDON,
             static_summary=f"session of {req.to_agent}, delegated by {parent.agent}",
@@ -275,7 +309,7 @@ class SessionWorkflow:
         )
 
     # ---- lifecycle ------------------------------------------------------------------------------
-    async def _sign(self, s: SessionState) -> SignedSessionToken:
+    async def _sign(self, s: SessionState, *, delegation: bool = False) -> SignedSessionToken:
         signed: SignedSessionToken = await workflow.execute_activity(
             "sign_session_token",
             SessionTokenRequest(
@@ -288,6 +322,7 @@ class SessionWorkflow:
                 chain_identities=s.chain_identities,
                 ancestors=s.ancestors,
                 depth=s.depth,
+                state=s if delegation else None,
             ),
             result_type=SignedSessionToken,
             start_to_close_timeout=timedelta(seconds=30),
@@ -467,6 +502,10 @@ class SessionWorkflow:
     async def run(self, start: SessionStart) -> CloseSummary:
         s = self.state
         self._set_search_attributes()
+        if self._forged:
+            self._audit("authority.refused", "forged", outcome="refused", reason="AUTHORITY_INVALID")
+            await asyncio.gather(*self._audits)
+            return CloseSummary(session_id=s.session_id, status=s.status)
         if start.open is not None:
             if not await self._activate_root():
                 summary = (

@@ -16,13 +16,16 @@ import shutil
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from models.secret import Secret
 from quartermaster.identity.keys import SigningKeys
 from quartermaster.identity.settings import AUDIENCE, MAX_IDENTITY_TTL_SECONDS, IdentitySettings
+
+if TYPE_CHECKING:
+    from quartermaster.keys import Keyring
 
 IDENTITY_TYP = "qm-agent+jwt"
 AGENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -144,6 +147,18 @@ def measure(argv: list[str], *, cwd: Path | None = None, now: datetime | None = 
     )
 
 
+def _key_file_near(settings: IdentitySettings) -> Keyring | None:
+    """The server key file of this data dir, if this process can read one (dev: `qm run` beside the
+    worker). Gone once `qm run` asks the API to attest."""
+    from quartermaster.keys import Keyring
+
+    inline = os.environ.get("QM_KEYS")
+    if inline:
+        return Keyring.from_json(inline)
+    path = Path(os.environ.get("QM_KEYS_FILE") or settings.data_dir / "keys.json")
+    return Keyring.from_json(path.read_text()) if path.is_file() else None
+
+
 class IssuedIdentity(BaseModel):
     token: Secret
     subject: str
@@ -163,10 +178,17 @@ class Attestor:
         self.ttl_seconds = ttl_seconds
 
     @classmethod
-    def from_settings(cls, settings: IdentitySettings, *, create: bool = True) -> Attestor:
-        """The local attestor: keys from QM_ATTESTOR_KEYS, or the key file (created in dev)."""
+    def from_settings(
+        cls, settings: IdentitySettings, *, create: bool = True, keyring: Keyring | None = None
+    ) -> Attestor:
+        """The local attestor: keys from QM_ATTESTOR_KEYS, else the server key file's `attestor`
+        section (`keyring`, or the key file in the data dir), else the old separate file (created in
+        dev) for a `qm run` that has no server key file."""
+        keyring = keyring or _key_file_near(settings)
         if settings.attestor_keys_json:
             keys = SigningKeys.from_json(settings.attestor_keys_json)
+        elif keyring is not None and keyring.attestor is not None:
+            keys = keyring.signing_keys("attestor")
         else:
             keys = SigningKeys.load_or_create(
                 settings.resolved_attestor_keys_file, prefix="att", create=create

@@ -58,6 +58,10 @@ class SigningKeys:
         keys.save()
         return keys
 
+    def to_json(self) -> str:
+        """The private key set as the key-file document ({"keys": [{"jwk": ...}]})."""
+        return json.dumps({"keys": [{"jwk": dict(k.as_dict(private=True))} for k in self._keys]}, indent=2)
+
     def save(self) -> None:
         if self._path is None:
             return
@@ -65,7 +69,7 @@ class SigningKeys:
         tmp = self._path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            json.dump({"keys": [{"jwk": dict(k.as_dict(private=True))} for k in self._keys]}, fh, indent=2)
+            fh.write(self.to_json())
         os.replace(tmp, self._path)
 
     def rotate(self, prefix: str = "qm") -> str:

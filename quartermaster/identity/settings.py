@@ -7,7 +7,10 @@ QM_ATTESTOR_KEYS         the same JSON document inline (wins over the file)
 QM_SESSION_KEYS_FILE     session-token signing keys (default <data dir>/session-keys.json, 0600)
 QM_IDENTITY_TTL_SECONDS  lifetime of an agent identity token (default 600, at most 900)
 QM_TRUSTED_ATTESTORS     JSON list of external attestors (see TrustedAttestor)
-QM_REQUIRE_SESSION       1 = refuse requests without a session token (default off in dev)
+
+The worker and the API take the attestor and session keys from the server's key file
+(`quartermaster.keys`); the separate files above are read only by a local `qm run` and migrated into
+the key file on a dev start.
 """
 
 from __future__ import annotations
@@ -73,7 +76,6 @@ class IdentitySettings(BaseModel):
     session_keys_file: Path | None = None
     identity_ttl_seconds: Annotated[int, Field(ge=30, le=MAX_IDENTITY_TTL_SECONDS)] = 600
     trusted_attestors: tuple[TrustedAttestor, ...] = ()
-    require_session: bool = False
 
     @property
     def issuer(self) -> str:
@@ -119,5 +121,4 @@ class IdentitySettings(BaseModel):
         database_url = e.get("QM_DATABASE_URL") or e.get("QM_AUDIT_DB")
         if database_url:
             values["database_url"] = database_url
-        values["require_session"] = e.get("QM_REQUIRE_SESSION", "") == "1"
         return cls.model_validate(values)

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import re
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -31,8 +32,10 @@ from temporalio.service import RPCError
 from activities.catalog import make_quote
 from models.api import ResourceInfo
 from models.approval import ApprovalDecision, ApprovalRequest, DecisionOutcome
+from models.authority import ProofKind
 from models.catalog import Catalog
 from models.errors import ErrorCode, QuartermasterError
+from models.limits import LimitChangeRequest
 from models.money import Money
 from models.provisioning import (
     DiscoverInput,
@@ -48,6 +51,7 @@ from models.secret import Secret
 from providers.errors import ProviderError
 from providers.registry import ProviderRegistry, UnknownProviderError
 from quartermaster.config import Settings
+from quartermaster.crypto.authority import AuthoritySigner, sign_decision, sign_human_actor
 from quartermaster.keys import Keyring, load_keyring
 from quartermaster.temporal import connect
 from workflows.search_attributes import (
@@ -298,11 +302,15 @@ class Orchestrator:
             out += [ApprovalRequest.model_validate(a) for a in memo.get("pending_approvals", [])]
         return out
 
-    async def decide(self, decision: ApprovalDecision) -> DecisionOutcome:
-        """Send a human's decision; the workflow checks the one-time code and answers."""
+    async def decide(self, decision: ApprovalDecision, *, caller: str | None = None) -> DecisionOutcome:
+        """Send a human's decision; the workflow checks the one-time code and answers.
+
+        `caller` is the authenticated human (the API passes their id; agents never get here): the
+        decision is signed for it, and wrong codes are counted per caller."""
         wid, sep, _kind = decision.approval_id.rpartition(".")
         if not sep or not wid:
             raise QuartermasterError(ErrorCode.INVALID_REQUEST, "malformed approval id")
+        decision = sign_decision(self.keyring, decision, caller=caller or decision.caller or "local")
         handle = self.temporal.get_workflow_handle(wid)
         try:
             for _ in range(UNKNOWN_APPROVAL_RETRIES):
@@ -423,8 +431,36 @@ class Orchestrator:
             raise QuartermasterError(ErrorCode.NOT_FOUND, f"resource {resource_id} has no credential")
         return cred[1]
 
+    async def request_limit_change(
+        self, *, email: str, limit: Money, provider: str | None = None
+    ) -> tuple[str, str]:
+        """Start a limit change for an authenticated human; returns (workflow id, approval id). The
+        start carries this process's proof that the principal id and the email belong together."""
+        principal_id = self.keyring.principal_id(email)
+        wid = f"limit-change-{principal_id}-{uuid.uuid4().hex[:12]}"
+        req = LimitChangeRequest(
+            principal_id=principal_id,
+            principal_email=email,
+            provider=provider,
+            limit=limit,
+            approval_timeout_seconds=self.settings.approval_timeout_seconds,
+        )
+        req = AuthoritySigner.from_keyring(self.keyring).signed(req, ProofKind.LIMIT_CHANGE_REQUEST, wid)
+        await self.temporal.start_workflow(
+            "LimitChange",
+            req,
+            id=wid,
+            task_queue=self.settings.task_queue,
+            static_summary=f"limit change to {limit} ({provider or 'global'})",
+        )
+        return wid, f"{wid}.limit_change"
+
     async def remove(self, resource_id: str, actor: Actor) -> ResourceActionResult:
+        """Remove a resource. A human actor (`kind="human"`, authenticated by the API) gets this
+        process's proof for this very removal."""
         res = await self._provision_of(resource_id)
+        if actor.kind == "human":
+            actor = sign_human_actor(self.keyring, actor, request_id=resource_id, service_id=res.service_id)
         rotations = await self._rotations(resource_id)
         creds = [r.credential.credential_id for r in rotations if r.credential]
         creds += [res.credential.credential_id] if res.credential else []
@@ -444,7 +480,10 @@ class Orchestrator:
         return result
 
     async def rotate(self, resource_id: str, actor: Actor, request_id: str) -> ResourceActionResult:
+        """Rotate a resource's credential (a human actor is signed as in `remove`)."""
         res = await self._provision_of(resource_id)
+        if actor.kind == "human":
+            actor = sign_human_actor(self.keyring, actor, request_id=request_id, service_id=res.service_id)
         rotations = await self._rotations(resource_id)
         current = rotations[0].credential if rotations else res.credential
         req = RotateRequest(

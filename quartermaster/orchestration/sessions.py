@@ -1,7 +1,9 @@
 """Sessions and the kill switch on Temporal: what the API does for `/v1/sessions` and `/v1/agents`.
 
 Server side only. Humans (authenticated by the API): `open` (then an approval), `revoke`, `freeze`,
-`unfreeze`. Agents (verified session + identity tokens): `delegate`.
+`unfreeze`. Agents (verified session + identity tokens): `delegate`. A session's start and an unfreeze
+carry this process's authority proof (`quartermaster.crypto.authority`): the workflows refuse them
+without it, so only a holder of the server key file can open a session or ask for an unfreeze.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from models.authority import ProofKind, change_of
 from models.errors import ErrorCode, QuartermasterError
 from models.secret import Secret
 from models.session import (
@@ -34,6 +37,7 @@ from models.session import (
     agent_workflow_id,
     session_workflow_id,
 )
+from quartermaster.crypto.authority import AuthoritySigner
 from quartermaster.keys import Keyring
 from workflows.search_attributes import QM_AGENT, QM_PRINCIPAL
 
@@ -70,6 +74,7 @@ class SessionService:
         self.temporal = temporal
         self.keyring = keyring
         self.task_queue = task_queue
+        self.authority = AuthoritySigner.from_keyring(keyring)
 
     # ---- sessions -------------------------------------------------------------------------------
     async def open(
@@ -102,10 +107,12 @@ class SessionService:
                 "trust_domain": trust_domain,
             }
         )
+        wid = session_workflow_id(req.session_id)
+        start = SessionStart(open=req, proof=self.authority.sign(ProofKind.SESSION_OPEN, wid, change_of(req)))
         handle = await self.temporal.start_workflow(
             "SessionWorkflow",
-            SessionStart(open=req),
-            id=session_workflow_id(req.session_id),
+            start,
+            id=wid,
             task_queue=self.task_queue,
             static_summary=f"session for agent {agent}",
         )
@@ -197,9 +204,11 @@ class SessionService:
     async def unfreeze(self, agent: str, *, email: str, reason: str = "unfreeze") -> AgentStatus:
         """Ask the principal to approve unfreezing (code delivered to them); returns the status."""
         handle = self.temporal.get_workflow_handle(agent_workflow_id(self.keyring.principal_id(email), agent))
+        wid = agent_workflow_id(self.keyring.principal_id(email), agent)
         req = AgentUnfreezeRequest(
             principal_id=self.keyring.principal_id(email), principal_email=email, reason=reason
         )
+        req = self.authority.signed(req, ProofKind.AGENT_UNFREEZE, wid)
         try:
             status: AgentStatus = await handle.execute_update("unfreeze", req, result_type=AgentStatus)
         except WorkflowUpdateFailedError as exc:

@@ -1,0 +1,1 @@
+"""Server-side cryptography: authority proofs (signing side)."""
