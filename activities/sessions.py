@@ -24,6 +24,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.session_revocation import CredentialRevoker
+from activities.spend import signed_at
 from models.authority import ProofKind, change_of
 from models.errors import ErrorCode, QuartermasterError
 from models.ledger import LedgerView
@@ -312,7 +313,7 @@ class SessionActivities:
                 ProofKind.SESSION_DELEGATED,
                 session_workflow_id(req.session_id),
                 change_of(req.state),
-                issued_at=activity.info().current_attempt_scheduled_time if activity.in_activity() else None,
+                issued_at=signed_at(),
             )
         return SignedSessionToken(token=self._tokens.issue(req), start_proof=start_proof)
 

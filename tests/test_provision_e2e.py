@@ -218,7 +218,7 @@ async def test_remove_and_rotate(stack: Stack) -> None:
     await stack.decide(t["approval_id"], email)
     res = await result_of(stack, req.request_id)
     old = res.credential.env["CLOUD_API_TOKEN"].reveal()
-    actor = Actor(principal_email=email, agent="planner")
+    actor = Actor(principal_email=email, agent="planner", kind="human")  # the API authenticated them
     rotated = await stack.qm.rotate(res.resource_id, actor, "r1")
     assert rotated.outcome == "completed"
     new = rotated.credential.env["CLOUD_API_TOKEN"].reveal()
