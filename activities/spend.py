@@ -88,12 +88,12 @@ def _caller_workflow_id() -> str | None:
 
 
 def signed_at() -> datetime:
-    """The Temporal server's time of this attempt where there is one: start proofs are checked against
-    the workflow's start time on the same clock."""
+    """The Temporal server's time this attempt started, where there is one: start proofs are checked
+    against the workflow's start time on the same clock (also under a time-skipping test server)."""
     if activity.in_activity():
-        scheduled = activity.info().current_attempt_scheduled_time
-        if scheduled.year > 2000:  # a test ActivityEnvironment reports the epoch
-            return scheduled
+        started = activity.info().started_time
+        if started.year > 2000:  # a test ActivityEnvironment reports the epoch
+            return started
     return datetime.now(UTC)
 
 

@@ -8,10 +8,11 @@ handler, before any await), then revokes its credentials at the providers, casca
 and waits for them, so when a root's `revoke` update returns, the whole tree is closed.
 
 A start carries an authority proof (`workflows.authority`): the API's over a root's open request, the
-worker's (signed with the parent's token) over a delegated child's state. A start without one is
-`denied` from its first instant and does nothing, so a Temporal client without the server-side key
-cannot create an active session, nor bring a closed one back with a start of its own. Revocation
-needs no proof: it only takes authority away.
+worker's (signed with the parent's token) over a delegated child's state, and a child counts only as
+the child workflow of its parent session. A start without them is `denied` from its first instant and
+does nothing, so a Temporal client without the server-side key cannot create an active session, nor
+bring a revoked one back with a start of its own (copied from history, proof and all). Revocation needs
+no proof: it only takes authority away.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.approval_gate import ApprovalGate
     from workflows.search_attributes import QM_AGENT, QM_PRINCIPAL, QM_SESSION, QM_STATE
 
+#: how long after the parent created a delegated child its start is accepted
+DELEGATED_START_WINDOW = timedelta(minutes=5)
 _QUICK = RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=10))
 
 
@@ -126,6 +129,14 @@ class SessionWorkflow:
         elif start.delegated is not None and start.open is None:
             kind, sid = ProofKind.SESSION_DELEGATED, start.delegated.session_id
             change = change_of(start.delegated)
+            created = start.delegated.created_at
+            parent = info.parent
+            # only its parent session starts a child, right after signing it: a client's start of a
+            # copied state (e.g. to bring a revoked child back) has no parent and is refused
+            if parent is None or parent.workflow_id != session_workflow_id(start.delegated.parent_id or ""):
+                return False
+            if created is None or info.workflow_start_time - created > DELEGATED_START_WINDOW:
+                return False
         else:
             return False
         return session_workflow_id(sid) == info.workflow_id and authority.verify(
