@@ -54,10 +54,12 @@ def _signing_doc(section: str) -> str:
     if section == "assertion":
         from providers.assertions import AssertionSigner
 
-        return AssertionSigner.ephemeral(issuer="").to_json()
-    from quartermaster.identity.keys import SigningKeys
+        text = AssertionSigner.ephemeral(issuer="").to_json()
+    else:
+        from quartermaster.identity.keys import SigningKeys
 
-    return SigningKeys.ephemeral(_SIGNING_PREFIX[section]).to_json()
+        text = SigningKeys.ephemeral(_SIGNING_PREFIX[section]).to_json()
+    return json.dumps(json.loads(text))  # the compact form `from_json` keeps
 
 
 @dataclass(frozen=True)

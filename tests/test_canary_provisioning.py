@@ -64,7 +64,9 @@ async def _scenario(
     done = await _result(stack, ok.request_id)
     assert done.outcome == "completed"
     # 2. rotation: a second token, the first revoked
-    rotated = await stack.qm.rotate(done.resource_id, Actor(principal_email=email, agent="planner", kind="human"), "canary")
+    rotated = await stack.qm.rotate(
+        done.resource_id, Actor(principal_email=email, agent="planner", kind="human"), "canary"
+    )
     assert rotated.outcome == "completed"
     # 3. a failing path with compensation: a card that declines at the charge
     email2 = new_email()

@@ -38,7 +38,7 @@ from models.limits import limits_workflow_id
 from models.money import Money
 from models.provisioning import ProvisionResult
 from models.request import Actor
-from models.session import AgentStatus, DelegationRequest, SessionState, agent_workflow_id
+from models.session import AgentStatus, DelegationRequest, agent_workflow_id
 from quartermaster.codec import EncryptionCodec
 from quartermaster.converter import data_converter
 from quartermaster.crypto.authority import AuthoritySigner
@@ -460,4 +460,3 @@ def test_the_attacker_holds_no_server_side_key(stack: Stack) -> None:
     codec_only = stack.keyring.codec_only()
     assert codec_only.missing() == ["principal", "authority", "assertion", "attestor", "session"]
     assert json.loads(codec_only.to_json()).keys() == {"payload", "seal"}
-    assert SessionState  # the models the attacks forge are the real ones
