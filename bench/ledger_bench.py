@@ -1,5 +1,7 @@
 """Spend ledger throughput: reservations per second on one ledger and across 100 ledgers, and the
-ratio to a no-op update sent the same way (update-with-start, same concurrency) in the same run.
+ratio to a no-op update sent the same way (update-with-start, same concurrency) in the same run. Both
+carry an authority proof made as the spend activities make it, so the figures include signing and the
+ledger's verification.
 
     python bench/ledger_bench.py            # starts its own dev server unless TEMPORAL_ADDRESS is set
     python bench/ledger_bench.py --quick    # a tiny smoke run
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import sys
 import time
 import uuid
@@ -27,10 +30,17 @@ from temporalio.worker import Worker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from models.authority import ProofKind
 from models.ledger import LedgerStart, ReserveOutcome, ReserveSpend
 from models.money import Money
+from quartermaster.crypto.authority import AuthoritySigner
+from quartermaster.keys import NamedKey
+from workflows import authority
 from workflows.ledger import SpendLedgerWorkflow
 
+#: this process's own authority key: it signs like the worker and the ledgers verify with it
+_KEYS = (NamedKey("bench-a1", secrets.token_bytes(32)),)
+SIGNER = AuthoritySigner(_KEYS)
 #: per workflow: the server admits 10 in-flight updates, so both variants stay under that
 PER_WORKFLOW_CONCURRENCY = 8
 
@@ -67,7 +77,12 @@ async def _drive(client: Client, task_queue: str, wf: str, ledgers: int, ops: in
     big = Money(amount=100_000_000)
 
     async def one(ledger_id: str, worker_no: int) -> None:
-        start = LedgerStart(ledger_id=ledger_id, kind="budget", limit=big)
+        start = SIGNER.signed(
+            LedgerStart(ledger_id=ledger_id, kind="budget", limit=big),
+            ProofKind.LEDGER_START,
+            ledger_id,
+            exclude=frozenset({"state"}),
+        )
         for k in range(worker_no, per_ledger, PER_WORKFLOW_CONCURRENCY):
             op: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
                 wf,
@@ -78,7 +93,11 @@ async def _drive(client: Client, task_queue: str, wf: str, ledgers: int, ops: in
             )
             await client.execute_update_with_start_workflow(
                 "reserve",
-                ReserveSpend(purchase_id=f"p{k}", amount=Money(amount=1)),
+                SIGNER.signed(
+                    ReserveSpend(purchase_id=f"p{k}", amount=Money(amount=1)),
+                    ProofKind.LEDGER_RESERVE,
+                    ledger_id,
+                ),
                 start_workflow_operation=op,
                 result_type=ReserveOutcome,
             )
@@ -98,6 +117,7 @@ async def run(client: Client, *, quick: bool = False) -> list[Figure]:
     one_ops, many_ops = (40, 200) if quick else (1_000, 3_000)
     many = 10 if quick else 100
     figures: list[Figure] = []
+    authority.add(_KEYS)  # beside whatever keys this process installed already (the test suite's)
     async with Worker(client, task_queue=task_queue, workflows=[SpendLedgerWorkflow, NoopEntity]):
         for wf in ("NoopEntity", "SpendLedger"):  # warm-up: first tasks pay for sandbox imports
             await _drive(client, task_queue, wf, 1, 8, "warm")

@@ -31,7 +31,7 @@ from typing import Any, TextIO
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from models.limits import LimitChangeRequest, LimitChangeResult
+from models.limits import LimitChangeResult
 from models.money import Money
 from models.provisioning import ProvisionResult
 from quartermaster.codec import EncryptionCodec
@@ -260,18 +260,10 @@ async def result_of(stack: Stack, request_id: str, timeout: float = 120) -> Prov
 
 async def raise_limit(stack: Stack, email: str, provider: str, usd: int) -> None:
     """`qm billing set-limit`: start the limit change, answer its approval with the inbox code."""
-    pid = stack.principal_id(email)
-    wid = f"limit-change-{pid}-bench"
-    handle = await stack.client.start_workflow(
-        "LimitChange",
-        LimitChangeRequest(
-            principal_id=pid, principal_email=email, provider=provider, limit=Money(amount=usd * 100)
-        ),
-        id=wid,
-        task_queue=stack.settings.task_queue,
-        result_type=LimitChangeResult,
+    wid, approval_id = await stack.qm.request_limit_change(
+        email=email, limit=Money(amount=usd * 100), provider=provider
     )
-    approval_id = f"{wid}.limit_change"
+    handle = stack.client.get_workflow_handle(wid, result_type=LimitChangeResult)
     await until(lambda: any(m.get("approval_id") == approval_id for m in stack.inbox(email)))
     outcome = await stack.decide(approval_id, email)
     assert outcome.status == "ACCEPTED", outcome

@@ -111,6 +111,10 @@ class ProofVerifier:
         self._keys.clear()
         self._keys.update(fresh)
 
+    def add(self, keys: Iterable[tuple[str, bytes]]) -> None:
+        """Also accept these keys (a benchmark's own, beside the ones installed)."""
+        self._keys.update(dict(keys))
+
     def installed(self) -> bool:
         return bool(self._keys)
 

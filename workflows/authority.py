@@ -33,6 +33,11 @@ def install(keys: Iterable[NamedKeyLike]) -> None:
     VERIFIER.install((k.kid, k.key) for k in keys)
 
 
+def add(keys: Iterable[NamedKeyLike]) -> None:
+    """Also accept these keys beside the installed ones (benchmarks sharing a process with tests)."""
+    VERIFIER.add((k.kid, k.key) for k in keys)
+
+
 def installed() -> bool:
     return VERIFIER.installed()
 
