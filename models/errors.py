@@ -102,6 +102,8 @@ REFUSED = frozenset(
         ErrorCode.UNAUTHENTICATED,
         ErrorCode.FORBIDDEN,
         ErrorCode.LOGIN_INVALID,
+        ErrorCode.SESSION_REQUIRED,
+        ErrorCode.AUTHORITY_INVALID,
     }
 )
 

@@ -191,7 +191,11 @@ class Orchestrator:
         self, req: ProvisionRequest, *, prevalidate: bool = True, principal_id: str | None = None
     ) -> WorkflowHandle[Any, Any]:
         """Start (or find) the request's workflow. The same request id never starts a second one; with
-        `principal_id` (the API), a reuse with other parameters is refused with IDEMPOTENCY_CONFLICT."""
+        `principal_id` (the API), a reuse with other parameters is refused with IDEMPOTENCY_CONFLICT.
+
+        An actor without a session is the authenticated human's own request (only the API calls this,
+        after verifying their login): it gets this process's authority proof, which the worker checks."""
+        req = req.model_copy(update={"actor": self._human_signed(req.actor, req.request_id, req.service_id)})
         if prevalidate:
             await self.quote(req.service_id, req.configuration, req.max_price)
         wid = workflow_id_for(req.request_id, principal_id)
@@ -455,12 +459,18 @@ class Orchestrator:
         )
         return wid, f"{wid}.limit_change"
 
+    def _human_signed(self, actor: Actor, request_id: str, service_id: str) -> Actor:
+        """A session-less actor (the API's authenticated human) with the proof for this very request;
+        an agent's actor (session + identity tokens) is left as it is, for the worker to verify."""
+        if actor.session_token is not None or actor.proof is not None:
+            return actor
+        return sign_human_actor(self.keyring, actor, request_id=request_id, service_id=service_id)
+
     async def remove(self, resource_id: str, actor: Actor) -> ResourceActionResult:
-        """Remove a resource. A human actor (`kind="human"`, authenticated by the API) gets this
-        process's proof for this very removal."""
+        """Remove a resource. A session-less actor (the API's authenticated human) gets this process's
+        proof for this very removal."""
         res = await self._provision_of(resource_id)
-        if actor.kind == "human":
-            actor = sign_human_actor(self.keyring, actor, request_id=resource_id, service_id=res.service_id)
+        actor = self._human_signed(actor, resource_id, res.service_id)
         rotations = await self._rotations(resource_id)
         creds = [r.credential.credential_id for r in rotations if r.credential]
         creds += [res.credential.credential_id] if res.credential else []
@@ -480,10 +490,9 @@ class Orchestrator:
         return result
 
     async def rotate(self, resource_id: str, actor: Actor, request_id: str) -> ResourceActionResult:
-        """Rotate a resource's credential (a human actor is signed as in `remove`)."""
+        """Rotate a resource's credential (a session-less actor is signed as in `remove`)."""
         res = await self._provision_of(resource_id)
-        if actor.kind == "human":
-            actor = sign_human_actor(self.keyring, actor, request_id=request_id, service_id=res.service_id)
+        actor = self._human_signed(actor, request_id, res.service_id)
         rotations = await self._rotations(resource_id)
         current = rotations[0].credential if rotations else res.credential
         req = RotateRequest(

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import re
-import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Security
 
 from models.api import ApprovalPending, LimitBody
 from models.errors import ErrorCode, QuartermasterError
-from models.limits import LimitChangeRequest, SpendSummary, SpendSummaryRequest
+from models.limits import SpendSummary, SpendSummaryRequest
 from quartermaster.api.deps import HumanCaller, Services, require_human
 from quartermaster.api.errors import ERROR_RESPONSES
 
@@ -40,23 +39,12 @@ async def request_limit_change(body: LimitBody, caller: HumanCaller, svc: Servic
         raise QuartermasterError(ErrorCode.UNKNOWN_PROVIDER, f"no provider named {body.provider!r}")
     if body.limit.amount <= 0:
         raise QuartermasterError(ErrorCode.INVALID_REQUEST, "a limit above 0")
-    req = LimitChangeRequest(
-        principal_id=caller.principal_id,
-        principal_email=caller.email,
-        provider=body.provider,
-        limit=body.limit,
-        approval_timeout_seconds=svc.settings.approval_timeout_seconds,
-    )
-    workflow_id = f"limit-change-{caller.principal_id}-{uuid.uuid4().hex[:12]}"
-    await svc.temporal.start_workflow(
-        "LimitChange",
-        req,
-        id=workflow_id,
-        task_queue=svc.settings.task_queue,
-        static_summary=f"limit change to {body.limit} ({body.provider or 'global'})",
+    # the orchestrator signs the start (an authority proof): the workflow refuses one without it
+    _, approval_id = await svc.orchestrator.request_limit_change(
+        email=caller.email, limit=body.limit, provider=body.provider
     )
     return ApprovalPending(
-        approval_id=f"{workflow_id}.limit_change",
+        approval_id=approval_id,
         code=str(ErrorCode.LIMIT_CHANGE_APPROVAL_REQUIRED),
         message="a one-time code was sent to you; approve with qm approve APPROVAL_ID --code CODE",
     )
