@@ -26,6 +26,7 @@ from models.money import Money
 from models.provisioning import ProvisionResult
 from models.request import ProvisionRequest
 from providers.registry import ProviderRegistry
+from quartermaster.crypto.authority import AuthoritySigner
 from quartermaster.orchestration.requests import Orchestrator
 from tests.fixtures.stack import Stack, new_email
 from tests.test_provision_crashes import worker_process
@@ -79,7 +80,8 @@ async def _drive(stack: Stack, qm: Orchestrator, trial: Trial) -> dict[str, Any]
 
 async def _lower_cap(stack: Stack, task_queue: str, email: str) -> None:
     """This principal's cloud cap at USD 1, so a USD 5 purchase asks for a spend_limit approval."""
-    spend = SpendActivities(stack.client, task_queue, providers=["cloud"])
+    authority = AuthoritySigner.from_keyring(stack.keyring)  # a server-side change: it needs the key
+    spend = SpendActivities(stack.client, task_queue, authority=authority, providers=["cloud"])
     await spend.set_spend_limit(
         LimitChange(
             change_id=f"test-{uuid.uuid4().hex[:8]}",
