@@ -64,10 +64,12 @@ async def decide(approval_id: str, body: DecisionBody, caller: HumanCaller, svc:
             reason=body.reason,
             information=body.information,
             raise_limit_to=body.raise_limit_to,
-        )
+        ),
+        caller=f"human:{caller.principal_id}",
     )
     if outcome.status != "ACCEPTED":
-        raise QuartermasterError(ErrorCode.APPROVAL_REJECTED, f"{outcome.status} for {approval_id}")
+        left = f" ({outcome.tries_left} tries left)" if outcome.status == "WRONG_CODE" else ""
+        raise QuartermasterError(ErrorCode.APPROVAL_REJECTED, f"{outcome.status} for {approval_id}{left}")
     if approval.kind == "agent_unfreeze" and body.decision == "approve":
         agent = approval.workflow_id.removeprefix(f"agent-{caller.principal_id}-")
         await svc.logins.set_frozen(caller.principal_id, agent, False)
