@@ -21,6 +21,7 @@ from quartermaster.api.routes import (
     dev,
     identities,
     login,
+    pages,
     provisions,
     resources,
     sessions,
@@ -29,6 +30,8 @@ from quartermaster.api.services import ApiServices
 
 #: routers open to anonymous callers (each still authenticates what it receives)
 PUBLIC_ROUTERS = (catalog.router, login.router, callbacks.router)
+#: HTML pages for browsers: authenticated by the page-session cookie (from an approval link or /login)
+PAGE_ROUTERS = (pages.router,)
 #: routers whose every route requires a verified caller
 PROTECTED_ROUTERS = (
     provisions.router,
@@ -68,12 +71,13 @@ def create_app(services: ApiServices | None = None, *, dev_routes: bool | None =
     if services is not None:
         app.state.services = services
     errors.install(app)
-    for router in (*PUBLIC_ROUTERS, *PROTECTED_ROUTERS):
+    for router in (*PUBLIC_ROUTERS, *PROTECTED_ROUTERS, *PAGE_ROUTERS):
         app.include_router(router)
     if dev_routes is None:
         dev_routes = services.settings.dev if services is not None else os.environ.get("QM_DEV") == "1"
     mount_dev = dev_routes
     if mount_dev:
         app.include_router(dev.router)
+        app.include_router(dev.pages_router)
     app.add_middleware(BoundedBody)
     return app
