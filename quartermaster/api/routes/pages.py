@@ -37,7 +37,7 @@ from quartermaster.identity.approval_links import ApprovalLinkSealer, InvalidLin
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 HEADERS = {
     "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make Chromium send `Origin: null`
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
