@@ -91,6 +91,10 @@ class PageSessionStore:
         )
         return PageSession(sid, principal_id, email, approval_id, sealed, expires)
 
+    async def link_used(self, token: str) -> bool:
+        rows = await self._run("SELECT 1 FROM approval_links_used WHERE link_hash=?", (link_hash(token),))
+        return bool(rows)
+
     async def from_link(
         self, token: str, *, principal_id: str, email: str, approval_id: str, link_expires: datetime
     ) -> PageSession | None:

@@ -212,6 +212,8 @@ async def _open_link(request: Request, svc: ApiServices, approval_id: str, token
         claims = sealer.open(token[:2000], approval_id=approval_id)
     except InvalidLink as err:
         return refusal(ErrorCode.LINK_INVALID, str(err))
+    if await page_store(svc).link_used(token):
+        return refusal(ErrorCode.LINK_INVALID, "this approval link was already used")
     try:
         await pending_approval(svc, claims.principal_id, approval_id)
     except QuartermasterError as err:
