@@ -8,6 +8,9 @@ It comes from one of two places:
 - the **login page** (e-mail, then the code from the channel): the session sees all of the human's
   pending approvals, and a decision needs the one-time code typed into the page.
 
+Its own SQLite file (`<data dir>/pages.sqlite`, 0600) for now: short-lived rows only; replicas behind
+one load balancer would move these tables into the one store (`QM_DATABASE_URL`).
+
 A decision claims the approval in `page_decisions` first, so one approval is decided through the pages
 at most once (the workflow refuses a second decision too). CSRF tokens are an HMAC of the session id
 and the approval id under a key only the API holds.
@@ -24,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from providers.private_files import private_sqlite_file
 from quartermaster.identity.approval_links import derive_key, link_hash
 
 COOKIE = "qm_page"
@@ -63,7 +67,7 @@ class PageSessionStore:
     def __init__(self, path: Path, *, principal_key: bytes) -> None:
         self._path = path
         self._csrf_key = derive_key(principal_key, b"quartermaster page csrf v1")
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_sqlite_file(path)  # 0600 before anything opens it (session and link hashes)
         with self._connect() as db:
             db.executescript(_SCHEMA)
 

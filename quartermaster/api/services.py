@@ -61,10 +61,9 @@ def build_services(
     store: Store | None = None,
 ) -> ApiServices:
     """Wire the API's services from settings (the same adapters the worker builds)."""
+    from providers.private_files import private_directory
     from quartermaster.gateway import assertion_signer, build_inbox
     from worker import build_notifier, build_store
-
-    from providers.private_files import private_directory
 
     private_directory(settings.data_dir)  # the API holds keys and the store there too
     ids = identity or IdentitySettings.from_env(settings.data_dir)

@@ -52,7 +52,7 @@ def page_store(svc: ApiServices) -> PageSessionStore:
     """The page-session store (built on first use beside the login store)."""
     if svc.pages is None:
         svc.pages = PageSessionStore(
-            svc.settings.data_dir / "api.sqlite", principal_key=svc.keyring.principal or b""
+            svc.settings.data_dir / "pages.sqlite", principal_key=svc.keyring.principal or b""
         )
     store: PageSessionStore = svc.pages
     return store
