@@ -9,8 +9,9 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -18,7 +19,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.accounts import AccountActivities
 from activities.alerts import AlertActivities
-from activities.approvals import ApprovalActivities
+from activities.approvals import ApprovalActivities, LinkBuilder
 from activities.audit import AuditActivities
 from activities.catalog import CatalogActivities
 from activities.heartbeat import HeartbeatInterceptor
@@ -31,8 +32,16 @@ from activities.session_revocation import (
 )
 from activities.sessions import SessionActivities
 from activities.spend import SpendActivities
+from models.approval import ApprovalRequest
 from models.provisioning import Policy
-from providers.notifier import InboxNotifier, Notifier, NotifierConfigError, WebhookNotifier
+from providers.email_notifier import SmtpNotifier
+from providers.notifier import (
+    FanoutNotifier,
+    InboxNotifier,
+    Notifier,
+    NotifierConfigError,
+    WebhookNotifier,
+)
 from providers.private_files import private_directory
 from providers.registry import ProviderRegistry
 from providers.store import Store, open_store
@@ -41,6 +50,7 @@ from quartermaster.codec import SecretBox
 from quartermaster.config import Settings
 from quartermaster.crypto.authority import AuthoritySigner
 from quartermaster.gateway import assertion_signer
+from quartermaster.identity.approval_links import ApprovalLinkSealer
 from quartermaster.keys import Keyring, load_keyring
 from quartermaster.logging_setup import configure_logging
 from quartermaster.temporal import connect
@@ -56,16 +66,51 @@ log = logging.getLogger("quartermaster.worker")
 
 
 def build_notifier(settings: Settings) -> Notifier:
-    """The human's channel: the signed webhook; the console + inbox file only in dev. Approval codes
-    never go to stdout outside dev, so without a channel the worker refuses to start."""
-    if settings.notify_webhook_url:
-        return WebhookNotifier(url=settings.notify_webhook_url, secret=settings.notify_webhook_secret or "")
-    if not settings.dev:
-        raise NotifierConfigError(
-            "no notification channel: set QM_NOTIFY_WEBHOOK_URL and QM_NOTIFY_WEBHOOK_SECRET "
-            "(QM_DEV=1 uses the local inbox)"
+    """The human's channels: e-mail (QM_SMTP_HOST) and/or the signed webhook; the console + inbox
+    file only in dev (then it also shows what every other channel sent). Approval codes never go to
+    stdout outside dev, so without a channel the worker refuses to start."""
+    channels: list[Notifier] = []
+    if settings.smtp_host:
+        channels.append(
+            SmtpNotifier(
+                host=settings.smtp_host,
+                port=settings.smtp_port,
+                tls=settings.smtp_tls,  # type: ignore[arg-type]  # validated by SmtpNotifier
+                sender=settings.smtp_sender,
+                username=settings.smtp_username,
+                password=settings.smtp_password,
+            )
         )
-    return InboxNotifier(inbox_dir=settings.data_dir / "inbox")
+    if settings.notify_webhook_url:
+        channels.append(
+            WebhookNotifier(url=settings.notify_webhook_url, secret=settings.notify_webhook_secret or "")
+        )
+    if settings.dev:
+        channels.append(InboxNotifier(inbox_dir=settings.data_dir / "inbox"))
+    if not channels:
+        raise NotifierConfigError(
+            "no notification channel: set QM_SMTP_HOST, or QM_NOTIFY_WEBHOOK_URL and "
+            "QM_NOTIFY_WEBHOOK_SECRET (QM_DEV=1 uses the local inbox)"
+        )
+    return channels[0] if len(channels) == 1 else FanoutNotifier(*channels)
+
+
+def approval_link_builder(settings: Settings, keyring: Keyring) -> LinkBuilder | None:
+    """Links to the API's approval page, carrying a sealed, single-use stand-in for the code."""
+    if keyring.principal is None:
+        return None
+    sealer = ApprovalLinkSealer(principal_key=keyring.principal)
+    ttl = timedelta(seconds=settings.approval_link_ttl_seconds)
+    base = settings.public_url.rstrip("/")
+
+    def link_for(req: ApprovalRequest, code: str) -> str:
+        expires = min(req.expires_at, datetime.now(UTC) + ttl)
+        token = sealer.seal(
+            approval_id=req.approval_id, principal_id=req.principal_id, code=code, expires_at=expires
+        )
+        return f"{base}/approve/{quote(req.approval_id, safe='')}?t={token}"
+
+    return link_for
 
 
 def build_store(settings: Settings, keyring: Keyring) -> Store:
@@ -79,7 +124,9 @@ def build_activities(
     """Every activity, bound to adapters built from `settings`. Secrets stay in this process."""
     private_directory(settings.data_dir)
     authority = AuthoritySigner.from_keyring(keyring)
-    approvals = ApprovalActivities(build_notifier(settings), authority=authority)
+    approvals = ApprovalActivities(
+        build_notifier(settings), authority=authority, link_for=approval_link_builder(settings, keyring)
+    )
     registry = ProviderRegistry.from_settings(settings)
     stripe = StripeAdapter(
         api_key=settings.stripe_api_key,

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
 from temporalio import activity
 
-from models.approval import ApprovalNotice, ApprovalTicket
+from models.approval import ApprovalNotice, ApprovalRequest, ApprovalTicket
 from providers.notifier import Notifier
 from quartermaster.crypto.authority import AuthoritySigner
 
@@ -19,10 +20,17 @@ def new_code() -> str:
     return f"{raw[:5]}-{raw[5:]}"
 
 
+#: builds the approval page link for a request and its fresh code (the link stands in for the code)
+LinkBuilder = Callable[[ApprovalRequest, str], str]
+
+
 class ApprovalActivities:
-    def __init__(self, notifier: Notifier, *, authority: AuthoritySigner) -> None:
+    def __init__(
+        self, notifier: Notifier, *, authority: AuthoritySigner, link_for: LinkBuilder | None = None
+    ) -> None:
         self._notifier = notifier
         self._authority = authority
+        self._link_for = link_for
 
     @activity.defn(name="notify_approval")
     async def notify_approval(self, notice: ApprovalNotice) -> ApprovalTicket:
@@ -32,17 +40,18 @@ class ApprovalActivities:
         """
         req = notice.request
         code = new_code()
+        message = {
+            "type": "approval_request",
+            "approval_id": req.approval_id,
+            "kind": req.kind,
+            "summary": req.summary,
+            "details": req.details,
+            "expires_at": req.expires_at.isoformat(),
+            "code": code,
+        }
+        if self._link_for is not None:
+            message["link"] = self._link_for(req, code)
         await self._notifier.deliver(
-            principal_id=req.principal_id,
-            principal_email=str(notice.principal_email),
-            message={
-                "type": "approval_request",
-                "approval_id": req.approval_id,
-                "kind": req.kind,
-                "summary": req.summary,
-                "details": req.details,
-                "expires_at": req.expires_at.isoformat(),
-                "code": code,
-            },
+            principal_id=req.principal_id, principal_email=str(notice.principal_email), message=message
         )
         return self._authority.code_ticket(req.approval_id, code)

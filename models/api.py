@@ -83,10 +83,16 @@ class DecisionBody(BaseModel):
     reason: Annotated[str, Field(max_length=500)] | None = None
     information: dict[str, Any] | None = None
     raise_limit_to: Money | None = None
+    #: the `view_hash` of `GET /v1/approvals/{id}` the human saw: refused (APPROVAL_CHANGED) when what
+    #: the approval is about (price, configuration, cap, budget) changed since. Optional for old clients.
+    view_hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
 
 
 class ApprovalView(ApprovalRequest):
     """A pending approval, with every detail (only a human's login sees these)."""
+
+    #: sha256 over the canonical JSON of every fact the approval page shows (docs/approvals.md)
+    view_hash: str | None = None
 
 
 class LoginStart(BaseModel):

@@ -30,6 +30,8 @@ class ErrorCode(StrEnum):
     APPROVAL_DENIED = "APPROVAL_DENIED"
     APPROVAL_TIMED_OUT = "APPROVAL_TIMED_OUT"
     APPROVAL_REJECTED = "APPROVAL_REJECTED"
+    #: what the human was shown (price, configuration, cap effect...) is no longer what is pending
+    APPROVAL_CHANGED = "APPROVAL_CHANGED"
     SESSION_INVALID = "SESSION_INVALID"
     SESSION_EXPIRED = "SESSION_EXPIRED"
     SESSION_REVOKED = "SESSION_REVOKED"
@@ -52,6 +54,10 @@ class ErrorCode(StrEnum):
     UNAUTHENTICATED = "UNAUTHENTICATED"
     FORBIDDEN = "FORBIDDEN"
     LOGIN_INVALID = "LOGIN_INVALID"
+    #: an approval link that is forged, expired, already used or for another approval or human
+    LINK_INVALID = "LINK_INVALID"
+    #: a page form without the token of the page it came from
+    CSRF_INVALID = "CSRF_INVALID"
     RATE_LIMITED = "RATE_LIMITED"
     API_UNAVAILABLE = "API_UNAVAILABLE"
     UNKNOWN_ERROR = "UNKNOWN_ERROR"
@@ -91,6 +97,7 @@ REFUSED = frozenset(
         ErrorCode.APPROVAL_DENIED,
         ErrorCode.APPROVAL_TIMED_OUT,
         ErrorCode.APPROVAL_REJECTED,
+        ErrorCode.APPROVAL_CHANGED,
         ErrorCode.SESSION_INVALID,
         ErrorCode.SESSION_EXPIRED,
         ErrorCode.SESSION_REVOKED,
@@ -104,6 +111,8 @@ REFUSED = frozenset(
         ErrorCode.LOGIN_INVALID,
         ErrorCode.SESSION_REQUIRED,
         ErrorCode.AUTHORITY_INVALID,
+        ErrorCode.LINK_INVALID,
+        ErrorCode.CSRF_INVALID,
     }
 )
 

@@ -59,6 +59,8 @@ class InboxNotifier:
             line = f"[inbox {principal_id}] {message.get('summary', message.get('kind', 'message'))}"
             if "approval_id" in message:
                 line += f"\n    approve: qm approve {message['approval_id']} --code {message.get('code')}"
+            if message.get("link"):
+                line += f"\n    or open: {message['link']}"
             print(line, file=sys.stdout, flush=True)
 
 
@@ -130,3 +132,14 @@ def read_inbox(inbox_dir: Path, principal_id: str) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class FanoutNotifier:
+    """Deliver to several channels (e.g. e-mail and, under `qm dev`, the dev inbox); all must succeed."""
+
+    def __init__(self, *channels: Notifier) -> None:
+        self._channels = channels
+
+    async def deliver(self, *, principal_id: str, principal_email: str, message: dict[str, Any]) -> None:
+        for channel in self._channels:
+            await channel.deliver(principal_id=principal_id, principal_email=principal_email, message=message)

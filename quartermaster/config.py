@@ -62,6 +62,16 @@ class Settings(BaseModel):
     notify_webhook_url: str | None = None
     #: HMAC key that signs every webhook delivery (QM_NOTIFY_WEBHOOK_SECRET)
     notify_webhook_secret: str | None = None
+    #: e-mail channel (QM_SMTP_*): set the host to send approval links and login codes by e-mail
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    #: "starttls", "ssl" (implicit TLS, port 465) or "none" (loopback test servers only)
+    smtp_tls: str = "starttls"
+    smtp_sender: str = "Quartermaster <quartermaster@localhost>"
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    #: how long the approval link in a notification logs the human in (capped by the approval's expiry)
+    approval_link_ttl_seconds: int = 3600
     dev: bool = False
 
     @property
@@ -110,6 +120,13 @@ class Settings(BaseModel):
             "QM_PURCHASE_APPROVAL_ABOVE": "purchase_approval_above",
             "QM_NOTIFY_WEBHOOK_URL": "notify_webhook_url",
             "QM_NOTIFY_WEBHOOK_SECRET": "notify_webhook_secret",
+            "QM_SMTP_HOST": "smtp_host",
+            "QM_SMTP_PORT": "smtp_port",
+            "QM_SMTP_TLS": "smtp_tls",
+            "QM_SMTP_SENDER": "smtp_sender",
+            "QM_SMTP_USERNAME": "smtp_username",
+            "QM_SMTP_PASSWORD": "smtp_password",
+            "QM_APPROVAL_LINK_TTL_SECONDS": "approval_link_ttl_seconds",
         }
         for var, field in simple.items():
             if var in e and e[var] != "":

@@ -24,6 +24,7 @@ from quartermaster.api.routes import (
     identities,
     login,
     mcp,
+    pages,
     provisions,
     resources,
     sessions,
@@ -32,6 +33,8 @@ from quartermaster.api.services import ApiServices
 
 #: routers open to anonymous callers (each still authenticates what it receives)
 PUBLIC_ROUTERS = (catalog.router, login.router, callbacks.router, mcp.router)
+#: HTML pages for browsers: authenticated by the page-session cookie (from an approval link or /login)
+PAGE_ROUTERS = (pages.router,)
 #: routers whose every route requires a verified caller
 PROTECTED_ROUTERS = (
     provisions.router,
@@ -75,12 +78,13 @@ def create_app(services: ApiServices | None = None, *, dev_routes: bool | None =
     mcp_edge = McpEdge(app)
     app.router.routes.append(Route(MCP_PATH, endpoint=mcp_edge, include_in_schema=False))
     errors.install(app)
-    for router in (*PUBLIC_ROUTERS, *PROTECTED_ROUTERS):
+    for router in (*PUBLIC_ROUTERS, *PROTECTED_ROUTERS, *PAGE_ROUTERS):
         app.include_router(router)
     if dev_routes is None:
         dev_routes = services.settings.dev if services is not None else os.environ.get("QM_DEV") == "1"
     mount_dev = dev_routes
     if mount_dev:
         app.include_router(dev.router)
+        app.include_router(dev.pages_router)
     app.add_middleware(BoundedBody)
     return app

@@ -17,6 +17,7 @@ from providers.notifier import Notifier
 from providers.registry import ProviderRegistry
 from providers.store import Store
 from quartermaster.api.logins import LoginStore
+from quartermaster.api.page_sessions import PageSessionStore
 from quartermaster.config import Settings
 from quartermaster.identity.attestation import Attestor
 from quartermaster.identity.settings import IdentitySettings
@@ -46,6 +47,8 @@ class ApiServices:
     replay: ReplayGuard
     #: a deliberately broken variant for the attacker suite: every ownership check passes
     authorization_disabled: bool = False
+    #: browser sessions of the approval pages (built on first use when None)
+    pages: PageSessionStore | None = None
 
 
 def build_services(

@@ -22,6 +22,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from models.api import (
     ApprovalPending,
+    ApprovalView,
     AttestResult,
     LoginStarted,
     LoginToken,
@@ -137,8 +138,9 @@ class Approvals(_Resource):
     async def list(self) -> list[ApprovalRequest]:
         return await self._c.request("GET", "/v1/approvals", list[ApprovalRequest])
 
-    async def get(self, approval_id: str) -> ApprovalRequest:
-        return await self._c.request("GET", f"/v1/approvals/{_seg(approval_id)}", ApprovalRequest)
+    async def get(self, approval_id: str) -> ApprovalView:
+        """The approval with its `view_hash`: pass it to `decide` to bind the decision to it."""
+        return await self._c.request("GET", f"/v1/approvals/{_seg(approval_id)}", ApprovalView)
 
     async def decide(
         self,
@@ -149,6 +151,7 @@ class Approvals(_Resource):
         reason: str | None = None,
         information: dict[str, Any] | None = None,
         raise_limit_to: Money | None = None,
+        view_hash: str | None = None,
     ) -> DecisionOutcome:
         body = _drop_none(
             {
@@ -157,6 +160,7 @@ class Approvals(_Resource):
                 "reason": reason,
                 "information": information,
                 "raise_limit_to": _money(raise_limit_to),
+                "view_hash": view_hash,
             }
         )
         return await self._c.request(

@@ -13,9 +13,10 @@ from pathlib import Path
 import httpx
 from fastapi.routing import APIRoute
 
-from quartermaster.api.app import PROTECTED_ROUTERS, PUBLIC_ROUTERS, create_app
+from quartermaster.api.app import PAGE_ROUTERS, PROTECTED_ROUTERS, PUBLIC_ROUTERS, create_app
 from quartermaster.api.deps import optional_caller, require_caller, require_human, services
 from quartermaster.api.routes import dev
+from quartermaster.api.routes.pages import optional_page_session
 from tests.fixtures.stack import Stack, new_email
 
 OPENAPI = Path(__file__).resolve().parents[2] / "docs" / "api.openapi.json"
@@ -50,6 +51,12 @@ def test_every_route_declares_its_callers() -> None:
     top = {getattr(r, "path", None) for r in app.routes if not type(r).__name__.startswith("_Included")}
     assert top <= {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/mcp"}, top
     routes = [r for router in (*PUBLIC_ROUTERS, *PROTECTED_ROUTERS, dev.router) for r in router.routes]
+    # the HTML pages: authenticated by the page-session cookie (an approval link or /login)
+    for route in (r for router in PAGE_ROUTERS for r in router.routes):
+        assert isinstance(route, APIRoute) and optional_page_session in _deps(route), route
+    pages = {getattr(r, "path", "") for router in PAGE_ROUTERS for r in router.routes}
+    assert pages == {"/login", "/login/verify", "/logout", "/approvals", "/approve/{approval_id}"}, pages
+    assert {getattr(r, "path", "") for r in dev.pages_router.routes} == {"/dev/inbox"}
     assert all(isinstance(r, APIRoute) for r in routes) and len(routes) > 30
     for route in routes:
         assert isinstance(route, APIRoute)

@@ -222,7 +222,8 @@ export interface paths {
         };
         /**
          * Get Approval
-         * @description One pending approval with its details (e.g. the Checkout or OAuth consent URL).
+         * @description One pending approval with its details (e.g. the Checkout or OAuth consent URL) and the
+         *     `view_hash` of what it is about; send that hash with the decision to bind it.
          */
         get: operations["get_approval_v1_approvals__approval_id__get"];
         put?: never;
@@ -735,6 +736,43 @@ export interface components {
             /** Workflow Id */
             workflow_id: string;
         };
+        /**
+         * ApprovalView
+         * @description A pending approval, with every detail (only a human's login sees these).
+         */
+        ApprovalView: {
+            /** Approval Id */
+            approval_id: string;
+            /** Details */
+            details?: {
+                [key: string]: unknown;
+            };
+            /**
+             * Expires At
+             * Format: date-time
+             */
+            expires_at: string;
+            /** Human Only */
+            human_only?: string[];
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "terms" | "payment_method" | "oauth_consent" | "purchase" | "information" | "spend_limit" | "limit_change" | "session_open" | "agent_unfreeze";
+            /** Principal Id */
+            principal_id: string;
+            /**
+             * Requested At
+             * Format: date-time
+             */
+            requested_at: string;
+            /** Summary */
+            summary: string;
+            /** View Hash */
+            view_hash?: string | null;
+            /** Workflow Id */
+            workflow_id: string;
+        };
         /** AttestBody */
         AttestBody: {
             /** Agent */
@@ -848,6 +886,8 @@ export interface components {
             raise_limit_to?: components["schemas"]["Money"] | null;
             /** Reason */
             reason?: string | null;
+            /** View Hash */
+            view_hash?: string | null;
         };
         /** DecisionOutcome */
         DecisionOutcome: {
@@ -885,7 +925,7 @@ export interface components {
          * ErrorCode
          * @enum {string}
          */
-        ErrorCode: "INVALID_REQUEST" | "UNKNOWN_PROVIDER" | "UNKNOWN_SERVICE" | "INVALID_CONFIGURATION" | "PRICE_ABOVE_MAXIMUM" | "CURRENCY_MISMATCH" | "NOT_FOUND" | "IDEMPOTENCY_CONFLICT" | "BODY_TOO_LARGE" | "TERMS_ACCEPTANCE_REQUIRED" | "PAYMENT_METHOD_REQUIRED" | "OAUTH_CONSENT_REQUIRED" | "PURCHASE_APPROVAL_REQUIRED" | "SPEND_LIMIT_REACHED" | "LIMIT_CHANGE_APPROVAL_REQUIRED" | "SESSION_APPROVAL_REQUIRED" | "UNFREEZE_APPROVAL_REQUIRED" | "INFORMATION_REQUIRED" | "APPROVAL_DENIED" | "APPROVAL_TIMED_OUT" | "APPROVAL_REJECTED" | "SESSION_INVALID" | "SESSION_EXPIRED" | "SESSION_REVOKED" | "SERVICE_NOT_ALLOWED" | "BUDGET_EXCEEDED" | "AGENT_FROZEN" | "IDENTITY_INVALID" | "ACCOUNT_IDENTITY_MISMATCH" | "SESSION_REQUIRED" | "AUTHORITY_INVALID" | "PAYMENT_DECLINED" | "PROVIDER_ERROR" | "PROVIDER_UNAVAILABLE" | "TEMPORAL_UNAVAILABLE" | "PORT_IN_USE" | "UNAUTHENTICATED" | "FORBIDDEN" | "LOGIN_INVALID" | "RATE_LIMITED" | "API_UNAVAILABLE" | "UNKNOWN_ERROR";
+        ErrorCode: "INVALID_REQUEST" | "UNKNOWN_PROVIDER" | "UNKNOWN_SERVICE" | "INVALID_CONFIGURATION" | "PRICE_ABOVE_MAXIMUM" | "CURRENCY_MISMATCH" | "NOT_FOUND" | "IDEMPOTENCY_CONFLICT" | "BODY_TOO_LARGE" | "TERMS_ACCEPTANCE_REQUIRED" | "PAYMENT_METHOD_REQUIRED" | "OAUTH_CONSENT_REQUIRED" | "PURCHASE_APPROVAL_REQUIRED" | "SPEND_LIMIT_REACHED" | "LIMIT_CHANGE_APPROVAL_REQUIRED" | "SESSION_APPROVAL_REQUIRED" | "UNFREEZE_APPROVAL_REQUIRED" | "INFORMATION_REQUIRED" | "APPROVAL_DENIED" | "APPROVAL_TIMED_OUT" | "APPROVAL_REJECTED" | "APPROVAL_CHANGED" | "SESSION_INVALID" | "SESSION_EXPIRED" | "SESSION_REVOKED" | "SERVICE_NOT_ALLOWED" | "BUDGET_EXCEEDED" | "AGENT_FROZEN" | "IDENTITY_INVALID" | "ACCOUNT_IDENTITY_MISMATCH" | "SESSION_REQUIRED" | "AUTHORITY_INVALID" | "PAYMENT_DECLINED" | "PROVIDER_ERROR" | "PROVIDER_UNAVAILABLE" | "TEMPORAL_UNAVAILABLE" | "PORT_IN_USE" | "UNAUTHENTICATED" | "FORBIDDEN" | "LOGIN_INVALID" | "LINK_INVALID" | "CSRF_INVALID" | "RATE_LIMITED" | "API_UNAVAILABLE" | "UNKNOWN_ERROR";
         /**
          * ErrorResponse
          * @description Every refusal and failure.
@@ -2031,7 +2071,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["ApprovalRequest"];
+                    "application/json": components["schemas"]["ApprovalView"];
                 };
             };
             /** @description Bad Request */

@@ -6,10 +6,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Security
 from temporalio.service import RPCError
 
-from models.api import DecisionBody
+from models.api import ApprovalView, DecisionBody
 from models.approval import ApprovalDecision, ApprovalRequest, DecisionOutcome
 from models.errors import ErrorCode, QuartermasterError
 from models.secret import Secret
+from quartermaster.api.approval_facts import approval_facts, view_hash
 from quartermaster.api.deps import HumanCaller, Services, require_human
 from quartermaster.api.errors import ERROR_RESPONSES
 from quartermaster.api.services import ApiServices
@@ -46,16 +47,24 @@ async def list_approvals(caller: HumanCaller, svc: Services) -> list[ApprovalReq
     return await svc.orchestrator.approvals(principal_id=caller.principal_id)
 
 
-@router.get("/{approval_id}", response_model=ApprovalRequest)
-async def get_approval(approval_id: str, caller: HumanCaller, svc: Services) -> ApprovalRequest:
-    """One pending approval with its details (e.g. the Checkout or OAuth consent URL)."""
-    return await pending_approval(svc, caller.principal_id, approval_id)
+@router.get("/{approval_id}", response_model=ApprovalView)
+async def get_approval(approval_id: str, caller: HumanCaller, svc: Services) -> ApprovalView:
+    """One pending approval with its details (e.g. the Checkout or OAuth consent URL) and the
+    `view_hash` of what it is about; send that hash with the decision to bind it."""
+    approval = await pending_approval(svc, caller.principal_id, approval_id)
+    facts = await approval_facts(svc, approval, caller.email)
+    return ApprovalView(**approval.model_dump(), view_hash=view_hash(facts))
 
 
 @router.post("/{approval_id}/decision", response_model=DecisionOutcome)
 async def decide(approval_id: str, body: DecisionBody, caller: HumanCaller, svc: Services) -> DecisionOutcome:
     """Approve or deny with the one-time code you received; anything but ACCEPTED is 409."""
     approval = await pending_approval(svc, caller.principal_id, approval_id)
+    if body.view_hash is not None:
+        if body.view_hash != view_hash(await approval_facts(svc, approval, caller.email)):
+            raise QuartermasterError(
+                ErrorCode.APPROVAL_CHANGED, f"{approval_id} changed since it was shown: review it again"
+            )
     outcome = await svc.orchestrator.decide(
         ApprovalDecision(
             approval_id=approval_id,

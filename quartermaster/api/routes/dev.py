@@ -8,9 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import HTMLResponse
 from pydantic import EmailStr
 
+from providers.email_notifier import render_email
 from providers.notifier import read_inbox
+from quartermaster.api import page_templates
 from quartermaster.api.deps import Services, services
 
 router = APIRouter(prefix="/v1/dev", tags=["dev"], dependencies=[Depends(services)])
@@ -20,3 +23,15 @@ router = APIRouter(prefix="/v1/dev", tags=["dev"], dependencies=[Depends(service
 async def inbox(email: EmailStr, svc: Services) -> list[dict[str, Any]]:
     """The dev channel's messages to `email` (login and approval codes)."""
     return read_inbox(svc.settings.data_dir / "inbox", svc.keyring.principal_id(str(email).strip().lower()))
+
+
+#: the dev inbox as a page: what each channel (e-mail, webhook) would have sent
+pages_router = APIRouter(include_in_schema=False, dependencies=[Depends(services)])
+
+
+@pages_router.get("/dev/inbox")
+async def inbox_page(email: EmailStr, svc: Services) -> HTMLResponse:
+    address = str(email).strip().lower()
+    messages = read_inbox(svc.settings.data_dir / "inbox", svc.keyring.principal_id(address))[::-1]
+    page = page_templates.inbox_page(address, messages, [render_email(m) for m in messages])
+    return HTMLResponse(page, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
