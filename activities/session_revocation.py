@@ -31,7 +31,7 @@ from models.session import (
 )
 from providers.errors import PermanentProviderError
 from providers.store.interfaces import ConnectionStore
-from workflows.search_attributes import QM_AGENT
+from workflows.search_attributes import QM_AGENT, QM_PRINCIPAL
 
 
 class CredentialRevoker(Protocol):
@@ -116,10 +116,12 @@ class SessionRevocationActivities:
         await asyncio.gather(*(one(c.provider, c.account_ref, c.credential_id) for c in req.credentials))
         return result
 
-    async def _running_sessions_of(self, agent: str) -> list[str]:
+    async def _running_sessions_of(self, agent: str, principal_id: str | None) -> list[str]:
+        if principal_id is None or not principal_id.isalnum():
+            return []  # never by agent name alone: the same name belongs to other principals too
         query = (
             "WorkflowType = 'SessionWorkflow' AND ExecutionStatus = 'Running'"
-            f" AND {QM_AGENT.name} = '{agent}'"
+            f" AND {QM_AGENT.name} = '{agent}' AND {QM_PRINCIPAL.name} = '{principal_id}'"
         )
         out: list[str] = []
         async for wf in self._client.list_workflows(query):
@@ -131,7 +133,7 @@ class SessionRevocationActivities:
         """Revoke each session (its update returns once its subtree is closed)."""
         ids = list(dict.fromkeys(req.session_ids))
         if req.agent is not None:
-            ids = list(dict.fromkeys([*ids, *await self._running_sessions_of(req.agent)]))
+            ids = list(dict.fromkeys([*ids, *await self._running_sessions_of(req.agent, req.principal_id)]))
 
         async def one(session_id: str) -> CloseSummary | None:
             handle = self._client.get_workflow_handle(session_workflow_id(session_id))

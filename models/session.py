@@ -301,6 +301,8 @@ class RevokeSessions(BaseModel):
     request: RevokeRequest
     #: also revoke every running session of this agent that a visibility search finds
     agent: AgentName | None = None
+    #: ... of this principal only: an agent name is unique within one principal, not across them
+    principal_id: str | None = None
 
 
 class RevokeSessionsResult(BaseModel):

@@ -126,6 +126,9 @@ class AgentWorkflow:
                     session_ids=session_ids,
                     request=RevokeRequest(reason="agent frozen", by=by),
                     agent=self.status.agent if search else None,
+                    principal_id=workflow.info().workflow_id.removeprefix("agent-").split("-", 1)[0]
+                    if search
+                    else None,
                 ),
                 result_type=RevokeSessionsResult,
                 start_to_close_timeout=timedelta(minutes=10),

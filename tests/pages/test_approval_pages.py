@@ -6,7 +6,9 @@ was shown are refused. Screenshots go to docs/screenshots/ for the README."""
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,12 @@ from quartermaster.client import QuartermasterClient
 from tests.fixtures.stack import Stack, new_email
 
 pytestmark = pytest.mark.browser
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+#: QM_SCREENSHOTS=1 refreshes the committed screenshots; otherwise they go to a scratch directory
+SHOTS = (
+    Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+    if os.environ.get("QM_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "qm-screenshots"
+)
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--no-first-run"]  # fmt: skip
 

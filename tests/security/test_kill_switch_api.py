@@ -69,3 +69,18 @@ async def test_revoked_session_stays_revoked_after_a_workflow_reset(stack: Stack
             await agent.provisions.create(service_id="cloud/workers", name="after")
         assert still.value.code == "SESSION_REVOKED"
         await agent.aclose()
+
+
+async def test_freeze_stays_within_the_principal(stack: Stack) -> None:
+    """Two principals each run an agent named "planner": Bob's kill switch leaves Alice's untouched."""
+    alice, bob = new_email(), new_email()
+    async with await stack.login(alice) as a_human, await stack.login(bob) as b_human:
+        a_sid = await stack.open_session(a_human, alice, "planner", allowed_services=["cloud/*"])
+        b_sid = await stack.open_session(b_human, bob, "planner", allowed_services=["cloud/*"])
+        a_agent = await stack.agent(a_human, "planner", a_sid)
+        await b_human.agents.freeze("planner")
+        assert (await b_human.sessions.get(b_sid)).status == "revoked"
+        assert (await a_human.sessions.get(a_sid)).status == "active"
+        assert (await a_agent.auth.whoami()).session_id == a_sid
+        assert not (await a_human.agents.show("planner")).frozen
+        await a_agent.aclose()
