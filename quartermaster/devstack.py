@@ -109,7 +109,7 @@ def components(data_dir: Path, p: dict[str, int]) -> list[Component]:
     sims = [
         Component(
             name,
-            [py, "-m", "providers.simulator", "--provider", name, "--port", str(p[name])],
+            [py, "-m", "simulators.provider", "--provider", name, "--port", str(p[name])],
             p[name],
             f"http://127.0.0.1:{p[name]}/catalog",
         )
@@ -119,7 +119,7 @@ def components(data_dir: Path, p: dict[str, int]) -> list[Component]:
         Component("temporal", temporal, p["temporal"], f"http://localhost:{p['ui']} (UI)"),
         Component(
             "stripe",
-            [py, "-m", "providers.stripe_sim", "--port", str(p["stripe"])],
+            [py, "-m", "simulators.stripe", "--port", str(p["stripe"])],
             p["stripe"],
             f"http://127.0.0.1:{p['stripe']}",
         ),

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator, FormatChecker
 
-from providers.simulator.catalogs import CATALOGS
+from simulators.provider.catalogs import CATALOGS
 from tests.fixtures.providers import CONTRACT_CASES, ProviderSims
 
 DOC = json.loads((Path(__file__).parent.parent / "docs" / "provider-contract.openapi.json").read_text())

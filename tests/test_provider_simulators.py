@@ -22,7 +22,7 @@ from models.provider import ProviderAccount, TermsAcceptance
 from models.secret import Secret
 from providers.errors import PermanentProviderError, RetryableProviderError
 from providers.http_provider import HttpProvider
-from providers.simulator.catalogs import CATALOGS
+from simulators.provider.catalogs import CATALOGS
 from tests.fixtures.providers import DECLINED_TOKEN, ProviderSims, running_simulator
 from tests.fixtures.servers import free_port
 
@@ -589,7 +589,7 @@ async def test_paid_resource_charges_through_the_local_stripe(
     stripe_adapter: Any,
     stripe_admin: Any,
 ) -> None:
-    """The mail simulator wired like `python -m providers.simulator`: StripeAdapter on the local Stripe."""
+    """The mail simulator wired like `python -m simulators.provider`: StripeAdapter on the local Stripe."""
     from providers.stripe_adapter import StripeAdapter
     from quartermaster.config import LOCAL_STRIPE_KEY
     from tests.fixtures.stripe import customer_with_card, issue

@@ -22,7 +22,7 @@ from models.session import (
     DelegationRequest,
     RecordCredential,
 )
-from providers.simulator.catalogs import CATALOGS
+from simulators.provider.catalogs import CATALOGS
 from tests.fixtures.providers import ProviderSims
 from tests.fixtures.sessions import IdentityStack, audit_actions
 from workflows.session import SessionWorkflow

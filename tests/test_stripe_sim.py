@@ -286,7 +286,7 @@ async def test_live_error_classes(stripe_adapter: StripeAdapter, stripe_admin: S
 def test_admin_api_is_loopback_only(tmp_path):
     from starlette.testclient import TestClient
 
-    from providers.stripe_sim import SimConfig, create_app
+    from simulators.stripe import SimConfig, create_app
 
     client = TestClient(create_app(SimConfig(data_dir=tmp_path)))  # its peer is "testclient", not loopback
     assert client.post("/_sim/clock", json={"advance_seconds": 10}).status_code == 403
@@ -297,7 +297,7 @@ def test_admin_api_is_loopback_only(tmp_path):
 def test_dev_webhook_secret_file(tmp_path):
     import stat
 
-    from providers.stripe_sim.__main__ import webhook_secret
+    from simulators.stripe.__main__ import webhook_secret
 
     first = webhook_secret(tmp_path, {})
     assert first.startswith("whsec_") and webhook_secret(tmp_path, {}) == first

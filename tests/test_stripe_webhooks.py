@@ -22,10 +22,10 @@ from starlette.routing import Route
 
 from providers.store import open_store
 from providers.stripe_adapter import StripeAdapter
-from providers.stripe_sim import SimConfig, create_app
-from providers.stripe_sim.webhooks import signature_header
 from quartermaster.config import LOCAL_STRIPE_KEY
 from quartermaster.stripe_webhooks import WebhookInbox, WebhookVerificationError, verify_event
+from simulators.stripe import SimConfig, create_app
+from simulators.stripe.webhooks import signature_header
 from tests.fixtures.servers import serve_asgi
 from tests.fixtures.stripe import SimAdmin
 

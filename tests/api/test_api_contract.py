@@ -162,3 +162,12 @@ def test_the_sdk_imports_nothing_of_the_server_side() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_product_never_imports_the_simulators() -> None:
+    code = (
+        "import sys, worker, quartermaster.api.app, quartermaster.cli\n"
+        "print([m for m in sys.modules if m.split('.')[0] == 'simulators'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -17,8 +17,8 @@ from starlette.responses import JSONResponse
 from models.catalog import ServiceEntry
 from models.secret import Secret
 from providers.errors import PermanentProviderError, RetryableProviderError
-from providers.simulator.catalogs import PENDING_POLLS, PENDING_SECONDS, REGISTRANT_NEEDED_SCHEMA
-from providers.simulator.context import ContractError, Outcome, SimulatorContext, context_of, parse_json
+from simulators.provider.catalogs import PENDING_POLLS, PENDING_SECONDS, REGISTRANT_NEEDED_SCHEMA
+from simulators.provider.context import ContractError, Outcome, SimulatorContext, context_of, parse_json
 
 
 class CreateResourceBody(BaseModel):

@@ -24,14 +24,14 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from providers.private_files import private_directory
-from providers.stripe_sim import billing, payments
-from providers.stripe_sim.admin import Faults, admin_routes
-from providers.stripe_sim.api_context import API_VERSION, ApiContext
-from providers.stripe_sim.checkout_page import checkout_routes
-from providers.stripe_sim.store import SimStore
-from providers.stripe_sim.webhooks import WebhookSender
-from providers.stripe_sim.wire import StripeApiError, decode_form, new_id
 from quartermaster.config import LOCAL_STRIPE_KEY
+from simulators.stripe import billing, payments
+from simulators.stripe.admin import Faults, admin_routes
+from simulators.stripe.api_context import API_VERSION, ApiContext
+from simulators.stripe.checkout_page import checkout_routes
+from simulators.stripe.store import SimStore
+from simulators.stripe.webhooks import WebhookSender
+from simulators.stripe.wire import StripeApiError, decode_form, new_id
 
 Handler = Callable[..., dict[str, Any]]
 _PAGING = {"limit", "starting_after", "ending_before", "expand"}

@@ -12,9 +12,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from providers.simulator.catalogs import ACCOUNT_SCOPE
-from providers.simulator.context import ContractError, Outcome, context_of, parse_json
-from providers.simulator.store import token_hash
+from simulators.provider.catalogs import ACCOUNT_SCOPE
+from simulators.provider.context import ContractError, Outcome, context_of, parse_json
+from simulators.provider.store import token_hash
 
 
 class LookupBody(BaseModel):

@@ -12,13 +12,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from providers.simulator import accounts, admin, credentials, oauth, resources
-from providers.simulator.catalogs import catalog_for
-from providers.simulator.config import SimulatorConfig
-from providers.simulator.context import ContractError, SimulatorContext, context_of, error_response
-from providers.simulator.faults import FaultMiddleware
-from providers.simulator.identity import IdentityError, IdentityVerifier
-from providers.simulator.store import SimulatorStore
+from simulators.provider import accounts, admin, credentials, oauth, resources
+from simulators.provider.catalogs import catalog_for
+from simulators.provider.config import SimulatorConfig
+from simulators.provider.context import ContractError, SimulatorContext, context_of, error_response
+from simulators.provider.faults import FaultMiddleware
+from simulators.provider.identity import IdentityError, IdentityVerifier
+from simulators.provider.store import SimulatorStore
 
 
 async def get_catalog(request: Request) -> JSONResponse:

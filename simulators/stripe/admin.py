@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from providers.stripe_sim.store import SimStore
-from providers.stripe_sim.webhooks import WebhookSender
+from simulators.stripe.store import SimStore
+from simulators.stripe.webhooks import WebhookSender
 
 FAULT_KINDS = {
     "rate_limit": "rate_limit",

@@ -11,11 +11,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from providers.stripe_sim.api_context import ApiContext
-from providers.stripe_sim.billing import TEST_CARDS, complete_checkout
-from providers.stripe_sim.store import SimStore
-from providers.stripe_sim.webhooks import WebhookSender
-from providers.stripe_sim.wire import StripeApiError
+from simulators.stripe.api_context import ApiContext
+from simulators.stripe.billing import TEST_CARDS, complete_checkout
+from simulators.stripe.store import SimStore
+from simulators.stripe.webhooks import WebhookSender
+from simulators.stripe.wire import StripeApiError
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Add a payment method (local Stripe)</title>

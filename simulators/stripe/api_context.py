@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from providers.stripe_sim.store import SimStore
-from providers.stripe_sim.wire import new_id
+from simulators.stripe.store import SimStore
+from simulators.stripe.wire import new_id
 
 API_VERSION = "2026-10-28.endive"
 

@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, EmailStr, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from providers.simulator.context import ContractError, SimulatorContext, context_of, parse_json
-from providers.simulator.faults import FaultSpec
+from simulators.provider.context import ContractError, SimulatorContext, context_of, parse_json
+from simulators.provider.faults import FaultSpec
 
 
 class SeedAccountBody(BaseModel):

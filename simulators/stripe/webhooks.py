@@ -11,9 +11,9 @@ import time
 
 import httpx
 
-from providers.stripe_sim.store import SimStore
+from simulators.stripe.store import SimStore
 
-log = logging.getLogger("providers.stripe_sim.webhooks")
+log = logging.getLogger("simulators.stripe.webhooks")
 
 
 def signature_header(payload: bytes, secret: str, timestamp: int | None = None) -> str:

@@ -12,9 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from providers.simulator.context import ContractError, Outcome, context_of, parse_json, read_form
-from providers.simulator.resources import owned_resource
-from providers.simulator.store import token_hash
+from simulators.provider.context import ContractError, Outcome, context_of, parse_json, read_form
+from simulators.provider.resources import owned_resource
+from simulators.provider.store import token_hash
 
 MIN_TTL_SECONDS = 60
 

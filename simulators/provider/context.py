@@ -21,11 +21,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from models.catalog import Catalog, ServiceEntry
-from providers.simulator.catalogs import ACCOUNT_SCOPE
-from providers.simulator.config import SimulatorConfig
-from providers.simulator.faults import FaultBook
-from providers.simulator.identity import IdentityVerifier
-from providers.simulator.store import SimulatorStore
+from simulators.provider.catalogs import ACCOUNT_SCOPE
+from simulators.provider.config import SimulatorConfig
+from simulators.provider.faults import FaultBook
+from simulators.provider.identity import IdentityVerifier
+from simulators.provider.store import SimulatorStore
 
 M = TypeVar("M", bound=BaseModel)
 #: an applied write: the handler's rows go into the same transaction as the idempotency record

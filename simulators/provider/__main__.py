@@ -1,4 +1,4 @@
-"""`python -m providers.simulator --provider cloud|db|mail --port N [--data-dir D] [--jwks-url U]`
+"""`python -m simulators.provider --provider cloud|db|mail --port N [--data-dir D] [--jwks-url U]`
 
 Reads QM_DATA_DIR, QM_PUBLIC_URL (the assertions' issuer and the OAuth redirect base), QM_STRIPE_BASE_URL
 and STRIPE_API_KEY the way quartermaster.config.Settings does; serves on 127.0.0.1 only.
@@ -14,10 +14,10 @@ from typing import cast
 
 import uvicorn
 
-from providers.simulator.app import create_app
-from providers.simulator.catalogs import CATALOGS
-from providers.simulator.config import PaymentCharger, SimulatorConfig
 from quartermaster.config import Settings
+from simulators.provider.app import create_app
+from simulators.provider.catalogs import CATALOGS
+from simulators.provider.config import PaymentCharger, SimulatorConfig
 
 
 def stripe_charger(settings: Settings) -> PaymentCharger | None:
@@ -25,14 +25,14 @@ def stripe_charger(settings: Settings) -> PaymentCharger | None:
     try:
         module = importlib.import_module("providers.stripe_adapter")
     except ImportError:
-        print("providers.simulator: no providers.stripe_adapter; paid services answer 503", file=sys.stderr)
+        print("simulators.provider: no providers.stripe_adapter; paid services answer 503", file=sys.stderr)
         return None
     base_url = settings.stripe_base_url if settings.stripe_is_local else None
     return cast(PaymentCharger, module.StripeAdapter(api_key=settings.stripe_api_key, base_url=base_url))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m providers.simulator", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m simulators.provider", description=__doc__)
     parser.add_argument("--provider", required=True, choices=sorted(CATALOGS))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--data-dir", type=Path, default=None, help="default: QM_DATA_DIR or .qm")

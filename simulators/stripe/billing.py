@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from providers.stripe_sim.api_context import ApiContext, public
-from providers.stripe_sim.wire import (
+from simulators.stripe.api_context import ApiContext, public
+from simulators.stripe.wire import (
     StripeApiError,
     as_int,
     as_metadata,

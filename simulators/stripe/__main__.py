@@ -1,4 +1,4 @@
-"""`python -m providers.stripe_sim --port N [--data-dir D] [--webhook-url URL]`
+"""`python -m simulators.stripe --port N [--data-dir D] [--webhook-url URL]`
 
 Reads QM_DATA_DIR, QM_PUBLIC_URL (webhooks go to `<QM_PUBLIC_URL>/stripe/webhook`),
 STRIPE_WEBHOOK_SECRET and STRIPE_API_KEY (only when it is not a real Stripe key) from the
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import uvicorn
 
-from providers.stripe_sim.app import SimConfig, create_app
 from quartermaster.config import DEV_PORTS, LOCAL_STRIPE_KEY, Settings
+from simulators.stripe.app import SimConfig, create_app
 
 SECRET_FILE = "stripe-webhook-secret"  # noqa: S105 (a file name)
 
@@ -40,7 +40,7 @@ def webhook_secret(data_dir: Path, env: dict[str, str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     env = dict(os.environ)
     settings = Settings.from_env(env)
-    parser = argparse.ArgumentParser(prog="python -m providers.stripe_sim", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m simulators.stripe", description=__doc__)
     parser.add_argument("--port", type=int, default=DEV_PORTS["stripe"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--data-dir", type=Path, default=settings.data_dir)

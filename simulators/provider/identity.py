@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from providers.assertions import AssertionClaims, InvalidAssertionError, verify_assertion
-from providers.simulator.store import SimulatorStore
+from simulators.provider.store import SimulatorStore
 
 JWKS_CACHE_SECONDS = 300.0
 #: after an unknown key, fetch again at most this often (a rotated key appears; a forged one does not)

@@ -17,9 +17,9 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from providers.simulator.catalogs import ACCOUNT_SCOPE, all_scopes
-from providers.simulator.context import ContractError, SimulatorContext, context_of, read_form
-from providers.simulator.store import token_hash
+from simulators.provider.catalogs import ACCOUNT_SCOPE, all_scopes
+from simulators.provider.context import ContractError, SimulatorContext, context_of, read_form
+from simulators.provider.store import token_hash
 
 CODE_TTL_SECONDS = 60
 CONSENT_TTL_SECONDS = 600
