@@ -38,7 +38,10 @@ def _ensure_venv() -> None:
         STAMP.write_text(digest)
     # byte-compile the workflow code: the worker's sandbox re-imports it for every new workflow, and
     # where PYTHONDONTWRITEBYTECODE is set it would compile from source each time (docs/performance.md)
-    packages = [str(ROOT / p) for p in ("workflows", "models", "activities", "providers", "quartermaster", "simulators")]
+    packages = [
+        str(ROOT / p)
+        for p in ("workflows", "models", "activities", "providers", "quartermaster", "simulators")
+    ]
     subprocess.run([str(BIN / "python"), "-m", "compileall", "-q", *packages], check=False)
 
 
