@@ -18,11 +18,14 @@ from fastapi import Depends, Header, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from models.errors import ErrorCode, QuartermasterError
+from models.request import Actor
 from models.secret import Secret
 from quartermaster.api.logins import TOKEN_PREFIX
 from quartermaster.api.services import ApiServices
 
 IDENTITY_HEADER = "X-QM-Identity"
+#: the agent name of a human's own request (no session); never a session's agent
+HUMAN_AGENT = "human"
 _bearer = HTTPBearer(auto_error=False, description="a human login token (qmh_…) or an agent's session token")
 
 
@@ -54,6 +57,19 @@ class Agent:
 
 
 Caller = Human | Agent
+
+
+def actor_of(caller: Caller) -> Actor:
+    """The actor a workflow will verify again: an agent's own tokens, or the human with no session (the
+    Orchestrator signs that one with the server-side key before it reaches a workflow)."""
+    if isinstance(caller, Agent):
+        return Actor(
+            principal_email=caller.email,
+            agent=caller.agent,
+            session_token=caller.session_token,
+            identity_token=caller.identity_token,
+        )
+    return Actor(principal_email=caller.email, agent=HUMAN_AGENT)
 
 
 def services(request: Request) -> ApiServices:

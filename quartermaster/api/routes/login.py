@@ -5,7 +5,7 @@ finish it. Codes are single use, expire, and allow five wrong tries; an empty co
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from fastapi import APIRouter, Depends, Security
 from fastapi.security import HTTPAuthorizationCredentials
@@ -14,6 +14,7 @@ from models.api import LoginStart, LoginStarted, LoginToken, LoginVerify, WhoAmI
 from models.errors import ErrorCode, QuartermasterError
 from quartermaster.api.deps import Agent, MaybeCaller, Services, _bearer, optional_caller, require_human
 from quartermaster.api.errors import ERROR_RESPONSES
+from quartermaster.api.services import ApiServices
 
 router = APIRouter(
     prefix="/v1", tags=["login"], dependencies=[Depends(optional_caller)], responses=ERROR_RESPONSES
@@ -22,10 +23,9 @@ LOGIN_CODE_TTL = timedelta(minutes=10)
 LOGIN_TOKEN_TTL = timedelta(hours=12)
 
 
-@router.post("/login", response_model=LoginStarted, status_code=202)
-async def start_login(body: LoginStart, svc: Services) -> LoginStarted:
-    """Send a one-time login code to the human's notification channel."""
-    email = str(body.email).strip().lower()
+async def send_login_code(svc: ApiServices, email: str, *, used_for: str) -> tuple[str, datetime]:
+    """Start a login and deliver its one-time code to the human's channel: (login id, expiry)."""
+    email = email.strip().lower()
     principal_id = svc.keyring.principal_id(email)
     login_id, code, expires = await svc.logins.start(
         principal_id=principal_id, email=email, ttl=LOGIN_CODE_TTL
@@ -37,11 +37,18 @@ async def start_login(body: LoginStart, svc: Services) -> LoginStarted:
             "type": "login_code",
             "kind": "login",
             "login_id": login_id,
-            "summary": "your Quartermaster login code (qm login)",
+            "summary": f"your Quartermaster login code ({used_for})",
             "code": code,
             "expires_at": expires.isoformat(),
         },
     )
+    return login_id, expires
+
+
+@router.post("/login", response_model=LoginStarted, status_code=202)
+async def start_login(body: LoginStart, svc: Services) -> LoginStarted:
+    """Send a one-time login code to the human's notification channel."""
+    login_id, expires = await send_login_code(svc, str(body.email), used_for="qm login")
     return LoginStarted(login_id=login_id, expires_at=expires)
 
 

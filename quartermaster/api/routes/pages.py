@@ -30,7 +30,7 @@ from quartermaster.api.deps import Services
 from quartermaster.api.errors import http_status
 from quartermaster.api.page_sessions import COOKIE, PageSession, PageSessionStore
 from quartermaster.api.routes.approvals import pending_approval
-from quartermaster.api.routes.login import LOGIN_CODE_TTL, LOGIN_TOKEN_TTL
+from quartermaster.api.routes.login import LOGIN_TOKEN_TTL, send_login_code
 from quartermaster.api.services import ApiServices
 from quartermaster.identity.approval_links import ApprovalLinkSealer, InvalidLink
 
@@ -111,22 +111,7 @@ async def login_start(request: Request, svc: Services) -> HTMLResponse:
     email = form.get("email", "").strip().lower()
     if "@" not in email or len(email) > 254:
         return html(tpl.login_page(message="give your e-mail address"), 400)
-    principal_id = svc.keyring.principal_id(email)
-    login_id, code, expires = await svc.logins.start(
-        principal_id=principal_id, email=email, ttl=LOGIN_CODE_TTL
-    )
-    await svc.notifier.deliver(
-        principal_id=principal_id,
-        principal_email=email,
-        message={
-            "type": "login_code",
-            "kind": "login",
-            "login_id": login_id,
-            "summary": "your Quartermaster login code (approval pages)",
-            "code": code,
-            "expires_at": expires.isoformat(),
-        },
-    )
+    login_id, _ = await send_login_code(svc, email, used_for="approval pages")
     return html(tpl.login_page(login_id=login_id, email=email))
 
 

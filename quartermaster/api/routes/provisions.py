@@ -3,7 +3,6 @@ are scoped to them) and, for an agent, to its session tree."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Annotated
 
@@ -12,10 +11,10 @@ from fastapi import APIRouter, Query, Response, Security
 from models.api import CredentialRef, ProvisionBody, ProvisionView, WaitingFor
 from models.errors import ErrorCode, QuartermasterError
 from models.provisioning import ProvisionResult, ProvisionStatus
-from models.request import Actor, ProvisionRequest
-from quartermaster.api.deps import Agent, AnyCaller, Caller, Services, require_caller
+from models.request import ProvisionRequest
+from quartermaster.api.deps import AnyCaller, Caller, Services, actor_of, require_caller
 from quartermaster.api.errors import ERROR_RESPONSES
-from quartermaster.api.ownership import require_visible
+from quartermaster.api.ownership import may_see, require_visible
 from quartermaster.api.services import ApiServices
 from quartermaster.orchestration.requests import Waiting, workflow_id_for
 
@@ -26,20 +25,6 @@ router = APIRouter(
     responses=ERROR_RESPONSES,
 )
 MAX_WAIT_SECONDS = 30
-
-
-def actor_for(svc: ApiServices, caller: Caller, req: ProvisionBody, request_id: str) -> Actor:
-    """The actor the worker will verify again: an agent's own tokens, or a human's signed claim."""
-    if isinstance(caller, Agent):
-        return Actor(
-            principal_email=caller.email,
-            agent=caller.agent,
-            session_token=caller.session_token,
-            identity_token=caller.identity_token,
-        )
-    from quartermaster.api.human_actor import human_actor
-
-    return human_actor(svc, caller.email, request_id=request_id, service_id=req.service_id)
 
 
 def view_of(st: ProvisionResult | Waiting | ProvisionStatus, request_id: str) -> ProvisionView:
@@ -89,10 +74,7 @@ def _status_code(view: ProvisionView) -> int:
 async def _follow(svc: ApiServices, caller: Caller, request_id: str, wait: float) -> ProvisionView:
     wid = workflow_id_for(request_id, caller.principal_id)
     await require_visible(svc, caller, await svc.orchestrator.owner(wid), f"request {request_id}")
-    try:
-        st = await svc.orchestrator.wait(request_id, min(wait, MAX_WAIT_SECONDS), caller.principal_id)
-    except asyncio.CancelledError:
-        raise
+    st = await svc.orchestrator.wait(request_id, min(wait, MAX_WAIT_SECONDS), caller.principal_id)
     return view_of(st, request_id)
 
 
@@ -116,24 +98,17 @@ async def create_provision(
         budget=body.budget,
         scopes=body.scopes,
         credential_ttl_seconds=body.credential_ttl_seconds,
-        actor=actor_for(svc, caller, body, request_id),
+        actor=actor_of(caller),
     )
     wid = workflow_id_for(request_id, caller.principal_id)
     existing = await svc.orchestrator.owner(wid)
-    if existing is not None and not await _owned_by(svc, caller, existing):
+    if existing is not None and not await may_see(svc, caller, existing):
         # the same principal's request from another session: never show it across sessions
         raise QuartermasterError(ErrorCode.IDEMPOTENCY_CONFLICT, f"request id {request_id} is already in use")
     await svc.orchestrator.submit(req, principal_id=caller.principal_id)
     view = await _follow(svc, caller, request_id, wait)
     response.status_code = _status_code(view)
     return view
-
-
-async def _owned_by(svc: ApiServices, caller: Caller, owner: object) -> bool:
-    from quartermaster.api.ownership import may_see
-    from quartermaster.orchestration.requests import RequestOwner
-
-    return isinstance(owner, RequestOwner) and await may_see(svc, caller, owner)
 
 
 @router.get("/{request_id}", response_model=ProvisionView)

@@ -10,8 +10,7 @@ from fastapi import APIRouter, Security
 from models.api import CredentialRef, ResourceAction, ResourceInfo
 from models.errors import ErrorCode, QuartermasterError
 from models.provisioning import ResourceActionResult
-from models.request import Actor
-from quartermaster.api.deps import Agent, AnyCaller, Caller, Services, require_caller
+from quartermaster.api.deps import Agent, AnyCaller, Caller, Services, actor_of, require_caller
 from quartermaster.api.errors import ERROR_RESPONSES
 from quartermaster.api.ownership import require_visible
 from quartermaster.api.services import ApiServices
@@ -43,19 +42,6 @@ async def _visible_resource(svc: ApiServices, caller: Caller, resource_id: str) 
     await require_visible(
         svc, caller, await svc.orchestrator.resource_owner(resource_id), f"resource {resource_id}"
     )
-
-
-def _actor(caller: Caller) -> Actor:
-    if isinstance(caller, Agent):
-        return Actor(
-            principal_email=caller.email,
-            agent=caller.agent,
-            session_token=caller.session_token,
-            identity_token=caller.identity_token,
-        )
-    from quartermaster.api.human_actor import HUMAN_AGENT
-
-    return Actor(principal_email=caller.email, agent=HUMAN_AGENT)
 
 
 def _action(res: ResourceActionResult) -> ResourceAction:
@@ -108,7 +94,7 @@ async def reveal_credentials(resource_id: str, caller: AnyCaller, svc: Services)
 async def rotate(resource_id: str, caller: AnyCaller, svc: Services) -> ResourceAction:
     """Mint a new credential and revoke the old one."""
     await _visible_resource(svc, caller, resource_id)
-    res = await svc.orchestrator.rotate(resource_id, _actor(caller), uuid.uuid4().hex[:12])
+    res = await svc.orchestrator.rotate(resource_id, actor_of(caller), uuid.uuid4().hex[:12])
     return _action(res)
 
 
@@ -116,4 +102,4 @@ async def rotate(resource_id: str, caller: AnyCaller, svc: Services) -> Resource
 async def remove(resource_id: str, caller: AnyCaller, svc: Services) -> ResourceAction:
     """Remove the resource at its provider and revoke its credentials."""
     await _visible_resource(svc, caller, resource_id)
-    return _action(await svc.orchestrator.remove(resource_id, _actor(caller)))
+    return _action(await svc.orchestrator.remove(resource_id, actor_of(caller)))

@@ -8,9 +8,16 @@ from fastapi import APIRouter, Response, Security
 from models.api import DelegateBody, RevokeBody, SessionOpenBody
 from models.errors import ErrorCode, QuartermasterError
 from models.session import CloseSummary, DelegationRequest, SessionState
-from quartermaster.api.deps import Agent, AgentCaller, AnyCaller, HumanCaller, Services, require_caller
+from quartermaster.api.deps import (
+    HUMAN_AGENT,
+    Agent,
+    AgentCaller,
+    AnyCaller,
+    HumanCaller,
+    Services,
+    require_caller,
+)
 from quartermaster.api.errors import ERROR_RESPONSES
-from quartermaster.api.human_actor import HUMAN_AGENT
 from quartermaster.api.ownership import in_session_tree
 from quartermaster.api.routes.resources import session_tree
 from quartermaster.api.services import ApiServices
