@@ -26,11 +26,16 @@ async def _billing(
     await _as_human(stack, monkeypatch, email)
     capsys.readouterr()
     assert await qm_main(["billing", "show", "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    summary = _json_line(capsys.readouterr().out)
     return dict(next(p for p in summary["providers"] if p["provider"] == "db")["ledger"])
 
 
 _TOKENS: dict[str, str] = {}
+
+
+def _json_line(out: str) -> dict:
+    """The CLI's JSON answer; the in-process worker's dev notifier may print its own lines beside it."""
+    return dict(json.loads(next(line for line in reversed(out.splitlines()) if line.startswith("{"))))
 
 
 async def _as_human(stack: Stack, monkeypatch: pytest.MonkeyPatch, email: str) -> None:
@@ -89,7 +94,7 @@ async def test_monthly_cap_asks_the_human_and_holds_exactly(
     await _as_human(stack, monkeypatch, email)
     argv = ["billing", "set-limit", "--usd", "200", "--provider", "db", "--json"]
     assert await qm_main(argv) == 3
-    approval_id = json.loads(capsys.readouterr().out)["approval_id"]
+    approval_id = _json_line(capsys.readouterr().out)["approval_id"]
     for _ in range(100):
         if any(m.get("approval_id") == approval_id for m in stack.inbox(email)):
             break
