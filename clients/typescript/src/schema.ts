@@ -13,9 +13,49 @@ export interface paths {
         };
         /**
          * Jwks
-         * @description Every public key Quartermaster signs with (identity assertions to providers).
+         * @description The public keys of identity assertions to providers (`typ: qm-assertion+jwt`).
          */
         get: operations["jwks__well_known_jwks_json_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/.well-known/jwks/agent-identity.json": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Agent Identity Jwks
+         * @description The public keys of the local attestor's agent identity tokens (`typ: qm-agent+jwt`).
+         */
+        get: operations["agent_identity_jwks__well_known_jwks_agent_identity_json_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/.well-known/jwks/session.json": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Session Jwks
+         * @description The public keys of session tokens (`typ: qm-session+jwt`).
+         */
+        get: operations["session_jwks__well_known_jwks_session_json_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -1523,6 +1563,46 @@ export interface components {
 export type $defs = Record<string, never>;
 export interface operations {
     jwks__well_known_jwks_json_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    agent_identity_jwks__well_known_jwks_agent_identity_json_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    session_jwks__well_known_jwks_session_json_get: {
         parameters: {
             query?: never;
             header?: never;
