@@ -166,3 +166,19 @@ def test_the_validator_refuses_a_broken_event(name: str) -> None:
     broken = copy.deepcopy(doc)
     mutate(broken)
     assert ocsf_errors(broken), f"the validator accepted: {name}"
+
+
+def test_the_1_3_export_shape_broke_its_own_version_too() -> None:
+    """What 0.2 exported (`cloud` with no `metadata.profiles`) is refused by the 1.3.0 schema it
+    claimed, and the profile it lacked is what would have made `cloud` legal."""
+    doc = to_ocsf(_full("charge.made", CHAIN, "success"))
+    old = {**copy.deepcopy(doc), "cloud": {"provider": "quartermaster"}}
+    for key in ("type_name", "src_endpoint"):  # keep to what 1.3's objects define
+        old.pop(key)
+    old["src_endpoint"] = {"svc_name": "quartermaster"}
+    old["metadata"] = {**old["metadata"], "version": "1.3.0"}
+    old["metadata"].pop("event_code")
+    errors = ocsf_errors(old, version="1.3.0")
+    assert any("'cloud' was unexpected" in e for e in errors), errors
+    old["metadata"]["profiles"] = ["cloud"]
+    assert not any("'cloud' was unexpected" in e for e in ocsf_errors(old, version="1.3.0"))
