@@ -19,12 +19,16 @@ import jwcrypto.jwt
 import jwt as pyjwt
 import pytest
 from joserfc import jwt as joserfc_jwt
-from joserfc.jwk import OKPKey
+from joserfc.jwk import OctKey, OKPKey
 from jwcrypto.common import JWException
 
+from models.secret import Secret
+from providers.errors import PermanentProviderError
+from providers.http_provider import HttpProvider
 from quartermaster.api.routes.callbacks import JWKS_PATHS
 from quartermaster.identity.settings import AUDIENCE
 from quartermaster.identity.tokens import SessionTokens
+from tests.fixtures.providers import ProviderSims
 from tests.fixtures.stack import Stack, new_email
 
 #: what an OKP public JWK may hold (RFC 7517 section 4, RFC 8037 section 2): never `d`
@@ -240,3 +244,38 @@ async def test_tokens_signed_under_the_rfc9864_name_still_verify(stack: Stack, i
     # (PyJWT knows no `Ed25519` algorithm name: exactly why new tokens say `EdDSA`)
     with pytest.raises(pyjwt.PyJWTError):
         _pyjwt(stack, session, old)
+
+
+async def test_a_live_provider_simulator_takes_both_eddsa_names_and_nothing_else(
+    provider_sims: ProviderSims,
+) -> None:
+    """The simulators verify what real orchestrators send: standard `EdDSA` (what PyJWT or jose would
+    sign), RFC 9864's `Ed25519` (Quartermaster 0.2), and refuse `none` and HS256 over the public key."""
+    signer = provider_sims.signer
+    real = signer.sign(subject="cus_names", email="names@example.com", audience="cloud").reveal()
+    header, claims = _header(real), json.loads(base64.urlsafe_b64decode(real.split(".")[1] + "=="))
+    private = dict(signer._keys[-1].key.as_dict(private=True))
+    by_pyjwt = pyjwt.encode(
+        {**claims, "jti": "pyjwt-1"},
+        pyjwt.PyJWK({**private, "alg": "EdDSA"}).key,
+        algorithm="EdDSA",
+        headers={"kid": header["kid"], "typ": header["typ"]},
+    )
+    legacy_key = OKPKey.import_key({**private, "alg": "Ed25519"})
+    legacy = joserfc_jwt.encode(
+        {**header, "alg": "Ed25519"}, {**claims, "jti": "legacy-1"}, legacy_key, algorithms=["Ed25519"]
+    )
+    hs_key = OctKey.import_key(private["x"])
+    hs256 = joserfc_jwt.encode(
+        {**header, "alg": "HS256"}, {**claims, "jti": "hs-1"}, hs_key, algorithms=["HS256"]
+    )
+    unsigned = f"{_b64({**header, 'alg': 'none'})}.{_b64({**claims, 'jti': 'none-1'})}."
+    async with httpx.AsyncClient(timeout=5.0) as http:
+        p = HttpProvider(name="cloud", base_url=provider_sims.urls["cloud"], http_client=http)
+        for token in (real, by_pyjwt, legacy):
+            assert _header(token)["alg"] in ("EdDSA", "Ed25519")
+            assert (await p.lookup_account(assertion=Secret(token))).exists is False
+        for token in (hs256, unsigned):
+            with pytest.raises(PermanentProviderError) as info:
+                await p.lookup_account(assertion=Secret(token))
+            assert (info.value.code, info.value.status) == ("assertion_invalid", 401)
