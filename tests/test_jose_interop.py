@@ -129,21 +129,41 @@ def _jwcrypto(jwks_text: str, item: Issued, token: str | None = None) -> dict[st
     return claims
 
 
+def _jwks_problems(kind: str, raw: bytes) -> list[str]:
+    """What is wrong with a served JWKS: a private member (`d`) or anything but a public EdDSA key."""
+    problems = [f"{kind}: a private member in the bytes"] if b'"d"' in raw else []
+    doc = json.loads(raw)
+    if set(doc) != {"keys"} or not doc["keys"]:
+        return [*problems, f"{kind}: not a non-empty JWKS"]
+    for key in doc["keys"]:
+        if not set(key) <= PUBLIC_MEMBERS or "d" in key:
+            problems.append(f"{kind}: members {sorted(set(key) - PUBLIC_MEMBERS)} are not public")
+        if (key.get("kty"), key.get("crv"), key.get("use"), key.get("alg")) != (
+            "OKP",
+            "Ed25519",
+            "sig",
+            "EdDSA",
+        ):
+            problems.append(f"{kind}: {key.get('kid')} is not a public EdDSA signing key")
+    return problems
+
+
 async def test_every_verification_key_is_published_public_only_and_distinct(stack: Stack) -> None:
-    published = await _published(stack)
     kids: list[str] = []
-    for kind, doc in published.items():
-        assert set(doc) == {"keys"} and doc["keys"], kind
-        for key in doc["keys"]:
-            assert set(key) <= PUBLIC_MEMBERS and "d" not in key, (kind, sorted(key))
-            assert (key["kty"], key["crv"], key["use"], key["alg"]) == ("OKP", "Ed25519", "sig", "EdDSA")
-            assert len(base64.urlsafe_b64decode(key["x"] + "=")) == 32
-            kids.append(key["kid"])
-    assert len(kids) == len(set(kids)), kids  # no kid names two keys, across all three sets
-    # the raw bytes carry no private member either (a `"d":` anywhere would be a private key)
     async with httpx.AsyncClient(base_url=stack.api_url) as http:
-        for path in JWKS_PATHS.values():
-            assert b'"d"' not in (await http.get(path)).content
+        for kind, path in JWKS_PATHS.items():
+            raw = (await http.get(path)).content
+            assert _jwks_problems(kind, raw) == []
+            for key in json.loads(raw)["keys"]:
+                assert len(base64.urlsafe_b64decode(key["x"] + "=")) == 32
+                kids.append(key["kid"])
+    assert len(kids) == len(set(kids)), kids  # no kid names two keys, across all three sets
+    # the broken variant: the key file's own (private) documents, served as they are, are caught
+    for section in ("attestor", "session"):
+        private = {"keys": [item["jwk"] for item in json.loads(getattr(stack.keyring, section))["keys"]]}
+        assert any("private" in p for p in _jwks_problems(section, json.dumps(private).encode()))
+    leaked = json.loads(stack.keyring.assertion_signer("x").to_json())
+    assert _jwks_problems("assertion", json.dumps({"keys": [k["jwk"] for k in leaked["keys"]]}).encode())
 
 
 async def test_tokens_verify_with_pyjwt_and_jwcrypto_from_the_published_jwks(
