@@ -20,10 +20,10 @@ from typing import Any
 import httpx
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
+from joserfc.jwk import KeySet, OKPKey
 
 from models.errors import ErrorCode, QuartermasterError
-from providers.eddsa import verification_key_set
+from providers.eddsa import public_jwk, verification_key_set
 from providers.store.database import open_database
 from providers.store.identity import SqlReplayGuard
 from providers.store.interfaces import ReplayStore
@@ -111,7 +111,12 @@ class IdentityVerifier:
         if isinstance(local_keys, SigningKeys):
             self._local_jwks: dict[str, Any] = local_keys.jwks()
         elif local_keys is not None:
-            self._local_jwks = {"keys": [dict(k.as_dict(private=False)) for k in local_keys.keys]}
+            self._local_jwks = {
+                "keys": [
+                    public_jwk(k) if isinstance(k, OKPKey) else dict(k.as_dict(private=False))
+                    for k in local_keys.keys
+                ]
+            }
         else:
             self._local_jwks = {"keys": []}
         self._trusted = {t.issuer: t for t in trusted}
