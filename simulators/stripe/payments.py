@@ -326,7 +326,7 @@ def create_refund(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
     if intent.get("status") != "succeeded":
         raise invalid("This PaymentIntent has no successful charge to refund.", param="payment_intent")
     received = int(intent.get("amount_received") or 0)
-    already = int(intent.get("amount_refunded") or 0)
+    already = int(intent.get("_amount_refunded") or 0)
     left = received - already
     amount = as_int(params, "amount", required=False, minimum=1)
     amount = left if amount is None else amount
@@ -356,7 +356,7 @@ def create_refund(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
         "status": "succeeded",
     })  # fmt: skip
     ctx.store.put(refund)
-    intent["amount_refunded"] = already + amount
+    intent["_amount_refunded"] = already + amount
     ctx.store.put(intent)
     charge = ctx.store.get("charge", str(intent.get("latest_charge")))
     if charge is not None:

@@ -61,5 +61,5 @@ def params_tree(endpoint_sdk: str, params: str) -> dict[str, Any]:
 
 
 def resource_tree(resource: str) -> dict[str, Any]:
-    """The beta's tree for Shared Payment Token resources; GA's for every other object."""
+    """`{"object": …, "fields": …}`: the beta's for Shared Payment Token resources, GA's for others."""
     return dict(shapes("beta" if resource.startswith(_BETA_ONLY) else "ga")["resources"][resource])

@@ -6,7 +6,7 @@ sys.path (the beta lives in its own directory, so it runs in a subprocess):
 
 Parameter tree: {name: null | subtree}; null = any value (a scalar, a list of scalars, or a free-form
 hash such as `metadata`); a subtree restricts the keys of a hash, or of each hash in a list.
-Resource tree: {field: {"optional": bool, "inner": tree | null}}."""
+Resource: {"object": OBJECT_NAME, "fields": {field: {"optional": bool, "inner": fields | null}}}."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def main(argv: list[str]) -> None:
         if kind == "params":
             out["params"][dotted] = params_tree(target)
         else:
-            out["resources"][dotted] = resource_tree(target)
+            out["resources"][dotted] = {"object": target.OBJECT_NAME, "fields": resource_tree(target)}
     json.dump(out, sys.stdout)
 
 
