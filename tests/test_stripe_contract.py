@@ -23,7 +23,7 @@ from models.money import Money
 from providers.errors import PermanentProviderError
 from providers.stripe_adapter import StripeAdapter
 from quartermaster.config import LOCAL_STRIPE_KEY
-from simulators.stripe.parameters import PARAMETERS_FILE
+from simulators.stripe.parameters import PARAMETERS_FILE, recognised
 from tests.fixtures.stripe import SimAdmin, customer_with_card
 from tests.stripe_contract import generate
 from tests.stripe_contract.checks import (
@@ -215,7 +215,7 @@ async def test_server_refuses_no_parameter_stripe_defines(stripe_admin):
 
 
 async def test_broken_server_refusing_a_stripe_parameter_is_caught(stripe_admin, monkeypatch):
-    real = sim_app.recognised
+    real = recognised
 
     def without_return_url(method: str, path: str) -> dict[str, Any]:
         tree = dict(real(method, path))
