@@ -20,7 +20,7 @@ import pytest
 
 import simulators.stripe.app as sim_app
 from models.money import Money
-from providers.errors import PermanentProviderError
+from providers.errors import PaymentDeclinedError, PermanentProviderError
 from providers.stripe_adapter import StripeAdapter
 from quartermaster.config import LOCAL_STRIPE_KEY
 from simulators.stripe.parameters import PARAMETERS_FILE, recognised
@@ -30,6 +30,7 @@ from tests.stripe_contract.checks import (
     Exchange,
     Recorder,
     endpoint_of,
+    field_violations,
     form_encode,
     instance,
     object_violations,
@@ -37,7 +38,7 @@ from tests.stripe_contract.checks import (
     probe_path,
 )
 from tests.stripe_contract.routes import ENDPOINTS, Endpoint, key
-from tests.stripe_contract.sdk import params_tree
+from tests.stripe_contract.sdk import params_tree, resource_tree
 
 AUTH = {"Authorization": f"Bearer {LOCAL_STRIPE_KEY}"}
 
@@ -227,6 +228,52 @@ async def test_broken_server_refusing_a_stripe_parameter_is_caught(stripe_admin,
     assert await refused_parameters(stripe_admin.http, create) == "return_url"
 
 
+async def declined_intent(adapter: StripeAdapter, admin: SimAdmin) -> str:
+    customer_id, pm_id = await customer_with_card(adapter, admin, card="pm_card_chargeDeclined")
+    token = await adapter.issue_payment_token(
+        customer_id=customer_id, payment_method_id=pm_id, seller="cloud", max_amount=Money(amount=900),
+        expires_at=datetime.now(UTC) + timedelta(hours=1), idempotency_key=_key("t"), metadata={},
+    )  # fmt: skip
+    k = _key("declined")
+    with pytest.raises(PaymentDeclinedError):
+        await adapter.charge(
+            token_id=token.token_id, amount=Money(amount=100), idempotency_key=k, metadata={}
+        )
+    return (await adapter.list_charges(idempotency_key=k))[0].payment_intent_id
+
+
+async def test_webhook_objects_are_whole(stripe_adapter, stripe_admin):
+    """The objects inside the events the local Stripe sends (the envelope's optional fields, such as
+    `account`, Stripe itself omits outside Connect, so only `data.object` is held to the SDK)."""
+    await customer_with_card(stripe_adapter, stripe_admin)
+    await stripe_adapter.refund(
+        payment_intent_id=await charged_intent(stripe_adapter, stripe_admin), idempotency_key=_key("r"),
+        metadata={},
+    )  # fmt: skip
+    by_object = {resource_tree(e.resource)["object"]: e.resource for e in ENDPOINTS}
+    events = [json.loads(e["payload"]) for e in await stripe_admin.events()]
+    kinds = {e["type"] for e in events}
+    assert {"payment_method.attached", "setup_intent.succeeded", "checkout.session.completed",
+            "charge.refunded"} <= kinds  # fmt: skip
+    problems = []
+    for event in events:
+        obj = event["data"]["object"]
+        problems += [f"{event['type']}: {p}" for p in field_violations(obj, by_object[obj["object"]])]
+    clean(problems)
+
+
+async def charged_intent(adapter: StripeAdapter, admin: SimAdmin) -> str:
+    customer_id, pm_id = await customer_with_card(adapter, admin)
+    token = await adapter.issue_payment_token(
+        customer_id=customer_id, payment_method_id=pm_id, seller="cloud", max_amount=Money(amount=900),
+        expires_at=datetime.now(UTC) + timedelta(hours=1), idempotency_key=_key("t"), metadata={},
+    )  # fmt: skip
+    charged = await adapter.charge(
+        token_id=token.token_id, amount=Money(amount=100), idempotency_key=_key("c"), metadata={}
+    )
+    return charged.payment_intent_id
+
+
 # --- objects of the endpoints only providers and tests call -----------------------------------------
 
 
@@ -261,6 +308,10 @@ async def test_every_endpoint_returns_whole_objects(stripe_adapter, stripe_admin
             assert (await http.get(path)).status_code == 200, path
         attach = await http.post("/v1/payment_methods/pm_card_visa/attach", data={"customer": customer_id})
         assert attach.status_code == 200
+        declined = await http.get(
+            f"/v1/payment_intents/{await declined_intent(stripe_adapter, stripe_admin)}"
+        )
+        assert declined.json()["last_payment_error"]["code"] == "card_declined"  # its nested objects checked
     clean(object_violations(recorder.exchanges))
     checked = used(recorder.exchanges) | ADAPTER_ENDPOINTS
     assert checked == {key(e.method, e.path) for e in ENDPOINTS}  # every endpoint's objects were checked
