@@ -245,6 +245,43 @@ async def test_token_takes_stripes_parameters_and_refuses_others(
         )
 
 
+async def test_payment_intent_takes_the_granted_token_where_stripe_defines_it(
+    stripe_adapter: StripeAdapter, stripe_admin: SimAdmin
+):
+    """`payment_method_data[shared_payment_granted_token]` confirms; the top-level
+    `shared_payment_granted_token`, which Stripe does not define, is refused and charges nothing."""
+    customer_id, pm_id = await customer_with_card(stripe_adapter, stripe_admin)
+    token = await issue(stripe_adapter, customer_id, pm_id, 800)
+    headers = {"Authorization": "Bearer sk_test_quartermaster_local"}
+    base = {"amount": "100", "currency": "usd", "confirm": "true"}
+    old = await stripe_admin.http.post(
+        "/v1/payment_intents", headers=headers, data={**base, "shared_payment_granted_token": token.reveal()}
+    )
+    assert old.status_code == 400 and old.json()["error"]["code"] == "parameter_unknown"
+    assert (await stripe_adapter.get_payment_token(token_id=token)).amount_captured == Money(amount=0)
+    new = await stripe_admin.http.post(
+        "/v1/payment_intents", headers=headers,
+        data={**base, "payment_method_data[shared_payment_granted_token]": token.reveal()},
+    )  # fmt: skip
+    assert new.status_code == 200 and new.json()["status"] == "succeeded"
+    assert (new.json()["capture_method"], new.json()["confirmation_method"]) == ("automatic", "automatic")
+    assert new.json()["client_secret"].startswith(new.json()["id"] + "_secret_")
+    assert (await stripe_adapter.get_payment_token(token_id=token)).amount_captured == Money(amount=100)
+    manual = await stripe_admin.http.post(
+        "/v1/payment_intents", headers=headers,
+        data={**base, "payment_method_data[shared_payment_granted_token]": token.reveal(),
+              "capture_method": "manual"},
+    )  # fmt: skip
+    assert manual.status_code == 400 and manual.json()["error"]["param"] == "capture_method"
+    unsimulated = await stripe_admin.http.post(
+        "/v1/payment_intents", headers=headers,
+        data={**base, "payment_method_data[shared_payment_granted_token]": token.reveal(),
+              "on_behalf_of": "acct_1"},
+    )  # fmt: skip
+    assert unsimulated.json()["error"]["code"] == "parameter_not_simulated"
+    assert (await stripe_adapter.get_payment_token(token_id=token)).amount_captured == Money(amount=100)
+
+
 async def test_granted_token_is_the_sellers_view(stripe_adapter: StripeAdapter, stripe_admin: SimAdmin):
     customer_id, pm_id = await customer_with_card(stripe_adapter, stripe_admin)
     token = await issue(stripe_adapter, customer_id, pm_id, 800)

@@ -29,10 +29,12 @@ _CURRENCY = re.compile(r"^[a-z]{3}$")
 _CLAUSE = re.compile(r"""^(?:metadata\['([^']+)'\]|(status|currency)):'([^']*)'$""")
 
 
-def _token(ctx: ApiContext, ident: str, param: str = "id") -> dict[str, Any]:
+def _token(
+    ctx: ApiContext, ident: str, param: str = "id", kind: str = "shared_payment.issued_token"
+) -> dict[str, Any]:
     token = ctx.store.get("shared_payment.issued_token", ident)
     if token is None:
-        raise not_found("shared_payment.issued_token", ident, param=param)
+        raise not_found(kind, ident, param=param)
     limits = token["usage_limits"]
     # expiry is observed lazily, when the token is next read
     if token["status"] == "active" and limits.get("expires_at") and ctx.now() >= limits["expires_at"]:
@@ -100,7 +102,7 @@ def retrieve_token(ctx: ApiContext, params: dict[str, Any], ident: str) -> dict[
 def retrieve_granted_token(ctx: ApiContext, params: dict[str, Any], ident: str) -> dict[str, Any]:
     """The seller's view of a token (`shared_payment.granted_token`): the limits, usage and shared
     metadata, and the card's details, never the issuer's PaymentMethod id or seller details."""
-    token = _token(ctx, ident)
+    token = _token(ctx, ident, kind="shared_payment.granted_token")
     pm = ctx.store.get("payment_method", token["payment_method"]) or {}
     view = {
         "id": token["id"],
@@ -177,7 +179,7 @@ def create_payment_intent(ctx: ApiContext, params: dict[str, Any]) -> dict[str, 
     if types != ["card"]:
         raise invalid("This local Stripe charges cards only.", param="payment_method_types")
     metadata = as_metadata(params)
-    token = _token(ctx, spt_id, param=param)
+    token = _token(ctx, spt_id, param=param, kind="shared_payment.granted_token")
     if token["status"] != "active":
         reason = token.get("deactivated_reason") or token["status"]
         raise _refuse(
