@@ -54,7 +54,8 @@ from tests.fixtures.servers import free_port, serve_asgi
 from tests.fixtures.stack import new_email, open_stack, serve_simulators
 from tests.test_provision_e2e import introspect, result_of
 
-#: key material every host shares (issue 15 item 2 moves the signing keys into the one key file)
+#: key material every host shares (the signing keys now live in keys.json; older files kept for
+#: data directories of earlier releases)
 SHARED_KEY_FILES = ("keys.json", "assertion-keys.json", "attestor-keys.json", "session-keys.json")
 
 
