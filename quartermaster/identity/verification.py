@@ -52,6 +52,13 @@ class ReplayGuard:
         migrate(db)
         self.store = SqlReplayGuard(db)
 
+    @classmethod
+    def over(cls, store: SqlReplayGuard) -> ReplayGuard:
+        """The same guard over an open store's `replay` (the API's: the store every replica shares)."""
+        guard = cls.__new__(cls)
+        guard.store = store
+        return guard
+
     def consume(self, issuer: str, jti: str, exp: int, use_id: str) -> bool:
         """Record the one use of a single-use token. True when new, or when `use_id` is the same use
         (a retried activity); False for any other presentation."""
