@@ -39,6 +39,9 @@ class Policy(BaseModel):
     purchase_approval_above: int = 0
     public_url: str = ""
     payment_poll_seconds: int = 30
+    #: renewals: notice before each due date, grace after a declined charge (models.renewal)
+    renewal_notice_seconds: int = 3 * 86_400
+    renewal_grace_seconds: int = 3 * 86_400
 
 
 class ConnectionRef(BaseModel):

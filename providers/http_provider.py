@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from models.catalog import Catalog
 from models.provider import (
     AccountLookup,
+    Charge,
     Credential,
     Introspection,
     ProviderAccount,
@@ -163,6 +164,18 @@ class HttpProvider:
             idempotency_key=idempotency_key,
         )  # fmt: skip
         return self._parse(Resource, doc, "remove_resource")
+
+    async def renew_resource(
+        self, *, account: Secret, resource_id: str, period: int, due: datetime, payment_token: Secret,
+        idempotency_key: str,
+    ) -> Charge:  # fmt: skip
+        """`POST /resources/{id}/renew`: charge one more period, once per idempotency key."""
+        body = {"period": period, "due": due.isoformat(), "payment_token": payment_token.reveal()}
+        doc = await self._call(
+            "POST", f"/resources/{_seg(resource_id)}/renew", json=body, account=account,
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
+        return self._parse(Charge, doc, "renew_resource")
 
     async def submit_information(
         self, *, account: Secret, resource_id: str, information: dict[str, Any], idempotency_key: str

@@ -30,6 +30,15 @@ class CreateResourceBody(BaseModel):
     payment_token: str | None = Field(default=None, min_length=1, max_length=255)
 
 
+class RenewBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    period: int = Field(ge=1, le=100_000)
+    #: when the period is due (ISO 8601): recorded on the charge, so Stripe shows which period it paid
+    due: str = Field(min_length=10, max_length=40)
+    payment_token: str = Field(min_length=1, max_length=255)
+
+
 class SubmitInformationBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -71,7 +80,12 @@ def owned_resource(ctx: SimulatorContext, account_id: str, resource_id: str) -> 
 
 
 async def _charge(
-    ctx: SimulatorContext, service: ServiceEntry, token: str, key: str, account_id: str
+    ctx: SimulatorContext,
+    service: ServiceEntry,
+    token: str,
+    key: str,
+    account_id: str,
+    extra: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Charge the catalog price once per resource idempotency key (retries replay at Stripe)."""
     price = service.pricing.price
@@ -80,7 +94,7 @@ async def _charge(
         raise ContractError(503, "payment_unavailable", "this simulator has no payment connection")
     charge_key = f"{ctx.provider}:{key}:charge"
     metadata = {"provider": ctx.provider, "service_id": service.service_id, "account_id": account_id,
-                "idempotency_key": charge_key}  # fmt: skip
+                "idempotency_key": charge_key, **(extra or {})}  # fmt: skip
     try:
         result = await ctx.config.charger.charge(
             token_id=Secret(token), amount=price, idempotency_key=charge_key, metadata=metadata
@@ -213,3 +227,35 @@ async def remove_resource(request: Request) -> JSONResponse:
         return 200, resource_json({**row, "status": "removed"}), apply
 
     return await ctx.idempotent(request, scope=account_id, fingerprint={}, work=work)
+
+
+async def renew_resource(request: Request) -> JSONResponse:
+    """Charge one more period of a recurring paid resource through a fresh payment token; once per
+    idempotency key. A removed resource is not renewed (409 `invalid_state`)."""
+    ctx = context_of(request)
+    account_id = ctx.authenticate(request)["account_id"]
+    body = await parse_json(request, RenewBody)
+    resource_id = request.path_params["resource_id"]
+
+    async def work(key: str) -> Outcome:
+        row = owned_resource(ctx, account_id, resource_id)
+        if row["status"] != "complete":
+            raise ContractError(409, "invalid_state", f"the resource is {row['status']}")
+        service = ctx.service(row["service_id"])
+        if service.pricing.type != "paid" or service.pricing.interval not in ("month", "year"):
+            raise ContractError(409, "not_recurring", "this service has no recurring price")
+        extra = {"resource_id": resource_id, "period": str(body.period), "due": body.due}
+        charge = await _charge(ctx, service, body.payment_token, key, account_id, extra)
+        now = int(time.time())
+
+        def apply(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO charges (charge_id, resource_id, account_id, amount, currency, "
+                "payment_reference, idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (f"ch_{secrets.token_hex(8)}", resource_id, account_id, charge["amount"]["amount"],
+                 charge["amount"]["currency"], charge["payment_reference"], charge["idempotency_key"], now),
+            )  # fmt: skip
+
+        return 200, charge, apply
+
+    return await ctx.idempotent(request, scope=account_id, fingerprint=body.model_dump(), work=work)

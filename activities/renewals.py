@@ -1,0 +1,125 @@
+"""Renewals: charge a further period at the provider, tell the principal, start and cancel the
+per-resource renewal workflow, and find which budget layers of a purchase are still open."""
+
+from __future__ import annotations
+
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.errors import adapter_errors, permanent
+from models.errors import ErrorCode
+from models.provider import Charge
+from models.renewal import (
+    OpenLayers,
+    RenewalNotice,
+    RenewalStart,
+    RenewalTarget,
+    RenewInput,
+    renewal_workflow_id,
+)
+from models.secret import Secret
+from providers.billing_contract import RenewableProvider
+from providers.notifier import Notifier
+from providers.registry import ProviderRegistry
+from providers.store.interfaces import ConnectionStore
+
+
+class RenewalActivities:
+    def __init__(
+        self,
+        *,
+        client: Client,
+        task_queue: str,
+        registry: ProviderRegistry,
+        store: ConnectionStore,
+        notifier: Notifier,
+    ) -> None:
+        self._client = client
+        self._task_queue = task_queue
+        self._registry = registry
+        self._store = store
+        self._notifier = notifier
+
+    async def _account(self, principal_id: str, provider: str) -> Secret:
+        conn = await self._store.get_connection(principal_id=principal_id, provider=provider)
+        if conn is None:
+            raise permanent(ErrorCode.NOT_FOUND, f"no connection to {provider} for this principal")
+        return conn.credential
+
+    @activity.defn(name="renew_resource")
+    async def renew_resource(self, inp: RenewInput) -> Charge:
+        """Charge one period at the provider (a decline is `PAYMENT_DECLINED`, not retried)."""
+        provider = self._registry.get(inp.provider)
+        if not isinstance(provider, RenewableProvider):
+            raise permanent(ErrorCode.PROVIDER_ERROR, f"{inp.provider} does not support renewals")
+        account = await self._account(inp.principal_id, inp.provider)
+        with adapter_errors("renew resource"):
+            return await provider.renew_resource(
+                account=account,
+                resource_id=inp.resource_id,
+                period=inp.period,
+                due=inp.due,
+                payment_token=inp.payment_token,
+                idempotency_key=inp.idempotency_key,
+            )
+
+    @activity.defn(name="renewal_notice")
+    async def renewal_notice(self, notice: RenewalNotice) -> None:
+        """Tell the principal (never the agent); a retry may deliver the same notice id again."""
+        await self._notifier.deliver(
+            principal_id=notice.principal_id,
+            principal_email=notice.principal_email,
+            message={
+                "type": notice.kind,
+                "kind": notice.kind,
+                "notice_id": notice.notice_id,
+                "summary": notice.summary,
+                "resource_id": notice.resource_id,
+                "service_id": notice.service_id,
+                "amount": notice.amount.model_dump(),
+                "due": notice.due.isoformat(),
+                "next_attempt": notice.next_attempt.isoformat() if notice.next_attempt else None,
+            },
+        )
+
+    @activity.defn(name="start_renewal")
+    async def start_renewal(self, start: RenewalStart) -> None:
+        """Start the resource's renewal workflow once (a second start finds the first)."""
+        await self._client.start_workflow(
+            "RenewalWorkflow",
+            start,
+            id=renewal_workflow_id(start.provider, start.resource_id),
+            task_queue=self._task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            static_summary=f"renewals of {start.service_id} {start.resource_id}",
+        )
+
+    @activity.defn(name="cancel_renewal")
+    async def cancel_renewal(self, target: RenewalTarget) -> bool:
+        """Stop a resource's future renewals; False when it has none running."""
+        handle = self._client.get_workflow_handle(renewal_workflow_id(target.provider, target.resource_id))
+        try:
+            await handle.signal("cancel", {"reason": target.reason})
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return True
+
+    @activity.defn(name="open_layers")
+    async def open_layers(self, inp: OpenLayers) -> OpenLayers:
+        """The layers whose ledger is still running (a closed session's budget no longer applies)."""
+        kept = []
+        for layer in inp.layers:
+            try:
+                desc = await self._client.get_workflow_handle(layer.ledger_id).describe()
+            except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:
+                    continue
+                raise
+            if desc.status == WorkflowExecutionStatus.RUNNING:
+                kept.append(layer)
+        return OpenLayers(layers=kept)

@@ -1,0 +1,208 @@
+"""Renewals on the time-skipping test server, with the whole stack on loopback: a year of a monthly
+and a yearly plan (each month's ledger equals what Stripe charged for that month), a renewal over the
+cap that asks the human (approved, denied), a card that starts declining (retries, notices, grace,
+suspension), and a removal that stops the renewals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import sys
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.testing import WorkflowEnvironment
+
+from models.ledger import LedgerView, month_of
+from models.provisioning import ProvisionResult
+from models.renewal import RenewalView, renewal_workflow_id
+from quartermaster.codec import EncryptionCodec
+from quartermaster.config import LOCAL_STRIPE_KEY
+from quartermaster.converter import data_converter
+from quartermaster.keys import Keyring
+from tests.fixtures.history_recorder import HISTORIES
+from tests.fixtures.stack import Stack, new_email, open_stack
+from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
+
+DAY = timedelta(days=1)
+
+
+@pytest.fixture
+async def ts(keyring: Keyring, tmp_path: Path) -> AsyncIterator[tuple[WorkflowEnvironment, Stack]]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=data_converter(EncryptionCodec(keyring)),
+        test_server_existing_path=str(Path(sys.executable).parent / "temporal-test-server"),
+    )
+    # the test server starts with none of the project's search attributes: register them as the
+    # dev server fixture does
+    await env.client.operator_service.add_search_attributes(
+        AddSearchAttributesRequest(
+            search_attributes={k.name: int(k.indexed_value_type) for k in SEARCH_ATTRIBUTES},  # type: ignore[misc]
+            namespace=env.client.namespace,
+        )
+    )
+    try:
+        async with open_stack(env.client, keyring, tmp_path) as stack:
+            yield env, stack
+    finally:
+        await env.shutdown()
+
+
+async def until(check: Any, what: str, timeout: float = 60) -> Any:
+    """Poll (in real time: the test server's clock does not move meanwhile) until `check()` is truthy."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def provision(stack: Stack, email: str, service_id: str, **fields: Any) -> ProvisionResult:
+    """A purchase through the provisioning workflow, every human step taken as the human would."""
+    req = stack.request(service_id, email, **fields)
+    await stack.qm.submit(req)
+    handle = stack.client.get_workflow_handle(f"provision-{req.request_id}", result_type=ProvisionResult)
+    seen: set[str] = set()
+
+    async def step() -> bool:
+        for a in await handle.query("pending_approvals"):
+            if a["approval_id"] in seen:
+                continue
+            if a["kind"] == "payment_method":
+                await stack.attach_card(a["details"]["checkout_url"])
+            elif any(m.get("approval_id") == a["approval_id"] for m in stack.inbox(email)):
+                await stack.decide(a["approval_id"], email)
+            else:
+                continue
+            seen.add(a["approval_id"])
+        return (await handle.describe()).status != WorkflowExecutionStatus.RUNNING
+
+    await until(step, f"provisioning {service_id}", timeout=90)
+    result: ProvisionResult = await handle.result()
+    assert result.outcome == "completed", result
+    return result
+
+
+async def renewal(stack: Stack, provider: str, resource_id: str) -> RenewalView:
+    handle = stack.client.get_workflow_handle(
+        renewal_workflow_id(provider, resource_id), result_type=RenewalView
+    )
+    desc = await handle.describe()
+    if desc.status == WorkflowExecutionStatus.RUNNING:
+        view: RenewalView = await handle.query("view", result_type=RenewalView)
+        return view
+    ended: RenewalView = await handle.result()
+    return ended
+
+
+async def ledger(stack: Stack, ledger_id: str) -> LedgerView | None:
+    handle = stack.client.get_workflow_handle(ledger_id, result_type=LedgerView)
+    try:
+        desc = await handle.describe()
+    except Exception:
+        return None
+    if desc.status == WorkflowExecutionStatus.RUNNING:
+        open_view: LedgerView = await handle.query("view", result_type=LedgerView)
+        return open_view
+    closed: LedgerView = await handle.result()
+    return closed
+
+
+async def stripe_intents(stack: Stack, resource_ids: set[str]) -> list[dict[str, Any]]:
+    """Every PaymentIntent the local Stripe holds for these resources' charges (create and renewals),
+    found by the references the provider recorded and read from Stripe itself."""
+    refs = [
+        c["payment_reference"]
+        for p in ("cloud", "db", "mail")
+        for c in (await stack.provider_state(p))["charges"]
+        if c["resource_id"] in resource_ids
+    ]
+    auth = {"Authorization": f"Bearer {LOCAL_STRIPE_KEY}"}
+    async with httpx.AsyncClient(base_url=stack.stripe_url, headers=auth) as http:
+        out = []
+        for ref in sorted(set(refs)):
+            r = await http.get(f"/v1/payment_intents/{ref}")
+            r.raise_for_status()
+            out.append(r.json())
+    return out
+
+
+def charged_per_month(intents: list[dict[str, Any]]) -> dict[str, int]:
+    """What Stripe kept, by the month each charge paid for (a renewal names its due date)."""
+    months: dict[str, int] = defaultdict(int)
+    for i in intents:
+        due = i["metadata"].get("due")
+        when = datetime.fromisoformat(due) if due else datetime.fromtimestamp(i["created"], UTC)
+        months[month_of(when)] += int(i.get("amount_received") or 0) - int(i.get("amount_refunded") or 0)
+    return dict(months)
+
+
+async def customer_of(stack: Stack, email: str) -> str:
+    auth = {"Authorization": f"Bearer {LOCAL_STRIPE_KEY}"}
+    async with httpx.AsyncClient(base_url=stack.stripe_url, headers=auth) as http:
+        r = await http.get("/v1/customers", params={"email": email})
+        r.raise_for_status()
+        return str(r.json()["data"][0]["id"])
+
+
+async def record_first_run(stack: Stack, workflow_id: str, name: str) -> None:
+    """The renewal's first run (one whole period, up to its continue-as-new) into tests/histories."""
+    if os.environ.get("QM_RECORD_HISTORIES") != "1":
+        return
+    desc = await stack.client.get_workflow_handle(workflow_id).describe()
+    first = desc.raw_description.workflow_execution_info.first_run_id
+    history = await stack.client.get_workflow_handle(workflow_id, run_id=first).fetch_history()
+    doc = {"workflowId": workflow_id, **json.loads(history.to_json())}
+    (HISTORIES / f"{name}.json").write_text(json.dumps(doc, indent=1))
+
+
+def notices(stack: Stack, email: str, kind: str, resource_id: str) -> list[dict[str, Any]]:
+    return [m for m in stack.inbox(email) if m.get("type") == kind and m.get("resource_id") == resource_id]
+
+
+async def test_a_year_of_monthly_and_yearly_renewals_equals_stripe_month_by_month(ts) -> None:  # type: ignore[no-untyped-def]
+    env, stack = ts
+    email = new_email()
+    r2 = await provision(stack, email, "cloud/r2")
+    contact = {"name": "Alice", "email": "alice@example.com", "country": "DE"}
+    domain = await provision(
+        stack, email, "cloud/registrar:domain",
+        configuration={"domain": f"{secrets.token_hex(4)}.dev", "registrant_contact": contact},
+    )  # fmt: skip
+    assert r2.resource_id and domain.resource_id
+    start = await env.get_current_time()
+    for _ in range(12):  # month by month, so each period's activities run before the next timer
+        await env.sleep(timedelta(days=31))
+    monthly = await renewal(stack, "cloud", r2.resource_id)
+    yearly = await renewal(stack, "cloud", domain.resource_id)
+    assert [c.period for c in monthly.charges] == list(range(1, 13)), monthly
+    assert [c.period for c in yearly.charges] == [1], yearly
+    assert monthly.status == yearly.status == "scheduled"
+
+    intents = await stripe_intents(stack, {r2.resource_id, domain.resource_id})
+    assert sorted(int(i["amount_received"]) for i in intents) == sorted([500] * 13 + [1099] * 2)
+    per_month = charged_per_month(intents)
+    pid = stack.principal_id(email)
+    months = sorted({month_of(start + timedelta(days=31 * k)) for k in range(13)} | set(per_month))
+    for month in months:
+        view = await ledger(stack, f"ledger-{pid}-cloud-{month}")
+        committed = view.committed.amount if view else 0
+        assert committed == per_month.get(month, 0), (month, view, per_month)
+        assert view is None or view.reserved.amount == 0
+    # the human heard of every renewal before it was due, and of every charge
+    assert len(notices(stack, email, "renewal_upcoming", r2.resource_id)) >= 12
+    assert len(notices(stack, email, "renewal_charged", r2.resource_id)) == 12
+    assert len(notices(stack, email, "renewal_upcoming", domain.resource_id)) == 1
+    await record_first_run(stack, renewal_workflow_id("cloud", domain.resource_id), "renewal-yearly")
