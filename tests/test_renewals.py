@@ -22,14 +22,17 @@ from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
-from models.ledger import LedgerView, month_of
-from models.provisioning import ProvisionResult
+from activities.spend import SpendActivities
+from models.ledger import CommitLayers, LedgerLayer, LedgerView, ReserveLayers, month_of, monthly_ledger_id
+from models.money import Money
+from models.provisioning import ProvisionResult, RemoveRequest, ResourceActionResult
 from models.renewal import RenewalView, renewal_workflow_id
 from quartermaster.codec import EncryptionCodec
 from quartermaster.config import LOCAL_STRIPE_KEY
 from quartermaster.converter import data_converter
+from quartermaster.crypto.authority import AuthoritySigner
 from quartermaster.keys import Keyring
-from tests.fixtures.history_recorder import HISTORIES
+from tests.fixtures.history_recorder import HISTORIES, maybe_record
 from tests.fixtures.stack import Stack, new_email, open_stack
 from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
 
@@ -69,7 +72,9 @@ async def until(check: Any, what: str, timeout: float = 60) -> Any:
         await asyncio.sleep(0.1)
 
 
-async def provision(stack: Stack, email: str, service_id: str, **fields: Any) -> ProvisionResult:
+async def provision(
+    stack: Stack, email: str, service_id: str, record_as: str | None = None, **fields: Any
+) -> ProvisionResult:
     """A purchase through the provisioning workflow, every human step taken as the human would."""
     req = stack.request(service_id, email, **fields)
     await stack.qm.submit(req)
@@ -92,6 +97,8 @@ async def provision(stack: Stack, email: str, service_id: str, **fields: Any) ->
     await until(step, f"provisioning {service_id}", timeout=90)
     result: ProvisionResult = await handle.result()
     assert result.outcome == "completed", result
+    if record_as:
+        await maybe_record(stack.client, f"provision-{req.request_id}", record_as)
     return result
 
 
@@ -175,7 +182,7 @@ def notices(stack: Stack, email: str, kind: str, resource_id: str) -> list[dict[
 async def test_a_year_of_monthly_and_yearly_renewals_equals_stripe_month_by_month(ts) -> None:  # type: ignore[no-untyped-def]
     env, stack = ts
     email = new_email()
-    r2 = await provision(stack, email, "cloud/r2")
+    r2 = await provision(stack, email, "cloud/r2", record_as="provision-starts-renewal")
     contact = {"name": "Alice", "email": "alice@example.com", "country": "DE"}
     domain = await provision(
         stack, email, "cloud/registrar:domain",
@@ -206,3 +213,180 @@ async def test_a_year_of_monthly_and_yearly_renewals_equals_stripe_month_by_mont
     assert len(notices(stack, email, "renewal_charged", r2.resource_id)) == 12
     assert len(notices(stack, email, "renewal_upcoming", domain.resource_id)) == 1
     await record_first_run(stack, renewal_workflow_id("cloud", domain.resource_id), "renewal-yearly")
+
+
+async def fill_ledger(stack: Stack, ledger_id: str, amount: int) -> None:
+    """Another purchase already committed in that month's ledger (so the renewal no longer fits)."""
+    spend = SpendActivities(
+        stack.client, stack.settings.task_queue, authority=AuthoritySigner.from_keyring(stack.keyring)
+    )
+    layer = LedgerLayer(ledger_id=ledger_id, limit=Money.usd(100), kind="monthly")
+    pid = ledger_id.split("-")[1]
+    out = await spend.reserve_spend(
+        ReserveLayers(
+            purchase_id="earlier-purchase", amount=Money(amount=amount), layers=[layer], principal_id=pid
+        )
+    )
+    assert out.ok, out
+    await spend.commit_spend(
+        CommitLayers(purchase_id="earlier-purchase", amount=Money(amount=amount), layers=[layer])
+    )
+
+
+async def to_notice(env: WorkflowEnvironment, due: datetime, notice: timedelta = 3 * DAY) -> None:
+    """Skip to just after the renewal's notice (its reservation and any approval happen then)."""
+    now = await env.get_current_time()
+    await env.sleep(due - notice - now + timedelta(minutes=1))
+
+
+async def over_cap(
+    env: WorkflowEnvironment, stack: Stack, email: str
+) -> tuple[str, datetime, str, dict[str, Any]]:
+    """An r2 bucket whose first renewal no longer fits: it waits for a spend_limit approval."""
+    res = await provision(stack, email, "cloud/r2")
+    assert res.resource_id
+    view = await renewal(stack, "cloud", res.resource_id)
+    assert view.next_due is not None
+    due_ledger = monthly_ledger_id(stack.principal_id(email), "cloud", view.next_due)
+    await fill_ledger(stack, due_ledger, 9_800)  # USD 98 of USD 100 spent: USD 5 does not fit
+    await to_notice(env, view.next_due)
+    handle = stack.client.get_workflow_handle(renewal_workflow_id("cloud", res.resource_id))
+
+    async def asked() -> dict[str, Any] | None:
+        pending = await handle.query("pending_approvals")
+        return next((a for a in pending if a["kind"] == "spend_limit"), None)
+
+    approval: dict[str, Any] = await until(asked, "the renewal's spend_limit approval")
+    assert approval["details"]["renewal"] is True and approval["details"]["month"] == month_of(view.next_due)
+    assert (await renewal(stack, "cloud", res.resource_id)).status == "awaiting_approval"
+    await until(
+        lambda: asyncio.sleep(
+            0, any(m.get("approval_id") == approval["approval_id"] for m in stack.inbox(email))
+        ),
+        "the code",
+    )
+    return res.resource_id, view.next_due, due_ledger, approval
+
+
+async def test_a_renewal_over_the_cap_asks_and_is_approved(ts) -> None:  # type: ignore[no-untyped-def]
+    env, stack = ts
+    email = new_email()
+    resource_id, due, due_ledger, approval = await over_cap(env, stack, email)
+    assert (await stack.decide(approval["approval_id"], email)).status == "ACCEPTED"
+    await env.sleep(4 * DAY)  # past the due date
+    view = await renewal(stack, "cloud", resource_id)
+    assert [c.period for c in view.charges] == [1], view
+    intents = await stripe_intents(stack, {resource_id})
+    assert charged_per_month(intents).get(month_of(due)) == 500
+    after = await ledger(stack, due_ledger)
+    assert after is not None
+    # the earlier USD 98 plus the approved renewal; the approval lifted the limit by exactly the overshoot
+    assert (after.committed.amount, after.reserved.amount, after.effective_limit.amount) == (
+        10_300,
+        0,
+        10_300,
+    )
+    await record_first_run(stack, renewal_workflow_id("cloud", resource_id), "renewal-over-cap-approved")
+
+
+async def test_a_renewal_over_the_cap_that_is_denied_does_not_charge_and_suspends(ts) -> None:  # type: ignore[no-untyped-def]
+    env, stack = ts
+    email = new_email()
+    resource_id, due, due_ledger, approval = await over_cap(env, stack, email)
+    outcome = await stack.decide(approval["approval_id"], email, decision="deny", reason="too much")
+    assert outcome.status == "ACCEPTED"
+    await env.sleep(4 * DAY)
+    view = await renewal(stack, "cloud", resource_id)
+    assert (view.status, view.charges) == ("suspended", []), view
+    assert charged_per_month(await stripe_intents(stack, {resource_id})).get(month_of(due), 0) == 0
+    after = await ledger(stack, due_ledger)
+    assert after is not None and (after.committed.amount, after.reserved.amount) == (9_800, 0)
+    (row,) = [
+        r for r in (await stack.provider_state("cloud"))["resources"] if r["resource_id"] == resource_id
+    ]
+    assert row["status"] == "removed"
+
+
+async def test_a_declined_card_is_retried_noticed_and_suspended_after_the_grace_period(ts) -> None:  # type: ignore[no-untyped-def]
+    env, stack = ts
+    email = new_email()
+    res = await provision(stack, email, "cloud/r2")
+    assert res.resource_id
+    resource_id = res.resource_id
+    due = (await renewal(stack, "cloud", resource_id)).next_due
+    assert due is not None
+    async with httpx.AsyncClient() as http:
+        r = await http.post(
+            f"{stack.stripe_url}/_sim/customers/{await customer_of(stack, email)}/card_outcome",
+            json={"outcome": "declines"},
+        )
+        assert r.status_code == 200 and r.json()["payment_methods"] == 1
+    now = await env.get_current_time()
+    await env.sleep(due - now + timedelta(hours=1))  # the first attempt, at the due date
+    view = await renewal(stack, "cloud", resource_id)
+    assert (view.status, view.declines) == ("past_due", 1), view
+    assert len(notices(stack, email, "renewal_declined", resource_id)) == 1
+    await env.sleep(DAY)  # the first retry
+    assert (await renewal(stack, "cloud", resource_id)).declines == 2
+    await env.sleep(DAY)  # the second retry
+    assert (await renewal(stack, "cloud", resource_id)).declines == 3
+    (row,) = [
+        r for r in (await stack.provider_state("cloud"))["resources"] if r["resource_id"] == resource_id
+    ]
+    assert row["status"] == "complete"  # still in its grace period
+    await env.sleep(DAY)  # the grace period ends
+    view = await renewal(stack, "cloud", resource_id)
+    assert (view.status, view.charges) == ("suspended", []), view
+    (row,) = [
+        r for r in (await stack.provider_state("cloud"))["resources"] if r["resource_id"] == resource_id
+    ]
+    assert row["status"] == "removed"
+    assert len(notices(stack, email, "renewal_declined", resource_id)) == 3
+    assert len(notices(stack, email, "renewal_suspended", resource_id)) == 1
+    # Stripe saw three declined attempts and kept nothing for the period; the ledger says the same
+    intents = await stripe_intents(stack, {resource_id})
+    assert charged_per_month(intents).get(month_of(due), 0) == 0
+    declined = await declined_intents(stack, resource_id)
+    assert len(declined) == 3 and all(i["amount_received"] == 0 for i in declined)
+    after = await ledger(stack, monthly_ledger_id(stack.principal_id(email), "cloud", due))
+    committed = after.committed.amount if after else 0
+    assert (committed, after.reserved.amount if after else 0) == (
+        charged_per_month(intents).get(month_of(due), 0),
+        0,
+    )
+    await record_first_run(stack, renewal_workflow_id("cloud", resource_id), "renewal-declined-suspended")
+
+
+async def declined_intents(stack: Stack, resource_id: str) -> list[dict[str, Any]]:
+    auth = {"Authorization": f"Bearer {LOCAL_STRIPE_KEY}"}
+    async with httpx.AsyncClient(base_url=stack.stripe_url, headers=auth) as http:
+        r = await http.get(
+            "/v1/payment_intents/search",
+            params={"query": f"metadata['resource_id']:'{resource_id}' AND status:'requires_payment_method'"},
+        )
+        r.raise_for_status()
+        return list(r.json()["data"])
+
+
+async def test_removing_a_resource_stops_its_renewals(ts) -> None:  # type: ignore[no-untyped-def]
+    env, stack = ts
+    email = new_email()
+    res = await provision(stack, email, "cloud/r2")
+    assert res.resource_id
+    resource_id = res.resource_id
+    await env.sleep(40 * DAY)  # one renewal
+    assert [c.period for c in (await renewal(stack, "cloud", resource_id)).charges] == [1]
+    actor = stack.human(email, request_id=resource_id, service_id="cloud/r2")
+    removed: ResourceActionResult = await stack.client.execute_workflow(
+        "RemoveResourceWorkflow",
+        RemoveRequest(resource_id=resource_id, service_id="cloud/r2", actor=actor),
+        id=f"remove-{resource_id}",
+        task_queue=stack.settings.task_queue,
+        result_type=ResourceActionResult,
+    )
+    assert removed.outcome == "completed", removed
+    await env.sleep(200 * DAY)
+    view = await renewal(stack, "cloud", resource_id)
+    assert (view.status, [c.period for c in view.charges]) == ("cancelled", [1]), view
+    assert len(await stripe_intents(stack, {resource_id})) == 2  # the purchase and one renewal, no more
+    await maybe_record(stack.client, f"remove-{resource_id}", "remove-resource-cancels-renewal")
