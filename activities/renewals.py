@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.errors import adapter_errors, permanent
@@ -24,6 +29,7 @@ from providers.billing_contract import RenewableProvider
 from providers.notifier import Notifier
 from providers.registry import ProviderRegistry
 from providers.store.interfaces import ConnectionStore
+from workflows.search_attributes import QM_PRINCIPAL, QM_PROVIDER, QM_RESOURCE, QM_SERVICE
 
 
 class RenewalActivities:
@@ -95,6 +101,15 @@ class RenewalActivities:
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             static_summary=f"renewals of {start.service_id} {start.resource_id}",
+            # the forecast finds a principal's renewals by these (never an email or a secret)
+            search_attributes=TypedSearchAttributes(
+                [
+                    SearchAttributePair(QM_PRINCIPAL, start.principal_id),
+                    SearchAttributePair(QM_PROVIDER, start.provider),
+                    SearchAttributePair(QM_SERVICE, start.service_id),
+                    SearchAttributePair(QM_RESOURCE, start.resource_id),
+                ]
+            ),
         )
 
     @activity.defn(name="cancel_renewal")

@@ -131,6 +131,10 @@ class RenewalView(BaseModel):
     next_due: datetime | None
     charges: list[RenewalCharge] = Field(default_factory=list)
     declines: int = 0
+    #: the first charge: period n is due at anchor + n intervals (the forecast projects from it)
+    anchor: datetime | None = None
+    #: the current period's price is already reserved in its ledger (the forecast does not count it twice)
+    held: bool = False
 
 
 class CancelRenewal(BaseModel):

@@ -119,6 +119,8 @@ class RenewalWorkflow:
             next_due=None if ended else self._due(),
             charges=list(self.s.charges),
             declines=self.s.declines,
+            anchor=st.anchor,
+            held=self.held,
         )
 
     @workflow.query(name="pending_approvals")

@@ -24,10 +24,12 @@ from temporalio.service import RPCError
 
 from models.approval import ApprovalKind, ApprovalRequest
 from models.errors import QuartermasterError
+from models.forecast import QuoteForecast
 from models.money import Money
 from models.request import ProvisionRequest
 from models.session import SessionState
 from quartermaster.api.services import ApiServices
+from quartermaster.orchestration.forecast import quote_forecast
 from quartermaster.orchestration.requests import RequestOwner
 
 
@@ -81,6 +83,8 @@ class ApprovalFacts(BaseModel):
     scopes: list[str] = Field(default_factory=list)
     credential_ttl_seconds: int | None = None
     cap: CapEffect | None = None
+    #: a recurring purchase: the future months its renewals would push over the cap (docs/billing.md)
+    forecast: QuoteForecast | None = None
     details: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -225,6 +229,9 @@ async def _provision_facts(svc: ApiServices, approval: ApprovalRequest, facts: A
             facts.terms_version = quote.terms_version
             facts.tos_url = quote.tos_url
             facts.scopes = req.scopes or list(quote.service.scopes)
+            facts.forecast = await quote_forecast(
+                svc.temporal, svc.spend, approval.principal_id, quote, list(svc.settings.providers)
+            )
     if owner is not None and owner.session_id:
         facts.session = await _session_facts(svc, owner.session_id)
         if facts.session is not None:

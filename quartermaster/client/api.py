@@ -34,6 +34,7 @@ from models.api import (
 from models.approval import ApprovalRequest, DecisionOutcome
 from models.catalog import Catalog
 from models.errors import ErrorCode
+from models.forecast import Forecast
 from models.limits import SpendSummary
 from models.money import Money
 from models.provisioning import Quote
@@ -270,6 +271,11 @@ class Agents(_Resource):
 class Billing(_Resource):
     async def show(self, month: str | None = None) -> SpendSummary:
         return await self._c.request("GET", "/v1/billing", SpendSummary, params=_drop_none({"month": month}))
+
+    async def forecast(self, months: int | None = None) -> Forecast:
+        """Committed future charges (scheduled renewals) per month and provider, against each cap."""
+        params = _drop_none({"months": months})
+        return await self._c.request("GET", "/v1/billing/forecast", Forecast, params=params)
 
     async def set_limit(self, limit: Money, provider: str | None = None) -> ApprovalPending:
         body = _drop_none({"limit": _money(limit), "provider": provider})

@@ -274,6 +274,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/billing/forecast": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Forecast
+         * @description Committed future charges (scheduled renewals) per month and provider, against each cap.
+         */
+        get: operations["forecast_v1_billing_forecast_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/billing/limits": {
         parameters: {
             query?: never;
@@ -463,7 +483,8 @@ export interface paths {
         put?: never;
         /**
          * Quote
-         * @description Price a service without starting anything.
+         * @description Price a service without starting anything. For a logged-in human or an agent's session, a
+         *     recurring price also says which future months its renewals would push over the cap.
          */
         post: operations["quote_v1_quotes_post"];
         delete?: never;
@@ -933,6 +954,41 @@ export interface components {
         ErrorResponse: {
             error: components["schemas"]["ErrorBody"];
         };
+        /**
+         * Forecast
+         * @description Committed future charges per month and per provider (`GET /v1/billing/forecast`).
+         */
+        Forecast: {
+            /** Months */
+            months: string[];
+            /** Over Limit */
+            over_limit?: string[];
+            /** Principal Id */
+            principal_id: string;
+            /** Rows */
+            rows?: components["schemas"]["ForecastMonth"][];
+        };
+        /**
+         * ForecastMonth
+         * @description One month at one provider.
+         */
+        ForecastMonth: {
+            in_ledger: components["schemas"]["Money"];
+            limit: components["schemas"]["Money"];
+            /** Month */
+            month: string;
+            /**
+             * Over Limit
+             * @default false
+             */
+            over_limit: boolean;
+            /** Provider */
+            provider: string;
+            renewals: components["schemas"]["Money"];
+            /** Resources */
+            resources?: string[];
+            total: components["schemas"]["Money"];
+        };
         /** FreezeBody */
         FreezeBody: {
             /**
@@ -1237,6 +1293,7 @@ export interface components {
          */
         Quote: {
             due_now: components["schemas"]["Money"] | null;
+            forecast?: components["schemas"]["QuoteForecast"] | null;
             /** Interval */
             interval: ("month" | "year" | "one_time") | null;
             recurring: components["schemas"]["Money"] | null;
@@ -1257,6 +1314,16 @@ export interface components {
             max_price?: components["schemas"]["Money"] | null;
             /** Service Id */
             service_id: string;
+        };
+        /**
+         * QuoteForecast
+         * @description On a quote for a known caller: the months this purchase's charges would push over a cap.
+         */
+        QuoteForecast: {
+            /** Months */
+            months?: components["schemas"]["ForecastMonth"][];
+            /** Over Limit Months */
+            over_limit_months?: string[];
         };
         /** ReservationView */
         ReservationView: {
@@ -2268,6 +2335,102 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["SpendSummary"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    forecast_v1_billing_forecast_get: {
+        parameters: {
+            query?: {
+                months?: number;
+            };
+            header?: {
+                "X-QM-Identity"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Forecast"];
                 };
             };
             /** @description Bad Request */
