@@ -59,6 +59,7 @@ from workflows import authority as workflow_authority
 from workflows.agent_freeze import AgentWorkflow
 from workflows.ledger import SpendLedgerWorkflow
 from workflows.limits import LimitChangeWorkflow, PrincipalLimitsWorkflow
+from workflows.plan_change import PlanChangeWorkflow
 from workflows.provision import ProvisionWorkflow
 from workflows.renewal import RenewalWorkflow
 from workflows.resource_actions import RemoveResourceWorkflow, RotateCredentialWorkflow
@@ -207,6 +208,9 @@ def build_activities(
         renewals.start_renewal,
         renewals.cancel_renewal,
         renewals.open_layers,
+        renewals.change_plan,
+        renewals.renewal_view,
+        renewals.plan_changed,
     ]
 
 
@@ -221,6 +225,7 @@ def workflow_classes() -> Sequence[type]:
         SessionWorkflow,
         AgentWorkflow,
         RenewalWorkflow,
+        PlanChangeWorkflow,
     ]
 
 

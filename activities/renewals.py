@@ -15,12 +15,14 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.errors import adapter_errors, permanent
 from models.errors import ErrorCode
-from models.provider import Charge
+from models.plan_change import ChangePlanInput, PlanChangedInput
+from models.provider import Charge, Resource
 from models.renewal import (
     OpenLayers,
     RenewalNotice,
     RenewalStart,
     RenewalTarget,
+    RenewalView,
     RenewInput,
     renewal_workflow_id,
 )
@@ -69,7 +71,48 @@ class RenewalActivities:
                 due=inp.due,
                 payment_token=inp.payment_token,
                 idempotency_key=inp.idempotency_key,
+                amount=inp.amount,
             )
+
+    @activity.defn(name="change_plan")
+    async def change_plan(self, inp: ChangePlanInput) -> Resource:
+        """Move the resource to `to_service_id` at the provider (charging an upgrade's difference)."""
+        provider = self._registry.get(inp.provider)
+        if not isinstance(provider, RenewableProvider):
+            raise permanent(
+                ErrorCode.PLAN_CHANGE_NOT_ALLOWED, f"{inp.provider} does not support plan changes"
+            )
+        account = await self._account(inp.principal_id, inp.provider)
+        with adapter_errors("change plan"):
+            return await provider.change_plan(
+                account=account,
+                resource_id=inp.resource_id,
+                service_id=inp.to_service_id,
+                amount=inp.amount.amount if inp.amount else None,
+                payment_token=inp.payment_token,
+                idempotency_key=inp.idempotency_key,
+            )
+
+    @activity.defn(name="renewal_view")
+    async def renewal_view(self, target: RenewalTarget) -> RenewalView | None:
+        """The resource's running renewal (None: it has none, or it ended)."""
+        handle = self._client.get_workflow_handle(renewal_workflow_id(target.provider, target.resource_id))
+        try:
+            desc = await handle.describe()
+            if desc.status != WorkflowExecutionStatus.RUNNING:
+                return None
+            view: RenewalView = await handle.query("view", result_type=RenewalView)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        return view
+
+    @activity.defn(name="plan_changed")
+    async def plan_changed(self, inp: PlanChangedInput) -> None:
+        """Tell the renewal its new service, price and credit (it renews at those from now on)."""
+        handle = self._client.get_workflow_handle(renewal_workflow_id(inp.provider, inp.resource_id))
+        await handle.signal("plan_changed", inp.change)
 
     @activity.defn(name="renewal_notice")
     async def renewal_notice(self, notice: RenewalNotice) -> None:

@@ -91,6 +91,8 @@ class RenewalState(BaseModel):
     period: int = 1
     charges: list[RenewalCharge] = Field(default_factory=list)
     declines: int = 0
+    #: taken off the next renewal (a downgrade's unused part, models.plan_change)
+    credit: int = 0
 
 
 class RenewalStart(BaseModel):
@@ -135,6 +137,10 @@ class RenewalView(BaseModel):
     anchor: datetime | None = None
     #: the current period's price is already reserved in its ledger (the forecast does not count it twice)
     held: bool = False
+    #: the principal's Stripe customer (an id, not a secret): a plan change pays through it
+    customer_id: str | None = None
+    #: taken off the next renewal (a downgrade's credit)
+    credit: int = 0
 
 
 class CancelRenewal(BaseModel):
@@ -153,6 +159,8 @@ class RenewInput(BaseModel):
     due: datetime
     payment_token: Secret
     idempotency_key: str
+    #: less than the price when a credit applies (None: the catalog price)
+    amount: int | None = None
 
 
 class RenewalTarget(BaseModel):

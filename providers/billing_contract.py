@@ -2,7 +2,8 @@
 
 A provider that sells recurring prices lets the orchestrator charge each further period itself
 (`POST /resources/{id}/renew`, docs/provider-contract.openapi.json), so every renewal goes through a
-fresh Shared Payment Token under the principal's monthly cap. Kept apart from `Provider` so adapters
+fresh Shared Payment Token under the principal's monthly cap, and changes plan in place
+(`POST /resources/{id}/plan`) within the catalog's `allowed_updates`. Kept apart from `Provider` so adapters
 without recurring prices need not implement it."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from models.provider import Charge
+from models.provider import Charge, Resource
 from models.secret import Secret
 
 
@@ -25,4 +26,16 @@ class RenewableProvider(Protocol):
         due: datetime,
         payment_token: Secret,
         idempotency_key: str,
+        amount: int | None = None,
     ) -> Charge: ...
+
+    async def change_plan(
+        self,
+        *,
+        account: Secret,
+        resource_id: str,
+        service_id: str,
+        amount: int | None,
+        payment_token: Secret | None,
+        idempotency_key: str,
+    ) -> Resource: ...

@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.money import Money
     from models.payment import PaymentMethodStatus
+    from models.plan_change import PlanChanged
     from models.provider import Charge, Resource
     from models.provisioning import IssuedToken, PaymentTokenInput
     from models.renewal import (
@@ -99,6 +100,12 @@ class RenewalWorkflow:
     def decide(self, decision: ApprovalDecision) -> None:
         self.gate.decide(decision)
 
+    @workflow.signal(name="plan_changed")
+    def plan_changed(self, change: PlanChanged) -> None:
+        """Renew as the new service at its price from the next period on, less the credit."""
+        self.start = self.start.model_copy(update={"service_id": change.service_id, "price": change.price})
+        self.s.credit += change.credit.amount
+
     @workflow.signal(name="cancel")
     def cancel(self, req: CancelRenewal) -> None:
         self.cancelled = self.cancelled or req.reason
@@ -121,6 +128,8 @@ class RenewalWorkflow:
             declines=self.s.declines,
             anchor=st.anchor,
             held=self.held,
+            customer_id=st.customer_id,
+            credit=self.s.credit,
         )
 
     @workflow.query(name="pending_approvals")
@@ -128,6 +137,11 @@ class RenewalWorkflow:
         return [r.model_dump(mode="json") for r in self.gate.pending()]
 
     # -- main -------------------------------------------------------------------------------------
+    def _amount(self) -> Money:
+        """This period's charge: the price less any credit from a downgrade."""
+        price = self.start.price
+        return Money(amount=max(price.amount - self.s.credit, 0), currency=price.currency)
+
     def _due(self) -> datetime:
         return due_at(self.start.anchor, self.start.interval, self.s.period)
 
@@ -162,8 +176,22 @@ class RenewalWorkflow:
         await self._notice(
             "renewal_upcoming",
             due,
-            f"{start.service_id} {start.resource_id} renews on {due.date().isoformat()} for {start.price}",
+            f"{self.start.service_id} {start.resource_id} renews on {due.date().isoformat()} "
+            f"for {self._amount()}",
         )
+        if self._amount().amount == 0:  # a downgrade's credit covers the whole period
+            if await self._sleep_until(due, f"renewal {n} due at {due.isoformat()} (covered by a credit)"):
+                return await self._end_cancelled()
+            self.s.credit -= self.start.price.amount
+            self.s.charges.append(
+                RenewalCharge(
+                    period=n, due=due, month=month_of(due), amount=self._amount(), payment_reference="credit"
+                )
+            )
+            self.s.period += 1
+            await self.trail.flush()
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            workflow.continue_as_new(self.start.model_copy(update={"state": self.s}))
         if not await self._reserve(due):
             self.status = "declined"
             await self._notice(
@@ -187,13 +215,13 @@ class RenewalWorkflow:
                 self.s.declines += 1
                 nxt = attempts[i + 1] if i + 1 < len(attempts) else grace_end
                 await self.trail.record(
-                    "renewal.declined", outcome="failure", reason=unpaid.code, amount=start.price
+                    "renewal.declined", outcome="failure", reason=unpaid.code, amount=self._amount()
                 )
                 await self._notice(
                     "renewal_declined",
                     due,
                     f"the renewal of {start.resource_id} for "
-                    f"{start.price} was declined ({unpaid.code}); next try "
+                    f"{self._amount()} was declined ({unpaid.code}); next try "
                     f"{nxt.isoformat()}",
                     next_attempt=nxt,
                     suffix=f"-{i}",
@@ -213,7 +241,7 @@ class RenewalWorkflow:
                     payment_reference=charge.payment_reference,
                 )
             )
-            workflow.continue_as_new(start.model_copy(update={"state": self.s}))
+            workflow.continue_as_new(self.start.model_copy(update={"state": self.s}))
         if await self._sleep_until(grace_end, "past due: waiting for the end of the grace period"):
             return await self._end_cancelled()
         await self._suspend(due, "unpaid after the grace period")
@@ -278,7 +306,7 @@ class RenewalWorkflow:
                 "reserve_spend",
                 ReserveLayers(
                     purchase_id=purchase_id,
-                    amount=st.price,
+                    amount=self._amount(),
                     layers=self.layers,
                     principal_id=st.principal_id,
                     principal_email=st.principal_email,
@@ -354,7 +382,7 @@ class RenewalWorkflow:
                 customer_id=st.customer_id,
                 payment_method_id=pm.payment_method_id,
                 provider=st.provider,
-                amount=st.price,
+                amount=self._amount(),
                 idempotency_key=f"{key}:token-{attempt}",
                 metadata={"qm_workflow_id": self.wid, "qm_period": str(self.s.period)},
                 expires_at=workflow.now().replace(microsecond=0) + TOKEN_LIFETIME,
@@ -374,6 +402,7 @@ class RenewalWorkflow:
                     due=due,
                     payment_token=token.token_id,
                     idempotency_key=f"{key}:charge-{attempt}",
+                    amount=None if self._amount() == st.price else self._amount().amount,
                 ),
                 result_type=Charge,
                 summary=f"renew {st.resource_id} (period {self.s.period})",
@@ -408,6 +437,8 @@ class RenewalWorkflow:
         )
         self.held = False
         self.status = "scheduled"
+        # the credit this charge used (the price less what was charged) is spent
+        self.s.credit = max(self.s.credit - (self.start.price.amount - charge.amount.amount), 0)
         await self.trail.record(
             "renewal.charged", amount=charge.amount, details={"period": self.s.period, "due": due.isoformat()}
         )
