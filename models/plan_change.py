@@ -126,3 +126,26 @@ class PlanChangedInput(BaseModel):
     provider: str
     resource_id: str
     change: PlanChanged
+
+
+class PlanChangeBody(BaseModel):
+    """`POST /v1/resources/{id}/plan` and `.../plan/quote`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    to_service_id: ServiceId
+    direction: Direction | None = None
+    #: your idempotency key for the change: the same id finds the same change (default: random)
+    request_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$")] | None = None
+    #: seconds to wait for the result before answering with the change's state
+    wait_seconds: float = Field(default=20, ge=0, le=60)
+
+
+class PlanChangeView(BaseModel):
+    """A plan change's state: done (`result`), or waiting for the human's approval."""
+
+    request_id: str
+    state: Literal["completed", "rejected", "awaiting_approval", "running"]
+    quote: PlanChangeQuote | None = None
+    approval_id: str | None = None
+    result: PlanChangeResult | None = None

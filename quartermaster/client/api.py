@@ -37,6 +37,7 @@ from models.errors import ErrorCode
 from models.forecast import Forecast
 from models.limits import SpendSummary
 from models.money import Money
+from models.plan_change import PlanChangeQuote, PlanChangeView
 from models.provisioning import Quote
 from models.session import AgentStatus, CloseSummary, FreezeResult, SessionState
 from quartermaster.client import config
@@ -185,6 +186,34 @@ class Resources(_Resource):
 
     async def remove(self, resource_id: str) -> ResourceAction:
         return await self._c.request("DELETE", f"/v1/resources/{_seg(resource_id)}", ResourceAction)
+
+    async def plan_quote(self, resource_id: str, to_service_id: str) -> PlanChangeQuote:
+        """The proration of a change to `to_service_id`, before anything moves."""
+        return await self._c.request(
+            "POST",
+            f"/v1/resources/{_seg(resource_id)}/plan/quote",
+            PlanChangeQuote,
+            json={"to_service_id": to_service_id},
+        )
+
+    async def change_plan(
+        self,
+        resource_id: str,
+        to_service_id: str,
+        *,
+        direction: str,
+        request_id: str | None = None,
+        wait_seconds: float = 20,
+    ) -> PlanChangeView:
+        """`direction` is "upgrade" or "downgrade"; the same `request_id` finds the same change."""
+        if direction not in ("upgrade", "downgrade"):
+            raise ValueError("direction is upgrade or downgrade")
+        body = _drop_none(
+            {"to_service_id": to_service_id, "request_id": request_id, "wait_seconds": wait_seconds}
+        )
+        return await self._c.request(
+            "POST", f"/v1/resources/{_seg(resource_id)}/{direction}", PlanChangeView, json=body
+        )
 
 
 class Sessions(_Resource):

@@ -91,14 +91,9 @@ def owned_resource(ctx: SimulatorContext, account_id: str, resource_id: str) -> 
 
 
 async def _charge(
-    ctx: SimulatorContext,
-    service: ServiceEntry,
-    token: str,
-    key: str,
-    account_id: str,
-    extra: dict[str, str] | None = None,
-    amount: int | None = None,
-) -> dict[str, Any]:
+    ctx: SimulatorContext, service: ServiceEntry, token: str, key: str, account_id: str,
+    extra: dict[str, str] | None = None, amount: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Charge the catalog price (or `amount`, at most the price) once per resource idempotency key
     (retries replay at Stripe)."""
     price = service.pricing.price
@@ -110,13 +105,8 @@ async def _charge(
     if ctx.config.charger is None:
         raise ContractError(503, "payment_unavailable", "this simulator has no payment connection")
     charge_key = f"{ctx.provider}:{key}:charge"
-    metadata = {
-        "provider": ctx.provider,
-        "service_id": service.service_id,
-        "account_id": account_id,
-        "idempotency_key": charge_key,
-        **(extra or {}),
-    }
+    metadata = {"provider": ctx.provider, "service_id": service.service_id, "account_id": account_id,
+                "idempotency_key": charge_key, **(extra or {})}  # fmt: skip
     try:
         result = await ctx.config.charger.charge(
             token_id=Secret(token), amount=price, idempotency_key=charge_key, metadata=metadata
@@ -154,18 +144,12 @@ async def create_resource(request: Request) -> JSONResponse:
         elif service.service_id == "db/postgres:pro":
             status, ready_at = "pending", time.time() + PENDING_SECONDS
         row = {
-            "resource_id": f"res_{secrets.token_hex(8)}",
-            "account_id": account_id,
-            "service_id": service.service_id,
-            "name": body.name,
-            "status": status,
-            "configuration": json.dumps(body.configuration),
-            "charge": json.dumps(charge) if charge else None,
-            "error_message": None,
-            "needs_information_schema": json.dumps(needs) if needs else None,
-            "created_at": int(time.time()),
-            "ready_at": ready_at,
-        }
+            "resource_id": f"res_{secrets.token_hex(8)}", "account_id": account_id,
+            "service_id": service.service_id, "name": body.name, "status": status,
+            "configuration": json.dumps(body.configuration), "charge": json.dumps(charge) if charge else None,
+            "error_message": None, "needs_information_schema": json.dumps(needs) if needs else None,
+            "created_at": int(time.time()), "ready_at": ready_at,
+        }  # fmt: skip
 
         def apply(db: sqlite3.Connection) -> None:
             db.execute(
@@ -176,17 +160,10 @@ async def create_resource(request: Request) -> JSONResponse:
                 db.execute(
                     "INSERT INTO charges (charge_id, resource_id, account_id, amount, currency, "
                     "payment_reference, idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        f"ch_{secrets.token_hex(8)}",
-                        row["resource_id"],
-                        account_id,
-                        charge["amount"]["amount"],
-                        charge["amount"]["currency"],
-                        charge["payment_reference"],
-                        charge["idempotency_key"],
-                        row["created_at"],
-                    ),
-                )
+                    (f"ch_{secrets.token_hex(8)}", row["resource_id"], account_id,
+                     charge["amount"]["amount"], charge["amount"]["currency"], charge["payment_reference"],
+                     charge["idempotency_key"], row["created_at"]),
+                )  # fmt: skip
 
         return 201, resource_json(row), apply
 
@@ -205,10 +182,8 @@ async def get_resource(request: Request) -> JSONResponse:
         with ctx.store.transaction():
             ctx.store.execute(
                 "UPDATE resources SET polls = ?, status = ? WHERE resource_id = ? AND status = 'pending'",
-                polls,
-                "complete" if done else "pending",
-                row["resource_id"],
-            )
+                polls, "complete" if done else "pending", row["resource_id"],
+            )  # fmt: skip
         row = owned_resource(ctx, account_id, row["resource_id"])
     return JSONResponse(resource_json(row))
 
@@ -225,12 +200,8 @@ async def submit_information(request: Request) -> JSONResponse:
             raise ContractError(409, "invalid_state", f"the resource is {row['status']}")
         validate_configuration(json.loads(row["needs_information_schema"]), body.information, "information")
         configuration = {**json.loads(row["configuration"]), **body.information}
-        updated = {
-            **row,
-            "status": "complete",
-            "configuration": json.dumps(configuration),
-            "needs_information_schema": None,
-        }
+        updated = {**row, "status": "complete", "configuration": json.dumps(configuration),
+                   "needs_information_schema": None}  # fmt: skip
 
         def apply(db: sqlite3.Connection) -> None:
             db.execute(

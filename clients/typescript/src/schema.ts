@@ -555,6 +555,46 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/resources/{resource_id}/downgrade": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Downgrade
+         * @description Move to a cheaper allowed service; the unused difference is taken off the next renewal.
+         */
+        post: operations["downgrade_v1_resources__resource_id__downgrade_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/resources/{resource_id}/plan/quote": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Quote Plan Change
+         * @description What moving to `to_service_id` costs: the prorated difference now, the new price after.
+         */
+        post: operations["quote_plan_change_v1_resources__resource_id__plan_quote_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/resources/{resource_id}/rotate": {
         parameters: {
             query?: never;
@@ -569,6 +609,27 @@ export interface paths {
          * @description Mint a new credential and revoke the old one.
          */
         post: operations["rotate_v1_resources__resource_id__rotate_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/resources/{resource_id}/upgrade": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Upgrade
+         * @description Move to a dearer service of the catalog's `allowed_updates`; the prorated difference is charged
+         *     now, after the human approves it (202 with the approval id while it waits).
+         */
+        post: operations["upgrade_v1_resources__resource_id__upgrade_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -946,7 +1007,7 @@ export interface components {
          * ErrorCode
          * @enum {string}
          */
-        ErrorCode: "INVALID_REQUEST" | "UNKNOWN_PROVIDER" | "UNKNOWN_SERVICE" | "INVALID_CONFIGURATION" | "PRICE_ABOVE_MAXIMUM" | "CURRENCY_MISMATCH" | "NOT_FOUND" | "IDEMPOTENCY_CONFLICT" | "BODY_TOO_LARGE" | "TERMS_ACCEPTANCE_REQUIRED" | "PAYMENT_METHOD_REQUIRED" | "OAUTH_CONSENT_REQUIRED" | "PURCHASE_APPROVAL_REQUIRED" | "SPEND_LIMIT_REACHED" | "LIMIT_CHANGE_APPROVAL_REQUIRED" | "SESSION_APPROVAL_REQUIRED" | "UNFREEZE_APPROVAL_REQUIRED" | "INFORMATION_REQUIRED" | "APPROVAL_DENIED" | "APPROVAL_TIMED_OUT" | "APPROVAL_REJECTED" | "APPROVAL_CHANGED" | "SESSION_INVALID" | "SESSION_EXPIRED" | "SESSION_REVOKED" | "SERVICE_NOT_ALLOWED" | "BUDGET_EXCEEDED" | "AGENT_FROZEN" | "IDENTITY_INVALID" | "ACCOUNT_IDENTITY_MISMATCH" | "SESSION_REQUIRED" | "AUTHORITY_INVALID" | "PAYMENT_DECLINED" | "PROVIDER_ERROR" | "PROVIDER_UNAVAILABLE" | "TEMPORAL_UNAVAILABLE" | "PORT_IN_USE" | "UNAUTHENTICATED" | "FORBIDDEN" | "LOGIN_INVALID" | "LINK_INVALID" | "CSRF_INVALID" | "RATE_LIMITED" | "API_UNAVAILABLE" | "UNKNOWN_ERROR";
+        ErrorCode: "INVALID_REQUEST" | "UNKNOWN_PROVIDER" | "UNKNOWN_SERVICE" | "INVALID_CONFIGURATION" | "PRICE_ABOVE_MAXIMUM" | "CURRENCY_MISMATCH" | "NOT_FOUND" | "IDEMPOTENCY_CONFLICT" | "BODY_TOO_LARGE" | "PLAN_CHANGE_NOT_ALLOWED" | "TERMS_ACCEPTANCE_REQUIRED" | "PAYMENT_METHOD_REQUIRED" | "OAUTH_CONSENT_REQUIRED" | "PURCHASE_APPROVAL_REQUIRED" | "SPEND_LIMIT_REACHED" | "LIMIT_CHANGE_APPROVAL_REQUIRED" | "SESSION_APPROVAL_REQUIRED" | "UNFREEZE_APPROVAL_REQUIRED" | "INFORMATION_REQUIRED" | "APPROVAL_DENIED" | "APPROVAL_TIMED_OUT" | "APPROVAL_REJECTED" | "APPROVAL_CHANGED" | "SESSION_INVALID" | "SESSION_EXPIRED" | "SESSION_REVOKED" | "SERVICE_NOT_ALLOWED" | "BUDGET_EXCEEDED" | "AGENT_FROZEN" | "IDENTITY_INVALID" | "ACCOUNT_IDENTITY_MISMATCH" | "SESSION_REQUIRED" | "AUTHORITY_INVALID" | "PAYMENT_DECLINED" | "PROVIDER_ERROR" | "PROVIDER_UNAVAILABLE" | "TEMPORAL_UNAVAILABLE" | "PORT_IN_USE" | "UNAUTHENTICATED" | "FORBIDDEN" | "LOGIN_INVALID" | "LINK_INVALID" | "CSRF_INVALID" | "RATE_LIMITED" | "API_UNAVAILABLE" | "UNKNOWN_ERROR";
         /**
          * ErrorResponse
          * @description Every refusal and failure.
@@ -1150,6 +1211,96 @@ export interface components {
              * @default usd
              */
             currency: string;
+        };
+        /**
+         * PlanChangeBody
+         * @description `POST /v1/resources/{id}/plan` and `.../plan/quote`.
+         */
+        PlanChangeBody: {
+            /** Direction */
+            direction?: ("upgrade" | "downgrade") | null;
+            /** Request Id */
+            request_id?: string | null;
+            /** To Service Id */
+            to_service_id: string;
+            /**
+             * Wait Seconds
+             * @default 20
+             */
+            wait_seconds: number;
+        };
+        /**
+         * PlanChangeQuote
+         * @description What a change costs, quoted before anything moves.
+         */
+        PlanChangeQuote: {
+            charge: components["schemas"]["Money"];
+            credit: components["schemas"]["Money"];
+            /**
+             * Direction
+             * @enum {string}
+             */
+            direction: "upgrade" | "downgrade";
+            due_now: components["schemas"]["Money"];
+            /** From Service Id */
+            from_service_id: string;
+            /**
+             * Interval
+             * @enum {string}
+             */
+            interval: "month" | "year";
+            new_price: components["schemas"]["Money"];
+            next_renewal_credit: components["schemas"]["Money"];
+            old_price: components["schemas"]["Money"];
+            /**
+             * Period End
+             * Format: date-time
+             */
+            period_end: string;
+            /**
+             * Period Start
+             * Format: date-time
+             */
+            period_start: string;
+            /** Resource Id */
+            resource_id: string;
+            /** To Service Id */
+            to_service_id: string;
+        };
+        /** PlanChangeResult */
+        PlanChangeResult: {
+            charged?: components["schemas"]["Money"] | null;
+            /** Error Code */
+            error_code?: string | null;
+            /** Error Message */
+            error_message?: string | null;
+            /**
+             * Outcome
+             * @enum {string}
+             */
+            outcome: "completed" | "rejected";
+            /** Payment Reference */
+            payment_reference?: string | null;
+            quote?: components["schemas"]["PlanChangeQuote"] | null;
+            /** Resource Id */
+            resource_id: string;
+        };
+        /**
+         * PlanChangeView
+         * @description A plan change's state: done (`result`), or waiting for the human's approval.
+         */
+        PlanChangeView: {
+            /** Approval Id */
+            approval_id?: string | null;
+            quote?: components["schemas"]["PlanChangeQuote"] | null;
+            /** Request Id */
+            request_id: string;
+            result?: components["schemas"]["PlanChangeResult"] | null;
+            /**
+             * State
+             * @enum {string}
+             */
+            state: "completed" | "rejected" | "awaiting_approval" | "running";
         };
         /** Pricing */
         Pricing: {
@@ -1404,8 +1555,14 @@ export interface components {
          * @description A catalog entry (the protocol's `ProviderServiceDetail`).
          */
         ServiceEntry: {
+            /** Allowed Updates */
+            allowed_updates?: string[];
             /** Configuration Schema */
             configuration_schema?: {
+                [key: string]: unknown;
+            };
+            /** Constraints */
+            constraints?: {
                 [key: string]: unknown;
             };
             /** Description */
@@ -3863,6 +4020,206 @@ export interface operations {
             };
         };
     };
+    downgrade_v1_resources__resource_id__downgrade_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                "X-QM-Identity"?: string | null;
+            };
+            path: {
+                resource_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PlanChangeBody"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PlanChangeView"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    quote_plan_change_v1_resources__resource_id__plan_quote_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                "X-QM-Identity"?: string | null;
+            };
+            path: {
+                resource_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PlanChangeBody"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PlanChangeQuote"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
     rotate_v1_resources__resource_id__rotate_post: {
         parameters: {
             query?: never;
@@ -3883,6 +4240,106 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ResourceAction"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    upgrade_v1_resources__resource_id__upgrade_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                "X-QM-Identity"?: string | null;
+            };
+            path: {
+                resource_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PlanChangeBody"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PlanChangeView"];
                 };
             };
             /** @description Bad Request */
