@@ -10,6 +10,7 @@ import json
 import pytest
 
 from models.errors import QuartermasterError
+from quartermaster.api.routes import resources as resources_routes
 from quartermaster.cli import main_async as qm_main
 from tests.fixtures.stack import Stack, new_email
 from tests.test_renewals import provision, stripe_intents
@@ -34,6 +35,17 @@ async def test_upgrade_through_the_api_and_cli_with_ownership(
                 await call
             assert str(err.value.code) == "NOT_FOUND"
     assert len(await stripe_intents(stack, {rid})) == 1  # the stranger moved nothing
+    # the broken variant: without the route's ownership check the stranger would get the quote, so the
+    # NOT_FOUND above is that check's doing
+    with monkeypatch.context() as broken:
+
+        async def no_check(*_: object) -> None:
+            return None
+
+        broken.setattr(resources_routes, "_visible_resource", no_check)
+        async with await stack.login(other) as stranger:
+            leaked = await stranger.resources.plan_quote(rid, "db/postgres:team")
+        assert leaked.resource_id == rid
 
     monkeypatch.setenv("QM_API_URL", stack.api_url)
     monkeypatch.setenv("QM_HUMAN_TOKEN", await stack.login_token(owner))
