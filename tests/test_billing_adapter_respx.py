@@ -90,7 +90,7 @@ async def test_a_declined_renewal_and_a_refused_change_are_permanent_with_their_
 
 @respx.mock
 async def test_a_downgrade_sends_no_token_and_an_upgrade_sends_both(provider: HttpProvider) -> None:
-    resource = {
+    resource: dict[str, object] = {
         "resource_id": "res_1",
         "service_id": "db/postgres:team",
         "name": "d",
