@@ -23,10 +23,12 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from activities.spend import SpendActivities
+from models.approval import ApprovalRequest
 from models.ledger import CommitLayers, LedgerLayer, LedgerView, ReserveLayers, month_of, monthly_ledger_id
 from models.money import Money
 from models.provisioning import ProvisionResult, RemoveRequest, ResourceActionResult
 from models.renewal import RenewalView, renewal_workflow_id
+from quartermaster.api.approval_facts import approval_facts
 from quartermaster.codec import EncryptionCodec
 from quartermaster.config import LOCAL_STRIPE_KEY
 from quartermaster.converter import data_converter
@@ -272,6 +274,11 @@ async def test_a_renewal_over_the_cap_asks_and_is_approved(ts) -> None:  # type:
     env, stack = ts
     email = new_email()
     resource_id, due, due_ledger, approval = await over_cap(env, stack, email)
+    # what the approval page shows: the cap of the month the renewal is due in, and that it goes over
+    facts = await approval_facts(stack.api, ApprovalRequest.model_validate(approval), email)
+    assert facts.cap is not None and facts.cap.month == month_of(due)
+    assert (facts.cap.spent.amount, facts.cap.after.amount, facts.cap.over_limit) == (9_800, 10_300, True)
+    assert facts.due_now is not None and facts.due_now.amount == 500
     assert (await stack.decide(approval["approval_id"], email)).status == "ACCEPTED"
     await env.sleep(4 * DAY)  # past the due date
     view = await renewal(stack, "cloud", resource_id)

@@ -145,12 +145,17 @@ async def _session_facts(svc: ApiServices, session_id: str) -> SessionFacts | No
 
 
 async def _cap(
-    svc: ApiServices, principal_id: str, provider: str | None, adds: Money | None, limit_after: Money | None
+    svc: ApiServices,
+    principal_id: str,
+    provider: str | None,
+    adds: Money | None,
+    limit_after: Money | None,
+    month: str | None = None,
 ) -> CapEffect | None:
     from models.limits import SpendSummaryRequest
 
     summary = await svc.spend.spend_view(
-        SpendSummaryRequest(principal_id=principal_id, providers=[provider] if provider else [])
+        SpendSummaryRequest(principal_id=principal_id, providers=[provider] if provider else [], month=month)
     )
     rows = [p for p in summary.providers if provider is None or p.provider == provider]
     if not rows:
@@ -187,6 +192,15 @@ async def approval_facts(svc: ApiServices, approval: ApprovalRequest, email: str
     )
     if approval.workflow_id.startswith("provision-"):
         await _provision_facts(svc, approval, facts)
+    elif approval.workflow_id.startswith("renewal-") and d.get("renewal"):
+        # a renewal over its month's cap: the cap of the month it is due in, not of this one
+        facts.provider = str(d.get("provider") or "") or None
+        facts.service_id = str(d.get("service_id") or "") or None
+        facts.due_now = _money(d.get("amount"))
+        facts.recurring = facts.due_now
+        month = str(d["month"]) if d.get("month") else None
+        if facts.provider:
+            facts.cap = await _cap(svc, approval.principal_id, facts.provider, facts.due_now, None, month)
     elif approval.kind == "session_open":
         facts.agent_chain = [str(d.get("agent", ""))]
         facts.due_now = _money(d.get("budget"))
