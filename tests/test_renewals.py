@@ -187,9 +187,11 @@ async def test_a_year_of_monthly_and_yearly_renewals_equals_stripe_month_by_mont
     r2 = await provision(stack, email, "cloud/r2", record_as="provision-starts-renewal")
     contact = {"name": "Alice", "email": "alice@example.com", "country": "DE"}
     domain = await provision(
-        stack, email, "cloud/registrar:domain",
+        stack,
+        email,
+        "cloud/registrar:domain",
         configuration={"domain": f"{secrets.token_hex(4)}.dev", "registrant_contact": contact},
-    )  # fmt: skip
+    )
     assert r2.resource_id and domain.resource_id
     start = await env.get_current_time()
     for _ in range(12):  # month by month, so each period's activities run before the next timer
@@ -397,3 +399,59 @@ async def test_removing_a_resource_stops_its_renewals(ts) -> None:  # type: igno
     assert (view.status, [c.period for c in view.charges]) == ("cancelled", [1]), view
     assert len(await stripe_intents(stack, {resource_id})) == 2  # the purchase and one renewal, no more
     await maybe_record(stack.client, f"remove-{resource_id}", "remove-resource-cancels-renewal")
+
+
+async def set_card(stack: Stack, email: str, outcome: str) -> None:
+    async with httpx.AsyncClient() as http:
+        r = await http.post(
+            f"{stack.stripe_url}/_sim/customers/{await customer_of(stack, email)}/card_outcome",
+            json={"outcome": outcome},
+        )
+        assert r.status_code == 200, r.text
+
+
+async def test_a_card_fixed_during_the_grace_period_pays_on_the_next_retry(ts) -> None:  # type: ignore[no-untyped-def]
+    env, stack = ts
+    email = new_email()
+    res = await provision(stack, email, "cloud/r2")
+    assert res.resource_id
+    due = (await renewal(stack, "cloud", res.resource_id)).next_due
+    assert due is not None
+    await set_card(stack, email, "declines")
+    now = await env.get_current_time()
+    await env.sleep(due - now + timedelta(hours=1))
+    assert (await renewal(stack, "cloud", res.resource_id)).status == "past_due"
+    await set_card(stack, email, "succeeds")  # the human fixed the card after the notice
+    await env.sleep(DAY)
+    view = await renewal(stack, "cloud", res.resource_id)
+    assert (view.status, [c.period for c in view.charges], view.declines) == ("scheduled", [1], 1), view
+    intents = await stripe_intents(stack, {res.resource_id})
+    per_month = charged_per_month(intents)
+    view_ledger = await ledger(stack, monthly_ledger_id(stack.principal_id(email), "cloud", due))
+    assert view_ledger is not None
+    assert (view_ledger.committed.amount, view_ledger.reserved.amount) == (per_month[month_of(due)], 0)
+
+
+async def test_an_unpaid_irreversible_resource_lapses_instead_of_being_removed(ts) -> None:  # type: ignore[no-untyped-def]
+    env, stack = ts
+    email = new_email()
+    contact = {"name": "Alice", "email": "alice@example.com", "country": "DE"}
+    res = await provision(
+        stack,
+        email,
+        "cloud/registrar:domain",
+        configuration={"domain": f"{secrets.token_hex(4)}.dev", "registrant_contact": contact},
+    )
+    assert res.resource_id
+    due = (await renewal(stack, "cloud", res.resource_id)).next_due
+    assert due is not None
+    await set_card(stack, email, "declines")
+    now = await env.get_current_time()
+    await env.sleep(due - now + 4 * DAY)  # the due date, both retries and the end of the grace period
+    view = await renewal(stack, "cloud", res.resource_id)
+    assert (view.status, view.charges, view.declines) == ("suspended", [], 3), view
+    (row,) = [
+        r for r in (await stack.provider_state("cloud"))["resources"] if r["resource_id"] == res.resource_id
+    ]
+    assert row["status"] == "complete"  # the registrar cannot remove it: it lapses, never renewed again
+    assert charged_per_month(await stripe_intents(stack, {res.resource_id})).get(month_of(due), 0) == 0
