@@ -4,7 +4,7 @@ per-resource renewal workflow, and find which budget layers of a purchase are st
 from __future__ import annotations
 
 from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowQueryFailedError
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -27,11 +27,15 @@ from models.renewal import (
     renewal_workflow_id,
 )
 from models.secret import Secret
+from models.session import SessionState, session_workflow_id
 from providers.billing_contract import RenewableProvider
 from providers.notifier import Notifier
 from providers.registry import ProviderRegistry
 from providers.store.interfaces import ConnectionStore
 from workflows.search_attributes import QM_PRINCIPAL, QM_PROVIDER, QM_RESOURCE, QM_SERVICE
+
+#: `models.session.budget_ledger_id`'s prefix
+SESSION_BUDGET_PREFIX = "budget-session-"
 
 
 class RenewalActivities:
@@ -167,17 +171,38 @@ class RenewalActivities:
             raise
         return True
 
+    async def _running(self, workflow_id: str) -> bool:
+        try:
+            desc = await self._client.get_workflow_handle(workflow_id).describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return desc.status == WorkflowExecutionStatus.RUNNING
+
+    async def _session_active(self, session_id: str) -> bool:
+        handle = self._client.get_workflow_handle(session_workflow_id(session_id))
+        try:
+            state: SessionState = await handle.query("state", result_type=SessionState)
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        except WorkflowQueryFailedError:
+            return False
+        return state.status == "active"
+
     @activity.defn(name="open_layers")
     async def open_layers(self, inp: OpenLayers) -> OpenLayers:
-        """The layers whose ledger is still running (a closed session's budget no longer applies)."""
+        """The layers that still exist: the ledger is running and, for a session's budget, the session
+        too (an expired or revoked session's budget no longer applies to renewals)."""
         kept = []
         for layer in inp.layers:
-            try:
-                desc = await self._client.get_workflow_handle(layer.ledger_id).describe()
-            except RPCError as err:
-                if err.status == RPCStatusCode.NOT_FOUND:
-                    continue
-                raise
-            if desc.status == WorkflowExecutionStatus.RUNNING:
-                kept.append(layer)
+            if not await self._running(layer.ledger_id):
+                continue
+            if layer.ledger_id.startswith(SESSION_BUDGET_PREFIX) and not await self._session_active(
+                layer.ledger_id.removeprefix(SESSION_BUDGET_PREFIX)
+            ):
+                continue
+            kept.append(layer)
         return OpenLayers(layers=kept)
