@@ -170,6 +170,7 @@ def build_activities(
         registry=registry,
         store=store.connections,
         notifier=build_notifier(settings),
+        authority=authority,
     )
     return [
         audit.record,

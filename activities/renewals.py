@@ -14,6 +14,8 @@ from temporalio.common import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.errors import adapter_errors, permanent
+from activities.spend import signed_at
+from models.authority import ProofKind
 from models.errors import ErrorCode
 from models.plan_change import ChangePlanInput, PlanChangedInput
 from models.provider import Charge, Resource
@@ -32,6 +34,7 @@ from providers.billing_contract import RenewableProvider
 from providers.notifier import Notifier
 from providers.registry import ProviderRegistry
 from providers.store.interfaces import ConnectionStore
+from quartermaster.crypto.authority import AuthoritySigner
 from workflows.search_attributes import QM_PRINCIPAL, QM_PROVIDER, QM_RESOURCE, QM_SERVICE
 
 #: `models.session.budget_ledger_id`'s prefix
@@ -47,12 +50,19 @@ class RenewalActivities:
         registry: ProviderRegistry,
         store: ConnectionStore,
         notifier: Notifier,
+        authority: AuthoritySigner | None = None,
     ) -> None:
+        self._authority = authority
         self._client = client
         self._task_queue = task_queue
         self._registry = registry
         self._store = store
         self._notifier = notifier
+
+    def _signer(self) -> AuthoritySigner:
+        if self._authority is None:
+            raise permanent(ErrorCode.AUTHORITY_INVALID, "renewal activities built without the authority key")
+        return self._authority
 
     async def _account(self, principal_id: str, provider: str) -> Secret:
         conn = await self._store.get_connection(principal_id=principal_id, provider=provider)
@@ -115,8 +125,9 @@ class RenewalActivities:
     @activity.defn(name="plan_changed")
     async def plan_changed(self, inp: PlanChangedInput) -> None:
         """Tell the renewal its new service, price and credit (it renews at those from now on)."""
-        handle = self._client.get_workflow_handle(renewal_workflow_id(inp.provider, inp.resource_id))
-        await handle.signal("plan_changed", inp.change)
+        wid = renewal_workflow_id(inp.provider, inp.resource_id)
+        change = self._signer().signed(inp.change, ProofKind.RENEWAL_PLAN_CHANGED, wid)
+        await self._client.get_workflow_handle(wid).signal("plan_changed", change)
 
     @activity.defn(name="renewal_notice")
     async def renewal_notice(self, notice: RenewalNotice) -> None:
@@ -139,11 +150,16 @@ class RenewalActivities:
 
     @activity.defn(name="start_renewal")
     async def start_renewal(self, start: RenewalStart) -> None:
-        """Start the resource's renewal workflow once (a second start finds the first)."""
+        """Start the resource's renewal workflow once (a second start finds the first), with the
+        worker's authority proof: a start without it fails before it charges anything."""
+        wid = renewal_workflow_id(start.provider, start.resource_id)
+        start = self._signer().signed(
+            start, ProofKind.RENEWAL_START, wid, issued_at=signed_at(), exclude=frozenset({"state"})
+        )
         await self._client.start_workflow(
             "RenewalWorkflow",
             start,
-            id=renewal_workflow_id(start.provider, start.resource_id),
+            id=wid,
             task_queue=self._task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,

@@ -110,6 +110,8 @@ class PlanChanged(BaseModel):
     service_id: str
     price: Money
     credit: Money
+    #: the worker's authority proof: a signal without it changes nothing
+    proof: str | None = Field(default=None, max_length=200)
 
 
 class ChangePlanInput(BaseModel):

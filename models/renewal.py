@@ -117,6 +117,8 @@ class RenewalStart(BaseModel):
     policy: RenewalPolicy = Field(default_factory=RenewalPolicy)
     approval_timeout_seconds: int = 86_400
     state: RenewalState = Field(default_factory=RenewalState)
+    #: the worker's authority proof over the first run's start (everything but `state`)
+    proof: str | None = Field(default=None, max_length=200)
 
 
 class RenewalView(BaseModel):

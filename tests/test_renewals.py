@@ -19,15 +19,16 @@ from typing import Any
 import httpx
 import pytest
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.spend import SpendActivities
 from models.approval import ApprovalRequest
 from models.ledger import CommitLayers, LedgerLayer, LedgerView, ReserveLayers, month_of, monthly_ledger_id
 from models.money import Money
+from models.plan_change import PlanChanged
 from models.provisioning import ProvisionResult, RemoveRequest, ResourceActionResult
-from models.renewal import RenewalView, renewal_workflow_id
+from models.renewal import RenewalStart, RenewalView, renewal_workflow_id
 from quartermaster.api.approval_facts import approval_facts
 from quartermaster.codec import EncryptionCodec
 from quartermaster.config import LOCAL_STRIPE_KEY
@@ -455,3 +456,41 @@ async def test_an_unpaid_irreversible_resource_lapses_instead_of_being_removed(t
     ]
     assert row["status"] == "complete"  # the registrar cannot remove it: it lapses, never renewed again
     assert charged_per_month(await stripe_intents(stack, {res.resource_id})).get(month_of(due), 0) == 0
+
+
+async def test_a_forged_renewal_start_or_plan_change_signal_changes_nothing(ts) -> None:  # type: ignore[no-untyped-def]
+    """Straight to Temporal without the worker's authority proof: a second renewal of the same
+    resource fails before it reserves or charges, and a plan_changed signal is ignored."""
+    env, stack = ts
+    email = new_email()
+    res = await provision(stack, email, "cloud/r2")
+    assert res.resource_id
+    real = await renewal(stack, "cloud", res.resource_id)
+    assert real.anchor is not None and real.customer_id
+    forged = RenewalStart(
+        principal_id=real.principal_id,
+        principal_email=email,
+        provider="cloud",
+        service_id="cloud/r2",
+        resource_id=res.resource_id,
+        customer_id=real.customer_id,
+        price=Money.usd(5),
+        interval="month",
+        anchor=real.anchor - timedelta(days=29),
+        reversible=True,
+    )
+    handle = await stack.client.start_workflow(
+        "RenewalWorkflow", forged, id=f"forged-{res.resource_id}", task_queue=stack.settings.task_queue
+    )
+    with pytest.raises(WorkflowFailureError) as err:
+        await handle.result()
+    assert getattr(err.value.cause, "type", None) == "AUTHORITY_INVALID"
+    live = stack.client.get_workflow_handle(renewal_workflow_id("cloud", res.resource_id))
+    await live.signal(
+        "plan_changed", PlanChanged(service_id="cloud/r2", price=Money.usd(1), credit=Money.usd(5))
+    )
+    after = await renewal(stack, "cloud", res.resource_id)
+    assert (after.price, after.credit) == (Money.usd(5), 0)
+    await env.sleep(real.next_due - await env.get_current_time() + DAY if real.next_due else DAY)
+    assert [c.amount.amount for c in (await renewal(stack, "cloud", res.resource_id)).charges] == [500]
+    assert len(await stripe_intents(stack, {res.resource_id})) == 2  # the purchase and one renewal

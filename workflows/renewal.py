@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.payment import RevokeTokenInput
     from activities.resources import RemoveInput
     from models.approval import ApprovalDecision, DecisionOutcome
+    from models.authority import ProofKind, change_of
     from models.errors import ErrorCode
     from models.ledger import (
         CommitLayers,
@@ -47,11 +48,13 @@ with workflow.unsafe.imports_passed_through():
         RenewalCharge,
         RenewalNotice,
         RenewalStart,
+        RenewalState,
         RenewalStatus,
         RenewalView,
         RenewInput,
         due_at,
     )
+    from workflows import authority
     from workflows.approval_gate import ApprovalGate
     from workflows.audit_trail import AuditTrail
 
@@ -82,6 +85,21 @@ class _Unpaid(Exception):
 class RenewalWorkflow:
     @workflow.init
     def __init__(self, start: RenewalStart) -> None:
+        first = workflow.info().continued_run_id is None
+        #: a first run started without the worker's proof fails before it reserves or charges anything
+        self.forged = (
+            first
+            and authority.required()
+            and not authority.verify(
+                start.proof,
+                kind=ProofKind.RENEWAL_START,
+                target=workflow.info().workflow_id,
+                change=change_of(start, exclude=frozenset({"state"})),
+                issued_near=workflow.info().workflow_start_time,
+            )
+        )
+        if first:  # state is only ever carried by this workflow's own continue-as-new
+            start = start.model_copy(update={"state": RenewalState()})
         self.start = start
         self.s = start.state
         self.gate = ApprovalGate()
@@ -90,6 +108,7 @@ class RenewalWorkflow:
         self.wid = workflow.info().workflow_id
         self.layers: list[LedgerLayer] = []
         self.held = False
+        self.ignored_signals = 0
 
     # -- handlers ---------------------------------------------------------------------------------
     @workflow.update(name="submit_decision")
@@ -102,7 +121,13 @@ class RenewalWorkflow:
 
     @workflow.signal(name="plan_changed")
     def plan_changed(self, change: PlanChanged) -> None:
-        """Renew as the new service at its price from the next period on, less the credit."""
+        """Renew as the new service at its price from the next period on, less the credit. Only with
+        the worker's proof (a plan change workflow's activity): anything else changes nothing."""
+        if not authority.verify(
+            change.proof, kind=ProofKind.RENEWAL_PLAN_CHANGED, target=self.wid, change=change_of(change)
+        ):
+            self.ignored_signals += 1
+            return
         self.start = self.start.model_copy(update={"service_id": change.service_id, "price": change.price})
         self.s.credit += change.credit.amount
 
@@ -160,6 +185,12 @@ class RenewalWorkflow:
 
     @workflow.run
     async def run(self, start: RenewalStart) -> RenewalView:
+        if self.forged:
+            raise ApplicationError(
+                f"AUTHORITY_INVALID: renewal {self.wid} started without the worker's proof",
+                type="AUTHORITY_INVALID",
+                non_retryable=True,
+            )
         self.trail = AuditTrail(
             workflow_id=self.wid,
             principal_id=start.principal_id,
