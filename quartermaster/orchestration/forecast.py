@@ -3,6 +3,7 @@ each one's `view`), their limits, and what each month's ledger already holds. mo
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 from temporalio.client import Client, WorkflowQueryFailedError
@@ -63,13 +64,14 @@ async def principal_forecast(
     names = sorted({*providers, *(c.provider for c in commitments)})
     limits = {p: limits_doc.for_provider(p) for p in names}
     in_ledger: dict[tuple[str, str], Money] = {}
-    for provider in names:
-        for month in window:
-            view = await spend.ledger_view(f"ledger-{principal_id}-{provider}-{month}")
-            if view is not None and (view.committed.amount or view.reserved.amount):
-                in_ledger[(provider, month)] = Money(
-                    amount=view.committed.amount + view.reserved.amount, currency=view.committed.currency
-                )
+    keys = [(p, m) for p in names for m in window]
+    # read every month's ledger directly, not through visibility (which may lag a new ledger), at once
+    views = await asyncio.gather(*(spend.ledger_view(f"ledger-{principal_id}-{p}-{m}") for p, m in keys))
+    for (provider, month), view in zip(keys, views, strict=True):
+        if view is not None and (view.committed.amount or view.reserved.amount):
+            in_ledger[(provider, month)] = Money(
+                amount=view.committed.amount + view.reserved.amount, currency=view.committed.currency
+            )
     return project(principal_id, window, commitments, limits, in_ledger)
 
 
