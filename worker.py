@@ -24,6 +24,7 @@ from activities.audit import AuditActivities
 from activities.catalog import CatalogActivities
 from activities.heartbeat import HeartbeatInterceptor
 from activities.payment import PaymentActivities
+from activities.renewals import RenewalActivities
 from activities.resources import ResourceActivities
 from activities.session_revocation import (
     ConnectionStoreAccounts,
@@ -59,7 +60,9 @@ from workflows import authority as workflow_authority
 from workflows.agent_freeze import AgentWorkflow
 from workflows.ledger import SpendLedgerWorkflow
 from workflows.limits import LimitChangeWorkflow, PrincipalLimitsWorkflow
+from workflows.plan_change import PlanChangeWorkflow
 from workflows.provision import ProvisionWorkflow
+from workflows.renewal import RenewalWorkflow
 from workflows.resource_actions import RemoveResourceWorkflow, RotateCredentialWorkflow
 from workflows.session import SessionWorkflow
 
@@ -138,6 +141,8 @@ def build_activities(
         approval_timeout_seconds=settings.approval_timeout_seconds,
         purchase_approval_above=settings.purchase_approval_above,
         public_url=settings.public_url,
+        renewal_notice_seconds=settings.renewal_notice_seconds,
+        renewal_grace_seconds=settings.renewal_grace_seconds,
     )
     catalog = CatalogActivities(registry, policy)
     accounts = AccountActivities(
@@ -160,6 +165,14 @@ def build_activities(
     )
     session_revocation = SessionRevocationActivities(client=client, revoker=revoker)
     audit = AuditActivities(store.audit)
+    renewals = RenewalActivities(
+        client=client,
+        task_queue=settings.task_queue,
+        registry=registry,
+        store=store.connections,
+        notifier=build_notifier(settings),
+        authority=authority,
+    )
     return [
         audit.record,
         audit.record_batch,
@@ -192,6 +205,14 @@ def build_activities(
         spend.spend_view,
         spend.set_spend_limit,
         alerts.spend_alert,
+        renewals.renew_resource,
+        renewals.renewal_notice,
+        renewals.start_renewal,
+        renewals.cancel_renewal,
+        renewals.open_layers,
+        renewals.change_plan,
+        renewals.renewal_view,
+        renewals.plan_changed,
     ]
 
 
@@ -205,6 +226,8 @@ def workflow_classes() -> Sequence[type]:
         LimitChangeWorkflow,
         SessionWorkflow,
         AgentWorkflow,
+        RenewalWorkflow,
+        PlanChangeWorkflow,
     ]
 
 

@@ -26,6 +26,8 @@ _CODES = {
     "not_found": ErrorCode.NOT_FOUND,
     "resource_not_found": ErrorCode.NOT_FOUND,
     "currency_mismatch": ErrorCode.CURRENCY_MISMATCH,
+    "update_not_allowed": ErrorCode.PLAN_CHANGE_NOT_ALLOWED,
+    "constraint_violated": ErrorCode.PLAN_CHANGE_NOT_ALLOWED,
 }
 
 

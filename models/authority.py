@@ -42,6 +42,8 @@ class ProofKind(StrEnum):
     AGENT_UNFREEZE = "agent.unfreeze"
     APPROVAL_DECISION = "approval.decision"
     HUMAN_ACTOR = "actor.human"
+    RENEWAL_START = "renewal.start"
+    RENEWAL_PLAN_CHANGED = "renewal.plan_changed"
 
 
 @dataclass(frozen=True)

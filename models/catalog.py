@@ -36,6 +36,10 @@ class ServiceEntry(BaseModel):
     scopes: list[str] = Field(default_factory=list)
     reversible: bool = True
     llm_context: str = ""
+    #: the services a resource of this one may change to in place (up- and downgrades)
+    allowed_updates: list[ServiceId] = Field(default_factory=list)
+    #: e.g. `{"max_resources": 1}`: at most that many resources of this service per account
+    constraints: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def provider(self) -> str:

@@ -18,6 +18,8 @@ class ErrorCode(StrEnum):
     BODY_TOO_LARGE = "BODY_TOO_LARGE"
     #: a worker or API replica whose key file differs from the deployment's published key set
     KEYS_MISMATCH = "KEYS_MISMATCH"
+    #: a plan change the catalog's `allowed_updates` or `constraints` do not permit
+    PLAN_CHANGE_NOT_ALLOWED = "PLAN_CHANGE_NOT_ALLOWED"
     # waiting for a human (CLI exit code 3)
     TERMS_ACCEPTANCE_REQUIRED = "TERMS_ACCEPTANCE_REQUIRED"
     PAYMENT_METHOD_REQUIRED = "PAYMENT_METHOD_REQUIRED"
@@ -77,6 +79,7 @@ BAD_INPUT = frozenset(
         ErrorCode.IDEMPOTENCY_CONFLICT,
         ErrorCode.BODY_TOO_LARGE,
         ErrorCode.KEYS_MISMATCH,
+        ErrorCode.PLAN_CHANGE_NOT_ALLOWED,
     }
 )
 WAITING_FOR_HUMAN = frozenset(

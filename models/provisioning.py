@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.catalog import Interval, ServiceEntry, ServiceId
+from models.forecast import QuoteForecast
 from models.money import Money
 from models.provider import Charge, LinkAction, ResourceStatus, TermsAcceptance
 from models.request import Actor
@@ -24,6 +25,8 @@ class Quote(BaseModel):
     recurring: Money | None
     interval: Interval | None
     reversible: bool
+    #: for a known caller and a recurring price: the months this purchase would push over a cap
+    forecast: QuoteForecast | None = None
 
 
 class DiscoverInput(BaseModel):
@@ -39,6 +42,9 @@ class Policy(BaseModel):
     purchase_approval_above: int = 0
     public_url: str = ""
     payment_poll_seconds: int = 30
+    #: renewals: notice before each due date, grace after a declined charge (models.renewal)
+    renewal_notice_seconds: int = 3 * 86_400
+    renewal_grace_seconds: int = 3 * 86_400
 
 
 class ConnectionRef(BaseModel):

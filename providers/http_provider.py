@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from models.catalog import Catalog
 from models.provider import (
     AccountLookup,
+    Charge,
     Credential,
     Introspection,
     ProviderAccount,
@@ -163,6 +164,48 @@ class HttpProvider:
             idempotency_key=idempotency_key,
         )  # fmt: skip
         return self._parse(Resource, doc, "remove_resource")
+
+    async def renew_resource(
+        self, *, account: Secret, resource_id: str, period: int, due: datetime, payment_token: Secret,
+        idempotency_key: str, amount: int | None = None,
+    ) -> Charge:  # fmt: skip
+        """`POST /resources/{id}/renew`: charge one more period, once per idempotency key."""
+        body: dict[str, Any] = {
+            "period": period,
+            "due": due.isoformat(),
+            "payment_token": payment_token.reveal(),
+        }
+        if amount is not None:
+            body["amount"] = amount
+        doc = await self._call(
+            "POST", f"/resources/{_seg(resource_id)}/renew", json=body, account=account,
+            idempotency_key=idempotency_key,
+        )  # fmt: skip
+        return self._parse(Charge, doc, "renew_resource")
+
+    async def change_plan(
+        self,
+        *,
+        account: Secret,
+        resource_id: str,
+        service_id: str,
+        amount: int | None,
+        payment_token: Secret | None,
+        idempotency_key: str,
+    ) -> Resource:
+        """`POST /resources/{id}/plan`: move to another allowed service; an upgrade's prorated
+        difference (`amount`) is charged through `payment_token`."""
+        body: dict[str, Any] = {"service_id": service_id}
+        if amount is not None and payment_token is not None:
+            body |= {"amount": amount, "payment_token": payment_token.reveal()}
+        doc = await self._call(
+            "POST",
+            f"/resources/{_seg(resource_id)}/plan",
+            json=body,
+            account=account,
+            idempotency_key=idempotency_key,
+        )
+        return self._parse(Resource, doc, "change_plan")
 
     async def submit_information(
         self, *, account: Secret, resource_id: str, information: dict[str, Any], idempotency_key: str

@@ -59,6 +59,9 @@ class Settings(BaseModel):
     audit_db: str | None = None
     approval_timeout_seconds: int = 86_400
     purchase_approval_above: int = 0
+    #: renewals (docs/billing.md): the notice before each due date, the grace period of a declined card
+    renewal_notice_seconds: int = 3 * 86_400
+    renewal_grace_seconds: int = 3 * 86_400
     notify_webhook_url: str | None = None
     #: HMAC key that signs every webhook delivery (QM_NOTIFY_WEBHOOK_SECRET)
     notify_webhook_secret: str | None = None
@@ -118,6 +121,8 @@ class Settings(BaseModel):
             "QM_AUDIT_DB": "audit_db",
             "QM_APPROVAL_TIMEOUT_SECONDS": "approval_timeout_seconds",
             "QM_PURCHASE_APPROVAL_ABOVE": "purchase_approval_above",
+            "QM_RENEWAL_NOTICE_SECONDS": "renewal_notice_seconds",
+            "QM_RENEWAL_GRACE_SECONDS": "renewal_grace_seconds",
             "QM_NOTIFY_WEBHOOK_URL": "notify_webhook_url",
             "QM_NOTIFY_WEBHOOK_SECRET": "notify_webhook_secret",
             "QM_SMTP_HOST": "smtp_host",

@@ -55,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
         SubmitInformationInput,
         TermsRecord,
     )
+    from models.renewal import RenewalPolicy, RenewalStart, renewal_retries
     from models.request import ProvisionRequest
     from models.session import Authorization, AuthorizationRequest, RecordCredential
     from workflows.approval_gate import ApprovalGate, RejectedAttempt
@@ -479,7 +480,48 @@ class ProvisionWorkflow:
         if commit_last:
             await self._commit_spend(resource)
         self.undo.clear()  # fully done: nothing to compensate any more
+        if token is not None and customer is not None and workflow.patched("start-renewal"):
+            await self._schedule_renewals(req, quote, customer, resource)
         self.step = "done"
+
+    async def _schedule_renewals(
+        self, req: ProvisionRequest, quote: Quote, customer: Customer, resource: Resource
+    ) -> None:
+        """A recurring price renews under Quartermaster's control (workflows.renewal)."""
+        assert self.audit is not None
+        if quote.recurring is None or quote.interval not in ("month", "year"):
+            return
+        price = resource.charge.amount if resource.charge else quote.recurring
+        await self._call(
+            "start_renewal",
+            RenewalStart(
+                principal_id=self.principal_id,
+                principal_email=str(req.actor.principal_email),
+                provider=req.provider,
+                service_id=req.service_id,
+                resource_id=resource.resource_id,
+                customer_id=customer.customer_id,
+                price=price if price.amount else quote.recurring,
+                interval=quote.interval,
+                anchor=workflow.now(),
+                reversible=quote.reversible,
+                # the session's layers, not this request's own budget (it covered this request only)
+                budget_layers=[
+                    layer
+                    for layer in self.layers
+                    if layer.kind == "budget" and not layer.ledger_id.startswith("budget-request-")
+                ],
+                policy=RenewalPolicy(
+                    notice_seconds=self.policy.renewal_notice_seconds,
+                    grace_seconds=self.policy.renewal_grace_seconds,
+                    retry_after_seconds=renewal_retries(self.policy.renewal_grace_seconds),
+                ),
+                approval_timeout_seconds=self.policy.approval_timeout_seconds,
+            ),
+            None,
+            f"schedule the renewals of {resource.resource_id}",
+            **UNDO,
+        )
 
     async def _customer(self, req: ProvisionRequest) -> Customer:
         """The principal's Stripe customer (found by exact email, else created; idempotent)."""

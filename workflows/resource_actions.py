@@ -22,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         RevokeCredentialInput,
         RotateRequest,
     )
+    from models.renewal import RenewalTarget
     from models.session import Authorization, AuthorizationRequest, RecordCredential
     from workflows.audit_trail import AuditTrail
     from workflows.provision import CALL, Stop, stop_from
@@ -142,6 +143,17 @@ class RemoveResourceWorkflow:
                 error_message=stop.message,
             )
         await trail.record("resource.removed")
+        if workflow.patched("cancel-renewal"):
+            # a removed resource never renews again (a resource without renewals: nothing to cancel)
+            cancelled = await workflow.execute_activity(
+                "cancel_renewal",
+                RenewalTarget(provider=ref.provider, resource_id=req.resource_id),
+                result_type=bool,
+                summary="cancel future renewals",
+                **UNTIL_DONE,
+            )
+            if cancelled:
+                await trail.record("renewal.cancelled", reason="removed")
         await trail.flush()
         return ResourceActionResult(resource_id=req.resource_id, outcome="completed")
 

@@ -24,10 +24,12 @@ from temporalio.service import RPCError
 
 from models.approval import ApprovalKind, ApprovalRequest
 from models.errors import QuartermasterError
+from models.forecast import QuoteForecast
 from models.money import Money
 from models.request import ProvisionRequest
 from models.session import SessionState
 from quartermaster.api.services import ApiServices
+from quartermaster.orchestration.forecast import quote_forecast
 from quartermaster.orchestration.requests import RequestOwner
 
 
@@ -81,6 +83,8 @@ class ApprovalFacts(BaseModel):
     scopes: list[str] = Field(default_factory=list)
     credential_ttl_seconds: int | None = None
     cap: CapEffect | None = None
+    #: a recurring purchase: the future months its renewals would push over the cap (docs/billing.md)
+    forecast: QuoteForecast | None = None
     details: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -141,12 +145,17 @@ async def _session_facts(svc: ApiServices, session_id: str) -> SessionFacts | No
 
 
 async def _cap(
-    svc: ApiServices, principal_id: str, provider: str | None, adds: Money | None, limit_after: Money | None
+    svc: ApiServices,
+    principal_id: str,
+    provider: str | None,
+    adds: Money | None,
+    limit_after: Money | None,
+    month: str | None = None,
 ) -> CapEffect | None:
     from models.limits import SpendSummaryRequest
 
     summary = await svc.spend.spend_view(
-        SpendSummaryRequest(principal_id=principal_id, providers=[provider] if provider else [])
+        SpendSummaryRequest(principal_id=principal_id, providers=[provider] if provider else [], month=month)
     )
     rows = [p for p in summary.providers if provider is None or p.provider == provider]
     if not rows:
@@ -183,6 +192,15 @@ async def approval_facts(svc: ApiServices, approval: ApprovalRequest, email: str
     )
     if approval.workflow_id.startswith("provision-"):
         await _provision_facts(svc, approval, facts)
+    elif approval.workflow_id.startswith("renewal-") and d.get("renewal"):
+        # a renewal over its month's cap: the cap of the month it is due in, not of this one
+        facts.provider = str(d.get("provider") or "") or None
+        facts.service_id = str(d.get("service_id") or "") or None
+        facts.due_now = _money(d.get("amount"))
+        facts.recurring = facts.due_now
+        month = str(d["month"]) if d.get("month") else None
+        if facts.provider:
+            facts.cap = await _cap(svc, approval.principal_id, facts.provider, facts.due_now, None, month)
     elif approval.kind == "session_open":
         facts.agent_chain = [str(d.get("agent", ""))]
         facts.due_now = _money(d.get("budget"))
@@ -225,6 +243,9 @@ async def _provision_facts(svc: ApiServices, approval: ApprovalRequest, facts: A
             facts.terms_version = quote.terms_version
             facts.tos_url = quote.tos_url
             facts.scopes = req.scopes or list(quote.service.scopes)
+            facts.forecast = await quote_forecast(
+                svc.temporal, svc.spend, approval.principal_id, quote, list(svc.settings.providers)
+            )
     if owner is not None and owner.session_id:
         facts.session = await _session_facts(svc, owner.session_id)
         if facts.session is not None:

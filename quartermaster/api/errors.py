@@ -35,6 +35,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.BUDGET_EXCEEDED: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.IDEMPOTENCY_CONFLICT: 409,
+    ErrorCode.PLAN_CHANGE_NOT_ALLOWED: 409,
     ErrorCode.APPROVAL_REJECTED: 409,
     ErrorCode.APPROVAL_CHANGED: 409,
     ErrorCode.BODY_TOO_LARGE: 413,

@@ -159,6 +159,28 @@ def _cap(f: ApprovalFacts) -> str:
     return "<h2>Effect on this month's cap</h2>" + _rows(rows) + warn
 
 
+def _forecast(f: ApprovalFacts) -> str:
+    """The coming months this purchase's renewals fall in, and any it would push over the cap."""
+    fc = f.forecast
+    if fc is None or not fc.months:
+        return ""
+    rows = [
+        (
+            escape(m.month),
+            f"{money(m.total)} of {money(m.limit)}"
+            + (" <strong>over the limit</strong>" if m.over_limit else ""),
+        )
+        for m in fc.months
+    ]
+    warn = ""
+    if fc.over_limit_months:
+        months = ", ".join(escape(m) for m in fc.over_limit_months)
+        warn = (
+            f'<p class="warn" id="forecast-over">Its renewals would exceed the monthly limit in {months}.</p>'
+        )
+    return "<h2>Coming months with this purchase</h2>" + _rows(rows) + warn
+
+
 def _terms_and_credential(f: ApprovalFacts) -> str:
     out = ""
     if f.terms_version:
@@ -273,6 +295,7 @@ def approval_page(
         + _what(f)
         + _cost(f)
         + _cap(f)
+        + _forecast(f)
         + _terms_and_credential(f)
         + _kind_section(f)
         + f'<form class="decide" method="post" action="{escape(action)}">'

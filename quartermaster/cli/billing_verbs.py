@@ -7,6 +7,7 @@ import argparse
 import re
 
 from models.errors import ErrorCode, exit_code
+from models.forecast import Forecast
 from models.limits import SpendSummary
 from models.money import Money
 from quartermaster.cli.output import add_common, emit, table, usd
@@ -35,6 +36,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = verbs.add_parser("show", help="limit, committed, reserved and remaining per provider this month")
     add_common(p)
     p.add_argument("--month", type=_month, help="YYYY-MM (default: the current UTC month)")
+    p.add_argument(
+        "--months",
+        type=int,
+        default=12,
+        choices=range(1, 25),
+        metavar="N",
+        help="forecast of committed renewals for N months from now (1..24, default 12)",
+    )
     p.set_defaults(handler=show)
     p = verbs.add_parser("set-limit", help="ask to approve a new monthly limit")
     add_common(p)
@@ -46,8 +55,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 async def show(args: argparse.Namespace) -> int:
     async with QuartermasterClient.from_env() as qm:
         summary = await qm.billing.show(args.month)
-    emit(args, summary, _render(summary))
+        forecast = await qm.billing.forecast(args.months)
+    data = {**summary.model_dump(mode="json"), "forecast": forecast.model_dump(mode="json")}
+    emit(args, data, _render(summary) + "\n" + _render_forecast(forecast))
     return 0
+
+
+def _render_forecast(forecast: Forecast) -> str:
+    rows = [
+        {
+            "month": r.month,
+            "provider": r.provider,
+            "in ledger": r.in_ledger,
+            "renewals": r.renewals,
+            "total": r.total,
+            "limit": r.limit,
+            "over": "OVER" if r.over_limit else "",
+        }
+        for r in forecast.rows
+    ]
+    if not rows:
+        return "no committed future charges"
+    columns = ["month", "provider", "in ledger", "renewals", "total", "limit", "over"]
+    return "committed future charges (scheduled renewals)\n" + table(rows, columns)
 
 
 def _render(summary: SpendSummary) -> str:

@@ -127,6 +127,17 @@ async def quote(args: argparse.Namespace) -> int:
         + ("" if q.reversible else "; NOT reversible")
         + f"; terms {q.terms_version} ({q.tos_url})"
     )
+    if q.forecast is not None and q.forecast.months:
+        rows = [
+            {"month": m.month, "with this purchase": m.total, "limit": m.limit,
+             "over": "OVER" if m.over_limit else ""}
+            for m in q.forecast.months
+        ]  # fmt: skip
+        text += "\n" + table(rows, ["month", "with this purchase", "limit", "over"])
+        if q.forecast.over_limit_months:
+            text += "\nits renewals would exceed the monthly limit in " + ", ".join(
+                q.forecast.over_limit_months
+            )
     emit(args, q, text)
     return 0
 

@@ -42,3 +42,7 @@ REGISTRY.append(doctor_verbs.register)
 from quartermaster.cli import mcp_verbs  # noqa: E402
 
 REGISTRY.append(mcp_verbs.register)
+
+from quartermaster.cli import plan_verbs  # noqa: E402
+
+REGISTRY.append(plan_verbs.register)

@@ -34,8 +34,10 @@ from models.api import (
 from models.approval import ApprovalRequest, DecisionOutcome
 from models.catalog import Catalog
 from models.errors import ErrorCode
+from models.forecast import Forecast
 from models.limits import SpendSummary
 from models.money import Money
+from models.plan_change import PlanChangeQuote, PlanChangeView
 from models.provisioning import Quote
 from models.session import AgentStatus, CloseSummary, FreezeResult, SessionState
 from quartermaster.client import config
@@ -185,6 +187,34 @@ class Resources(_Resource):
     async def remove(self, resource_id: str) -> ResourceAction:
         return await self._c.request("DELETE", f"/v1/resources/{_seg(resource_id)}", ResourceAction)
 
+    async def plan_quote(self, resource_id: str, to_service_id: str) -> PlanChangeQuote:
+        """The proration of a change to `to_service_id`, before anything moves."""
+        return await self._c.request(
+            "POST",
+            f"/v1/resources/{_seg(resource_id)}/plan/quote",
+            PlanChangeQuote,
+            json={"to_service_id": to_service_id},
+        )
+
+    async def change_plan(
+        self,
+        resource_id: str,
+        to_service_id: str,
+        *,
+        direction: str,
+        request_id: str | None = None,
+        wait_seconds: float = 20,
+    ) -> PlanChangeView:
+        """`direction` is "upgrade" or "downgrade"; the same `request_id` finds the same change."""
+        if direction not in ("upgrade", "downgrade"):
+            raise ValueError("direction is upgrade or downgrade")
+        body = _drop_none(
+            {"to_service_id": to_service_id, "request_id": request_id, "wait_seconds": wait_seconds}
+        )
+        return await self._c.request(
+            "POST", f"/v1/resources/{_seg(resource_id)}/{direction}", PlanChangeView, json=body
+        )
+
 
 class Sessions(_Resource):
     async def open(
@@ -270,6 +300,11 @@ class Agents(_Resource):
 class Billing(_Resource):
     async def show(self, month: str | None = None) -> SpendSummary:
         return await self._c.request("GET", "/v1/billing", SpendSummary, params=_drop_none({"month": month}))
+
+    async def forecast(self, months: int | None = None) -> Forecast:
+        """Committed future charges (scheduled renewals) per month and provider, against each cap."""
+        params = _drop_none({"months": months})
+        return await self._c.request("GET", "/v1/billing/forecast", Forecast, params=params)
 
     async def set_limit(self, limit: Money, provider: str | None = None) -> ApprovalPending:
         body = _drop_none({"limit": _money(limit), "provider": provider})

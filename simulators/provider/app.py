@@ -43,6 +43,10 @@ ROUTES = [
     Route(
         "/resources/{resource_id}/remove", resources.remove_resource, methods=["POST"], name="remove_resource"
     ),
+    Route("/resources/{resource_id}/plan", resources.change_plan, methods=["POST"], name="change_plan"),
+    Route(
+        "/resources/{resource_id}/renew", resources.renew_resource, methods=["POST"], name="renew_resource"
+    ),
     Route("/credentials", credentials.mint_credential, methods=["POST"], name="mint_credential"),
     Route(
         "/credentials/{credential_id}/revoke",

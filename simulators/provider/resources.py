@@ -30,6 +30,26 @@ class CreateResourceBody(BaseModel):
     payment_token: str | None = Field(default=None, min_length=1, max_length=255)
 
 
+class RenewBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    period: int = Field(ge=1, le=100_000)
+    #: when the period is due (ISO 8601): recorded on the charge, so Stripe shows which period it paid
+    due: str = Field(min_length=10, max_length=40)
+    payment_token: str = Field(min_length=1, max_length=255)
+    #: what to charge for this period when less than the price (a credit from a downgrade)
+    amount: int | None = Field(default=None, ge=1)
+
+
+class ChangePlanBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    service_id: str = Field(min_length=3, max_length=100)
+    #: the prorated difference of an upgrade, charged through `payment_token` (a downgrade sends none)
+    amount: int | None = Field(default=None, ge=1)
+    payment_token: str | None = Field(default=None, min_length=1, max_length=255)
+
+
 class SubmitInformationBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -71,16 +91,22 @@ def owned_resource(ctx: SimulatorContext, account_id: str, resource_id: str) -> 
 
 
 async def _charge(
-    ctx: SimulatorContext, service: ServiceEntry, token: str, key: str, account_id: str
-) -> dict[str, Any]:
-    """Charge the catalog price once per resource idempotency key (retries replay at Stripe)."""
+    ctx: SimulatorContext, service: ServiceEntry, token: str, key: str, account_id: str,
+    extra: dict[str, str] | None = None, amount: int | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Charge the catalog price (or `amount`, at most the price) once per resource idempotency key
+    (retries replay at Stripe)."""
     price = service.pricing.price
     assert price is not None
+    if amount is not None:
+        if amount > price.amount:
+            raise ContractError(400, "invalid_request", "amount above the service's price")
+        price = price.model_copy(update={"amount": amount})
     if ctx.config.charger is None:
         raise ContractError(503, "payment_unavailable", "this simulator has no payment connection")
     charge_key = f"{ctx.provider}:{key}:charge"
     metadata = {"provider": ctx.provider, "service_id": service.service_id, "account_id": account_id,
-                "idempotency_key": charge_key}  # fmt: skip
+                "idempotency_key": charge_key, **(extra or {})}  # fmt: skip
     try:
         result = await ctx.config.charger.charge(
             token_id=Secret(token), amount=price, idempotency_key=charge_key, metadata=metadata
@@ -213,3 +239,112 @@ async def remove_resource(request: Request) -> JSONResponse:
         return 200, resource_json({**row, "status": "removed"}), apply
 
     return await ctx.idempotent(request, scope=account_id, fingerprint={}, work=work)
+
+
+async def renew_resource(request: Request) -> JSONResponse:
+    """Charge one more period of a recurring paid resource through a fresh payment token; once per
+    idempotency key. A removed resource is not renewed (409 `invalid_state`)."""
+    ctx = context_of(request)
+    account_id = ctx.authenticate(request)["account_id"]
+    body = await parse_json(request, RenewBody)
+    resource_id = request.path_params["resource_id"]
+
+    async def work(key: str) -> Outcome:
+        row = owned_resource(ctx, account_id, resource_id)
+        if row["status"] != "complete":
+            raise ContractError(409, "invalid_state", f"the resource is {row['status']}")
+        service = ctx.service(row["service_id"])
+        if service.pricing.type != "paid" or service.pricing.interval not in ("month", "year"):
+            raise ContractError(409, "not_recurring", "this service has no recurring price")
+        extra = {"resource_id": resource_id, "period": str(body.period), "due": body.due}
+        charge = await _charge(ctx, service, body.payment_token, key, account_id, extra, body.amount)
+        now = int(time.time())
+
+        def apply(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO charges (charge_id, resource_id, account_id, amount, currency, "
+                "payment_reference, idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    f"ch_{secrets.token_hex(8)}",
+                    resource_id,
+                    account_id,
+                    charge["amount"]["amount"],
+                    charge["amount"]["currency"],
+                    charge["payment_reference"],
+                    charge["idempotency_key"],
+                    now,
+                ),
+            )
+
+        return 200, charge, apply
+
+    return await ctx.idempotent(request, scope=account_id, fingerprint=body.model_dump(), work=work)
+
+
+async def change_plan(request: Request) -> JSONResponse:
+    """Move a resource to another service of the catalog's `allowed_updates` (and `constraints`); an
+    upgrade's prorated difference is charged through the payment token, once per idempotency key."""
+    ctx = context_of(request)
+    account_id = ctx.authenticate(request)["account_id"]
+    body = await parse_json(request, ChangePlanBody)
+    resource_id = request.path_params["resource_id"]
+
+    async def work(key: str) -> Outcome:
+        row = owned_resource(ctx, account_id, resource_id)
+        if row["status"] != "complete":
+            raise ContractError(409, "invalid_state", f"the resource is {row['status']}")
+        current = ctx.service(row["service_id"])
+        target = ctx.service(body.service_id)
+        if target.service_id not in current.allowed_updates:
+            raise ContractError(
+                409, "update_not_allowed", f"{current.service_id} cannot become {target.service_id}"
+            )
+        most = target.constraints.get("max_resources")
+        if isinstance(most, int):
+            same = [
+                r
+                for r in ctx.store.all(
+                    "SELECT resource_id FROM resources "
+                    "WHERE account_id = ? AND service_id = ? AND status != 'removed'",
+                    account_id,
+                    target.service_id,
+                )
+            ]
+            if len(same) >= most:
+                raise ContractError(
+                    409, "constraint_violated", f"at most {most} {target.service_id} per account"
+                )
+        charge: dict[str, Any] | None = None
+        if body.amount is not None:
+            if body.payment_token is None:
+                raise ContractError(402, "payment_required", "an upgrade's difference needs a payment_token")
+            extra = {"resource_id": resource_id, "plan_change": f"{current.service_id}->{target.service_id}"}
+            charge = await _charge(ctx, target, body.payment_token, key, account_id, extra, body.amount)
+        now = int(time.time())
+        updated = {**row, "service_id": target.service_id}
+
+        def apply(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE resources SET service_id = ? WHERE resource_id = ?", (target.service_id, resource_id)
+            )
+            if charge is not None:
+                db.execute(
+                    "INSERT INTO charges (charge_id, resource_id, account_id, amount, currency, "
+                    "payment_reference, idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        f"ch_{secrets.token_hex(8)}",
+                        resource_id,
+                        account_id,
+                        charge["amount"]["amount"],
+                        charge["amount"]["currency"],
+                        charge["payment_reference"],
+                        charge["idempotency_key"],
+                        now,
+                    ),
+                )
+
+        out = resource_json(updated)
+        out["charge"] = charge
+        return 200, out, apply
+
+    return await ctx.idempotent(request, scope=account_id, fingerprint=body.model_dump(), work=work)

@@ -6,6 +6,9 @@
   closed before a response is sent). `DELETE /_sim/faults` clears them.
 - `POST /_sim/clock` `{"advance_seconds": S}` or `{"reset": true}`: shift the simulated clock (token
   expiry, recurring periods). Webhook signatures keep real time.
+- `POST /_sim/customers/{customer}/card_outcome` `{"outcome": "declines" | "succeeds"}`: from now on
+  every card attached to the customer declines (or succeeds again): a card that stops working between
+  renewals.
 - `GET /_sim/events`: the webhook event log with delivery state and exact payloads;
   `POST /_sim/events/{id}/deliver`: deliver one event again now (duplicate delivery).
 """
@@ -123,6 +126,21 @@ def admin_routes(store: SimStore, faults: Faults, sender: WebhookSender) -> list
             )
         return JSONResponse({"now": store.now(), "offset": store.clock_offset})
 
+    async def card_outcome(request: Request) -> Response:
+        body: Any = await request.json()
+        outcome = body.get("outcome") if isinstance(body, dict) else None
+        if outcome not in ("declines", "succeeds"):
+            return JSONResponse(
+                {"error": {"type": "invalid_request_error", "message": "outcome: declines | succeeds"}},
+                status_code=400,
+            )
+        customer = request.path_params["customer"]
+        cards = [pm for pm in store.find("payment_method") if pm.get("customer") == customer]
+        for pm in cards:
+            pm["_outcome"] = outcome
+            store.put(pm)
+        return JSONResponse({"customer": customer, "payment_methods": len(cards), "outcome": outcome})
+
     async def events(request: Request) -> Response:
         return JSONResponse({"data": store.events()})
 
@@ -138,6 +156,7 @@ def admin_routes(store: SimStore, faults: Faults, sender: WebhookSender) -> list
         Route("/_sim/faults", _loopback_only(add_fault), methods=["POST"]),
         Route("/_sim/faults", _loopback_only(clear_faults), methods=["DELETE"]),
         Route("/_sim/clock", _loopback_only(clock), methods=["POST"]),
+        Route("/_sim/customers/{customer}/card_outcome", _loopback_only(card_outcome), methods=["POST"]),
         Route("/_sim/events", _loopback_only(events), methods=["GET"]),
         Route("/_sim/events/{event_id}/deliver", _loopback_only(deliver), methods=["POST"]),
     ]

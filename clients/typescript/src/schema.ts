@@ -314,6 +314,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/billing/forecast": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Forecast
+         * @description Committed future charges (scheduled renewals) per month and provider, against each cap.
+         */
+        get: operations["forecast_v1_billing_forecast_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/billing/limits": {
         parameters: {
             query?: never;
@@ -503,7 +523,8 @@ export interface paths {
         put?: never;
         /**
          * Quote
-         * @description Price a service without starting anything.
+         * @description Price a service without starting anything. For a logged-in human or an agent's session, a
+         *     recurring price also says which future months its renewals would push over the cap.
          */
         post: operations["quote_v1_quotes_post"];
         delete?: never;
@@ -574,6 +595,46 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/resources/{resource_id}/downgrade": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Downgrade
+         * @description Move to a cheaper allowed service; the unused difference is taken off the next renewal.
+         */
+        post: operations["downgrade_v1_resources__resource_id__downgrade_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/resources/{resource_id}/plan/quote": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Quote Plan Change
+         * @description What moving to `to_service_id` costs: the prorated difference now, the new price after.
+         */
+        post: operations["quote_plan_change_v1_resources__resource_id__plan_quote_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/resources/{resource_id}/rotate": {
         parameters: {
             query?: never;
@@ -588,6 +649,27 @@ export interface paths {
          * @description Mint a new credential and revoke the old one.
          */
         post: operations["rotate_v1_resources__resource_id__rotate_post"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/resources/{resource_id}/upgrade": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Upgrade
+         * @description Move to a dearer service of the catalog's `allowed_updates`; the prorated difference is charged
+         *     now, after the human approves it (202 with the approval id while it waits).
+         */
+        post: operations["upgrade_v1_resources__resource_id__upgrade_post"];
         delete?: never;
         options?: never;
         head?: never;
@@ -965,13 +1047,48 @@ export interface components {
          * ErrorCode
          * @enum {string}
          */
-        ErrorCode: "INVALID_REQUEST" | "UNKNOWN_PROVIDER" | "UNKNOWN_SERVICE" | "INVALID_CONFIGURATION" | "PRICE_ABOVE_MAXIMUM" | "CURRENCY_MISMATCH" | "NOT_FOUND" | "IDEMPOTENCY_CONFLICT" | "BODY_TOO_LARGE" | "KEYS_MISMATCH" | "TERMS_ACCEPTANCE_REQUIRED" | "PAYMENT_METHOD_REQUIRED" | "OAUTH_CONSENT_REQUIRED" | "PURCHASE_APPROVAL_REQUIRED" | "SPEND_LIMIT_REACHED" | "LIMIT_CHANGE_APPROVAL_REQUIRED" | "SESSION_APPROVAL_REQUIRED" | "UNFREEZE_APPROVAL_REQUIRED" | "INFORMATION_REQUIRED" | "APPROVAL_DENIED" | "APPROVAL_TIMED_OUT" | "APPROVAL_REJECTED" | "APPROVAL_CHANGED" | "SESSION_INVALID" | "SESSION_EXPIRED" | "SESSION_REVOKED" | "SERVICE_NOT_ALLOWED" | "BUDGET_EXCEEDED" | "AGENT_FROZEN" | "IDENTITY_INVALID" | "ACCOUNT_IDENTITY_MISMATCH" | "SESSION_REQUIRED" | "AUTHORITY_INVALID" | "PAYMENT_DECLINED" | "PROVIDER_ERROR" | "PROVIDER_UNAVAILABLE" | "TEMPORAL_UNAVAILABLE" | "PORT_IN_USE" | "UNAUTHENTICATED" | "FORBIDDEN" | "LOGIN_INVALID" | "LINK_INVALID" | "CSRF_INVALID" | "RATE_LIMITED" | "API_UNAVAILABLE" | "UNKNOWN_ERROR";
+        ErrorCode: "INVALID_REQUEST" | "UNKNOWN_PROVIDER" | "UNKNOWN_SERVICE" | "INVALID_CONFIGURATION" | "PRICE_ABOVE_MAXIMUM" | "CURRENCY_MISMATCH" | "NOT_FOUND" | "IDEMPOTENCY_CONFLICT" | "BODY_TOO_LARGE" | "KEYS_MISMATCH" | "PLAN_CHANGE_NOT_ALLOWED" | "TERMS_ACCEPTANCE_REQUIRED" | "PAYMENT_METHOD_REQUIRED" | "OAUTH_CONSENT_REQUIRED" | "PURCHASE_APPROVAL_REQUIRED" | "SPEND_LIMIT_REACHED" | "LIMIT_CHANGE_APPROVAL_REQUIRED" | "SESSION_APPROVAL_REQUIRED" | "UNFREEZE_APPROVAL_REQUIRED" | "INFORMATION_REQUIRED" | "APPROVAL_DENIED" | "APPROVAL_TIMED_OUT" | "APPROVAL_REJECTED" | "APPROVAL_CHANGED" | "SESSION_INVALID" | "SESSION_EXPIRED" | "SESSION_REVOKED" | "SERVICE_NOT_ALLOWED" | "BUDGET_EXCEEDED" | "AGENT_FROZEN" | "IDENTITY_INVALID" | "ACCOUNT_IDENTITY_MISMATCH" | "SESSION_REQUIRED" | "AUTHORITY_INVALID" | "PAYMENT_DECLINED" | "PROVIDER_ERROR" | "PROVIDER_UNAVAILABLE" | "TEMPORAL_UNAVAILABLE" | "PORT_IN_USE" | "UNAUTHENTICATED" | "FORBIDDEN" | "LOGIN_INVALID" | "LINK_INVALID" | "CSRF_INVALID" | "RATE_LIMITED" | "API_UNAVAILABLE" | "UNKNOWN_ERROR";
         /**
          * ErrorResponse
          * @description Every refusal and failure.
          */
         ErrorResponse: {
             error: components["schemas"]["ErrorBody"];
+        };
+        /**
+         * Forecast
+         * @description Committed future charges per month and per provider (`GET /v1/billing/forecast`).
+         */
+        Forecast: {
+            /** Months */
+            months: string[];
+            /** Over Limit */
+            over_limit?: string[];
+            /** Principal Id */
+            principal_id: string;
+            /** Rows */
+            rows?: components["schemas"]["ForecastMonth"][];
+        };
+        /**
+         * ForecastMonth
+         * @description One month at one provider.
+         */
+        ForecastMonth: {
+            in_ledger: components["schemas"]["Money"];
+            limit: components["schemas"]["Money"];
+            /** Month */
+            month: string;
+            /**
+             * Over Limit
+             * @default false
+             */
+            over_limit: boolean;
+            /** Provider */
+            provider: string;
+            renewals: components["schemas"]["Money"];
+            /** Resources */
+            resources?: string[];
+            total: components["schemas"]["Money"];
         };
         /** FreezeBody */
         FreezeBody: {
@@ -1135,6 +1252,96 @@ export interface components {
              */
             currency: string;
         };
+        /**
+         * PlanChangeBody
+         * @description `POST /v1/resources/{id}/plan` and `.../plan/quote`.
+         */
+        PlanChangeBody: {
+            /** Direction */
+            direction?: ("upgrade" | "downgrade") | null;
+            /** Request Id */
+            request_id?: string | null;
+            /** To Service Id */
+            to_service_id: string;
+            /**
+             * Wait Seconds
+             * @default 20
+             */
+            wait_seconds: number;
+        };
+        /**
+         * PlanChangeQuote
+         * @description What a change costs, quoted before anything moves.
+         */
+        PlanChangeQuote: {
+            charge: components["schemas"]["Money"];
+            credit: components["schemas"]["Money"];
+            /**
+             * Direction
+             * @enum {string}
+             */
+            direction: "upgrade" | "downgrade";
+            due_now: components["schemas"]["Money"];
+            /** From Service Id */
+            from_service_id: string;
+            /**
+             * Interval
+             * @enum {string}
+             */
+            interval: "month" | "year";
+            new_price: components["schemas"]["Money"];
+            next_renewal_credit: components["schemas"]["Money"];
+            old_price: components["schemas"]["Money"];
+            /**
+             * Period End
+             * Format: date-time
+             */
+            period_end: string;
+            /**
+             * Period Start
+             * Format: date-time
+             */
+            period_start: string;
+            /** Resource Id */
+            resource_id: string;
+            /** To Service Id */
+            to_service_id: string;
+        };
+        /** PlanChangeResult */
+        PlanChangeResult: {
+            charged?: components["schemas"]["Money"] | null;
+            /** Error Code */
+            error_code?: string | null;
+            /** Error Message */
+            error_message?: string | null;
+            /**
+             * Outcome
+             * @enum {string}
+             */
+            outcome: "completed" | "rejected";
+            /** Payment Reference */
+            payment_reference?: string | null;
+            quote?: components["schemas"]["PlanChangeQuote"] | null;
+            /** Resource Id */
+            resource_id: string;
+        };
+        /**
+         * PlanChangeView
+         * @description A plan change's state: done (`result`), or waiting for the human's approval.
+         */
+        PlanChangeView: {
+            /** Approval Id */
+            approval_id?: string | null;
+            quote?: components["schemas"]["PlanChangeQuote"] | null;
+            /** Request Id */
+            request_id: string;
+            result?: components["schemas"]["PlanChangeResult"] | null;
+            /**
+             * State
+             * @enum {string}
+             */
+            state: "completed" | "rejected" | "awaiting_approval" | "running";
+        };
         /** Pricing */
         Pricing: {
             /** Interval */
@@ -1277,6 +1484,7 @@ export interface components {
          */
         Quote: {
             due_now: components["schemas"]["Money"] | null;
+            forecast?: components["schemas"]["QuoteForecast"] | null;
             /** Interval */
             interval: ("month" | "year" | "one_time") | null;
             recurring: components["schemas"]["Money"] | null;
@@ -1297,6 +1505,16 @@ export interface components {
             max_price?: components["schemas"]["Money"] | null;
             /** Service Id */
             service_id: string;
+        };
+        /**
+         * QuoteForecast
+         * @description On a quote for a known caller: the months this purchase's charges would push over a cap.
+         */
+        QuoteForecast: {
+            /** Months */
+            months?: components["schemas"]["ForecastMonth"][];
+            /** Over Limit Months */
+            over_limit_months?: string[];
         };
         /** ReservationView */
         ReservationView: {
@@ -1377,8 +1595,14 @@ export interface components {
          * @description A catalog entry (the protocol's `ProviderServiceDetail`).
          */
         ServiceEntry: {
+            /** Allowed Updates */
+            allowed_updates?: string[];
             /** Configuration Schema */
             configuration_schema?: {
+                [key: string]: unknown;
+            };
+            /** Constraints */
+            constraints?: {
                 [key: string]: unknown;
             };
             /** Description */
@@ -2348,6 +2572,102 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["SpendSummary"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    forecast_v1_billing_forecast_get: {
+        parameters: {
+            query?: {
+                months?: number;
+            };
+            header?: {
+                "X-QM-Identity"?: string | null;
+            };
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Forecast"];
                 };
             };
             /** @description Bad Request */
@@ -3780,6 +4100,206 @@ export interface operations {
             };
         };
     };
+    downgrade_v1_resources__resource_id__downgrade_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                "X-QM-Identity"?: string | null;
+            };
+            path: {
+                resource_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PlanChangeBody"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PlanChangeView"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    quote_plan_change_v1_resources__resource_id__plan_quote_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                "X-QM-Identity"?: string | null;
+            };
+            path: {
+                resource_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PlanChangeBody"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PlanChangeQuote"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
     rotate_v1_resources__resource_id__rotate_post: {
         parameters: {
             query?: never;
@@ -3800,6 +4320,106 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["ResourceAction"];
+                };
+            };
+            /** @description Bad Request */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unauthorized */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Forbidden */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Not Found */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Conflict */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Request Entity Too Large */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Unprocessable Entity */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+            /** @description Service Unavailable */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorResponse"];
+                };
+            };
+        };
+    };
+    upgrade_v1_resources__resource_id__upgrade_post: {
+        parameters: {
+            query?: never;
+            header?: {
+                "X-QM-Identity"?: string | null;
+            };
+            path: {
+                resource_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PlanChangeBody"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PlanChangeView"];
                 };
             };
             /** @description Bad Request */

@@ -9,9 +9,11 @@ from fastapi import APIRouter, Query, Security
 
 from models.api import ApprovalPending, LimitBody
 from models.errors import ErrorCode, QuartermasterError
+from models.forecast import FORECAST_MONTHS, Forecast
 from models.limits import SpendSummary, SpendSummaryRequest
 from quartermaster.api.deps import HumanCaller, Services, require_human
 from quartermaster.api.errors import ERROR_RESPONSES
+from quartermaster.orchestration.forecast import principal_forecast
 
 router = APIRouter(
     prefix="/v1/billing",
@@ -30,6 +32,16 @@ async def show(
     if month is not None and not MONTH.match(month):
         raise QuartermasterError(ErrorCode.INVALID_REQUEST, "month is YYYY-MM")
     return await svc.spend.spend_view(SpendSummaryRequest(principal_id=caller.principal_id, month=month))
+
+
+@router.get("/forecast", response_model=Forecast)
+async def forecast(
+    caller: HumanCaller, svc: Services, months: Annotated[int, Query(ge=1, le=24)] = FORECAST_MONTHS
+) -> Forecast:
+    """Committed future charges (scheduled renewals) per month and provider, against each cap."""
+    return await principal_forecast(
+        svc.temporal, svc.spend, caller.principal_id, list(svc.settings.providers), months
+    )
 
 
 @router.post("/limits", response_model=ApprovalPending, status_code=202)

@@ -7,8 +7,9 @@ from fastapi import APIRouter, Depends
 from models.api import QuoteBody
 from models.catalog import Catalog
 from models.provisioning import Quote
-from quartermaster.api.deps import Services, optional_caller
+from quartermaster.api.deps import MaybeCaller, Services, optional_caller
 from quartermaster.api.errors import ERROR_RESPONSES
+from quartermaster.orchestration.forecast import quote_forecast
 
 router = APIRouter(
     prefix="/v1", tags=["catalog"], dependencies=[Depends(optional_caller)], responses=ERROR_RESPONSES
@@ -22,6 +23,12 @@ async def list_catalog(svc: Services, provider: str | None = None) -> list[Catal
 
 
 @router.post("/quotes", response_model=Quote)
-async def quote(body: QuoteBody, svc: Services) -> Quote:
-    """Price a service without starting anything."""
-    return await svc.orchestrator.quote(body.service_id, body.configuration, body.max_price)
+async def quote(body: QuoteBody, svc: Services, caller: MaybeCaller) -> Quote:
+    """Price a service without starting anything. For a logged-in human or an agent's session, a
+    recurring price also says which future months its renewals would push over the cap."""
+    quote = await svc.orchestrator.quote(body.service_id, body.configuration, body.max_price)
+    if caller is not None:
+        quote.forecast = await quote_forecast(
+            svc.temporal, svc.spend, caller.principal_id, quote, list(svc.settings.providers)
+        )
+    return quote

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Security
+from fastapi import APIRouter, Response, Security
 
 from models.api import CredentialRef, ResourceAction, ResourceInfo
 from models.errors import ErrorCode, QuartermasterError
+from models.plan_change import Direction, PlanChangeBody, PlanChangeQuote, PlanChangeView
 from models.provisioning import ResourceActionResult
 from quartermaster.api.deps import Agent, AnyCaller, Caller, Services, actor_of, require_caller
 from quartermaster.api.errors import ERROR_RESPONSES
 from quartermaster.api.ownership import require_visible
 from quartermaster.api.services import ApiServices
+from quartermaster.orchestration.plan_changes import change_plan, plan_quote
 
 router = APIRouter(
     prefix="/v1/resources",
@@ -96,6 +98,47 @@ async def rotate(resource_id: str, caller: AnyCaller, svc: Services) -> Resource
     await _visible_resource(svc, caller, resource_id)
     res = await svc.orchestrator.rotate(resource_id, actor_of(caller), uuid.uuid4().hex[:12])
     return _action(res)
+
+
+@router.post("/{resource_id}/plan/quote", response_model=PlanChangeQuote)
+async def quote_plan_change(
+    resource_id: str, body: PlanChangeBody, caller: AnyCaller, svc: Services
+) -> PlanChangeQuote:
+    """What moving to `to_service_id` costs: the prorated difference now, the new price after."""
+    await _visible_resource(svc, caller, resource_id)
+    return await plan_quote(svc.orchestrator, resource_id, body.to_service_id)
+
+
+async def _plan(
+    resource_id: str,
+    body: PlanChangeBody,
+    caller: Caller,
+    svc: ApiServices,
+    direction: Direction,
+    response: Response,
+) -> PlanChangeView:
+    await _visible_resource(svc, caller, resource_id)
+    view = await change_plan(svc.orchestrator, resource_id, body, actor_of(caller), direction)
+    if view.state in ("awaiting_approval", "running"):
+        response.status_code = 202  # waiting for the human (or still working): the change's state
+    return view
+
+
+@router.post("/{resource_id}/upgrade", response_model=PlanChangeView)
+async def upgrade(
+    resource_id: str, body: PlanChangeBody, caller: AnyCaller, svc: Services, response: Response
+) -> PlanChangeView:
+    """Move to a dearer service of the catalog's `allowed_updates`; the prorated difference is charged
+    now, after the human approves it (202 with the approval id while it waits)."""
+    return await _plan(resource_id, body, caller, svc, "upgrade", response)
+
+
+@router.post("/{resource_id}/downgrade", response_model=PlanChangeView)
+async def downgrade(
+    resource_id: str, body: PlanChangeBody, caller: AnyCaller, svc: Services, response: Response
+) -> PlanChangeView:
+    """Move to a cheaper allowed service; the unused difference is taken off the next renewal."""
+    return await _plan(resource_id, body, caller, svc, "downgrade", response)
 
 
 @router.delete("/{resource_id}", response_model=ResourceAction)
