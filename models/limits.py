@@ -96,6 +96,21 @@ class PrincipalLimits(BaseModel):
         return "default" if getattr(self.agent_default, field) is not None else "none"
 
 
+def check_limit_target(
+    kind: str, *, provider: str | None, agent: str | None, limit: Money | None, per_hour: int | None
+) -> None:
+    """Raise ValueError unless the fields fit the kind (shared by the API body and the workflow input)."""
+    if kind == "velocity":
+        if per_hour is None or limit is not None:
+            raise ValueError("a velocity limit is a number of purchases per hour, not an amount")
+    elif limit is None or per_hour is not None:
+        raise ValueError(f"a {kind} limit is an amount")
+    if provider is not None and kind != "monthly":
+        raise ValueError("only the monthly cap is per provider; agent limits name an agent")
+    if agent is not None and kind == "monthly":
+        raise ValueError("the monthly cap is per provider, not per agent")
+
+
 class _LimitTarget(BaseModel):
     """What a change sets: `kind`, and `provider` (monthly) or `agent` (agent layers; None = every
     agent), and the value: `limit` (money) or `purchases_per_hour` (velocity)."""
@@ -108,15 +123,13 @@ class _LimitTarget(BaseModel):
 
     @model_validator(mode="after")
     def _one_value_for_the_kind(self) -> _LimitTarget:
-        if self.kind == "velocity":
-            if self.purchases_per_hour is None or self.limit is not None:
-                raise ValueError("a velocity limit is a number of purchases per hour, not an amount")
-        elif self.limit is None or self.purchases_per_hour is not None:
-            raise ValueError(f"a {self.kind} limit is an amount")
-        if self.provider is not None and self.kind != "monthly":
-            raise ValueError("only the monthly cap is per provider; agent limits name an agent")
-        if self.agent is not None and self.kind == "monthly":
-            raise ValueError("the monthly cap is per provider, not per agent")
+        check_limit_target(
+            self.kind,
+            provider=self.provider,
+            agent=self.agent,
+            limit=self.limit,
+            per_hour=self.purchases_per_hour,
+        )
         return self
 
     @model_serializer(mode="wrap")
