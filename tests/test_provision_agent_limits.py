@@ -1,0 +1,182 @@
+"""The agent layers inside provisioning, end to end: the human sets each limit with `qm billing
+set-limit` and its approval, then purchases at each edge. A refused purchase ends `rejected` with the
+layer's own code and leaves no resource and no charge at the local Stripe server; `qm billing show`
+reports every layer; concurrent purchases at the velocity edge: exactly N complete."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from models.errors import ErrorCode
+from models.ledger import agent_ledger_id, velocity_ledger_id
+from models.payment import ChargeResult
+from models.provisioning import ProvisionResult
+from models.request import ProvisionRequest
+from quartermaster.cli import main_async as qm_main
+from quartermaster.client import QuartermasterClient
+from quartermaster.client.errors import ApiError
+from tests.fixtures.history_recorder import maybe_record
+from tests.fixtures.stack import Stack, new_email
+from tests.test_provision_e2e import charges_for, resources_named
+from tests.test_provision_spend import _as_human, _json_line
+
+SERVICE = "cloud/r2"  # USD 5.00 a month
+
+
+async def _done(stack: Stack, request_id: str) -> ProvisionResult:
+    handle = stack.client.get_workflow_handle(f"provision-{request_id}", result_type=ProvisionResult)
+    return await asyncio.wait_for(handle.result(), 60)
+
+
+def _request(stack: Stack, email: str, agent: str) -> ProvisionRequest:
+    rid = uuid.uuid4().hex[:16]
+    actor = stack.human(email, request_id=rid, service_id=SERVICE, agent=agent)
+    return stack.request(SERVICE, email, request_id=rid, actor=actor)
+
+
+async def _buy(
+    stack: Stack, email: str, agent: str
+) -> tuple[ProvisionResult, list[ChargeResult], ProvisionRequest]:
+    """One purchase to its end; its charges at the local Stripe server (and the provider's books)."""
+    req = _request(stack, email, agent)
+    await stack.qm.submit(req)
+    res = await _done(stack, req.request_id)
+    charges = await charges_for(stack, "cloud", req.request_id, req.name)
+    return res, [ChargeResult.model_validate(c) for c in charges], req
+
+
+async def _cli(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], email: str, *argv: str
+) -> tuple[int, dict[str, Any]]:
+    await _as_human(stack, monkeypatch, email)
+    capsys.readouterr()
+    rc = await qm_main([*argv, "--json"])
+    return rc, _json_line(capsys.readouterr().out)
+
+
+async def _show(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], email: str
+) -> dict[str, Any]:
+    rc, summary = await _cli(stack, monkeypatch, capsys, email, "billing", "show")
+    assert rc == 0
+    return summary
+
+
+async def _set_limit(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], email: str, *argv: str
+) -> str:
+    """`qm billing set-limit ...` waits for the human (exit 3); nothing applies until the code is given."""
+    before = (await _show(stack, monkeypatch, capsys, email))["limits"]
+    rc, pending = await _cli(stack, monkeypatch, capsys, email, "billing", "set-limit", *argv)
+    assert (rc, pending["error"]["code"]) == (3, "LIMIT_CHANGE_APPROVAL_REQUIRED"), pending
+    approval_id = pending["approval_id"]
+    for _ in range(100):
+        if any(m.get("approval_id") == approval_id for m in stack.inbox(email)):
+            break
+        await asyncio.sleep(0.05)
+    assert (await _show(stack, monkeypatch, capsys, email))["limits"] == before  # not yet approved
+    code = stack.code_for(approval_id, email)
+    assert await qm_main(["approve", approval_id, "--code", code]) == 0
+    for _ in range(100):
+        if (await _show(stack, monkeypatch, capsys, email))["limits"]["version"] > before["version"]:
+            return str(approval_id)
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"limit change {approval_id} never applied")
+
+
+async def test_agent_limits_refuse_at_their_edges_and_charge_nothing(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    email = new_email()
+    first = _request(stack, email, "planner")  # terms and a card, once
+    await stack.qm.submit(first)
+    await stack.decide((await stack.wait_for_approval(first.request_id, "terms"))["approval_id"], email)
+    pm = await stack.wait_for_approval(first.request_id, "payment_method")
+    await stack.attach_card(pm["details"]["checkout_url"])
+    assert (await _done(stack, first.request_id)).outcome == "completed"
+
+    # per-purchase maximum: USD 4.99 refuses the USD 5 plan; USD 5 allows it
+    await _set_limit(
+        stack, monkeypatch, capsys, email, "--kind", "per-transaction", "--agent", "planner", "--usd", "4.99"
+    )
+    res, charges, req = await _buy(stack, email, "planner")
+    assert (res.outcome, res.error_code, charges) == ("rejected", "TRANSACTION_LIMIT_EXCEEDED", [])
+    assert await resources_named(stack, "cloud", req.name) == []
+    await _set_limit(
+        stack, monkeypatch, capsys, email, "--kind", "per-transaction", "--agent", "planner", "--usd", "5"
+    )
+    res, charges, _ = await _buy(stack, email, "planner")
+    assert res.outcome == "completed" and [c.amount.amount for c in charges] == [500]
+
+    # the agent's month: USD 15 allows a third USD 5 purchase (exactly at the edge), not a fourth,
+    # though the provider's USD 100 cap has room
+    await _set_limit(
+        stack, monkeypatch, capsys, email, "--kind", "agent-monthly", "--agent", "planner", "--usd", "15"
+    )
+    res, charges, _ = await _buy(stack, email, "planner")
+    assert res.outcome == "completed" and len(charges) == 1
+    res, charges, req = await _buy(stack, email, "planner")
+    assert (res.outcome, res.error_code, charges) == ("rejected", "AGENT_MONTHLY_LIMIT_EXCEEDED", [])
+    assert await resources_named(stack, "cloud", req.name) == []
+
+    # velocity: two purchases an hour for another agent; four at once, exactly two complete
+    velocity_change = await _set_limit(
+        stack, monkeypatch, capsys, email, "--kind", "velocity", "--agent", "builder", "--per-hour", "2"
+    )
+    results = await asyncio.gather(*(_buy(stack, email, "builder") for _ in range(4)))
+    outcomes = sorted((r.outcome, r.error_code) for r, _, _ in results)
+    assert outcomes == [("completed", None)] * 2 + [("rejected", "VELOCITY_LIMIT_EXCEEDED")] * 2
+    assert sorted(len(c) for _, c, _ in results) == [0, 0, 1, 1]
+
+    # `qm billing show`: the provider's ledger equals what Stripe kept (5 purchases of USD 5)
+    summary = await _show(stack, monkeypatch, capsys, email)
+    cloud = next(p for p in summary["providers"] if p["provider"] == "cloud")["ledger"]
+    assert (cloud["committed"]["amount"], cloud["reserved"]["amount"]) == (2_500, 0)
+    agents = {a["agent"]: a for a in summary["agents"]}
+    planner, builder = agents["planner"], agents["builder"]
+    assert planner["limits"]["monthly"]["amount"] == 1_500 and planner["monthly_source"] == "agent"
+    assert planner["limits"]["per_transaction"]["amount"] == 500
+    assert (planner["ledger"]["committed"]["amount"], planner["ledger"]["remaining"]["amount"]) == (1_500, 0)
+    assert (builder["limits"]["purchases_per_hour"], builder["purchases_last_hour"]) == (2, 2)
+    assert builder["ledger"]["committed"]["amount"] == 1_000
+    # and the table a human reads
+    await _as_human(stack, monkeypatch, email)
+    capsys.readouterr()
+    assert await qm_main(["billing", "show"]) == 0
+    text = capsys.readouterr().out
+    assert "per agent" in text and "2/2 (agent)" in text and "15.00 USD (agent)" in text
+    completed = next(req for r, _, req in results if r.outcome == "completed")
+    await maybe_record(stack.client, f"provision-{completed.request_id}", "provision-agent-layers")
+    principal = stack.principal_id(email)
+    await maybe_record(stack.client, velocity_change.rpartition(".")[0], "limit-change-velocity")
+    await maybe_record(stack.client, f"limits-{principal}", "principal-limits-agent")
+    await maybe_record(stack.client, velocity_ledger_id(principal, "builder"), "spend-ledger-velocity")
+    await maybe_record(
+        stack.client, agent_ledger_id(principal, "planner", datetime.now(UTC)), "spend-ledger-agent"
+    )
+
+
+async def test_set_limit_refuses_a_mismatched_kind(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    email = new_email()
+    for argv in (
+        ["--kind", "velocity", "--usd", "5"],
+        ["--kind", "agent-monthly", "--per-hour", "3"],
+        ["--kind", "agent-monthly", "--usd", "5", "--provider", "cloud"],
+        ["--usd", "5", "--agent", "planner"],
+    ):
+        rc, out = await _cli(stack, monkeypatch, capsys, email, "billing", "set-limit", *argv)
+        assert (rc, out["error"]["code"]) == (2, "INVALID_REQUEST"), (argv, out)
+    # the API refuses the same for a client that skips the CLI's checks
+    await _as_human(stack, monkeypatch, email)
+    async with QuartermasterClient.from_env() as qm:
+        for kwargs in ({"kind": "velocity"}, {"kind": "per_transaction", "purchases_per_hour": 3}):
+            with pytest.raises(ApiError) as err:
+                await qm.billing.set_limit(**kwargs)  # type: ignore[arg-type]
+            assert (err.value.code, err.value.status) == (ErrorCode.INVALID_REQUEST, 400)
