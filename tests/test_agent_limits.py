@@ -12,14 +12,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from temporalio import workflow
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from activities.spend import SpendActivities
 from models.ledger import (
     CommitLayers,
     LayeredReserveOutcome,
     LedgerLayer,
+    LedgerStart,
     ReleaseLayers,
+    ReleaseSpend,
     ReserveLayers,
+    ReserveOutcome,
+    ReserveSpend,
+    SettleOutcome,
     agent_ledger_id,
     monthly_ledger_id,
     velocity_ledger_id,
@@ -134,12 +142,17 @@ async def test_per_purchase_maximum_refuses_above_it_and_touches_no_ledger(spend
     assert not (await spend.reserve_spend(reserve(principal, "buyer", "c", 30.01))).ok
 
 
-async def test_concurrent_purchases_at_the_velocity_edge_exactly_n_pass(spend_stack: SpendStack) -> None:
-    spend, principal = spend_stack.spend, new_principal()
+async def _at_the_velocity_edge(spend: SpendActivities, principal: str) -> list[LayeredReserveOutcome]:
+    """Ten purchases at once by an agent allowed three an hour."""
     await spend.set_spend_limit(change(principal, "velocity", agent="builder", per_hour=3))
-    outs = await asyncio.gather(
+    return await asyncio.gather(
         *(spend.reserve_spend(reserve(principal, "builder", f"p{i}", 1)) for i in range(10))
     )
+
+
+async def test_concurrent_purchases_at_the_velocity_edge_exactly_n_pass(spend_stack: SpendStack) -> None:
+    spend, principal = spend_stack.spend, new_principal()
+    outs = await _at_the_velocity_edge(spend, principal)
     assert sum(o.ok for o in outs) == 3
     assert {o.code for o in outs if not o.ok} == {"VELOCITY_LIMIT_EXCEEDED"}
     # refused ones were rolled back everywhere: the cap holds exactly the three that passed
@@ -196,6 +209,62 @@ async def test_billing_view_reports_every_agent_layer(spend_stack: SpendStack) -
     assert row.ledger is not None
     assert (row.ledger.committed, row.ledger.reserved) == (Money.usd(12), Money.usd(3))
     assert row.purchases_last_hour == 2
+
+
+@workflow.defn(name="NaiveCountingLedger", sandboxed=False)
+class NaiveCountingLedger:
+    """WRONG ON PURPOSE: counts the purchases, then awaits (say, a fraud check), then records one."""
+
+    def __init__(self) -> None:
+        self.kind, self.limit, self.held = "budget", 0, dict[str, int]()
+
+    @workflow.run
+    async def run(self, start: LedgerStart) -> None:
+        self.kind, self.limit = start.kind, start.limit.amount
+        await workflow.wait_condition(lambda: False)
+
+    def _outcome(self, status: str) -> ReserveOutcome:
+        used = sum(self.held.values())
+        m = Money
+        return ReserveOutcome(
+            status=status,  # type: ignore[arg-type]
+            limit=m(amount=self.limit),
+            committed=m(amount=0),
+            reserved=m(amount=used),
+            remaining=m(amount=max(0, self.limit - used)),
+        )
+
+    @workflow.update(name="reserve")
+    async def reserve(self, req: ReserveSpend) -> ReserveOutcome:
+        units = 1 if self.kind == "velocity" else req.amount.amount
+        limit = req.limit.amount if req.limit is not None else self.limit
+        if sum(self.held.values()) + units > limit:
+            return self._outcome("over_limit")
+        await workflow.sleep(timedelta(milliseconds=50))
+        self.held[req.purchase_id] = units
+        return self._outcome("reserved")
+
+    @workflow.update(name="release")
+    def release(self, req: ReleaseSpend) -> SettleOutcome:
+        self.held.pop(req.purchase_id, None)
+        o = self._outcome("reserved")
+        return SettleOutcome(
+            status="released",
+            limit=o.limit,
+            committed=o.committed,
+            reserved=o.reserved,
+            remaining=o.remaining,
+        )
+
+
+async def test_the_velocity_edge_catches_a_ledger_that_counts_across_an_await(
+    client: Client, tmp_path: Path
+) -> None:
+    async with spend_worker(
+        client, tmp_path, extra_workflows=[NaiveCountingLedger], ledger_workflow="NaiveCountingLedger"
+    ) as s:
+        outs = await _at_the_velocity_edge(s.spend, new_principal())
+    assert sum(o.ok for o in outs) > 3
 
 
 @pytest.fixture
