@@ -442,9 +442,11 @@ class SpendActivities:
         req: ReserveLayers, layers: list[LedgerLayer], limits: PrincipalLimits
     ) -> LayeredReserveOutcome | None:
         """A refusal when the purchase is above the acting agent's per-purchase maximum (the agent
-        named by an agent layer; without one, the default for every agent)."""
+        named by the agent layers; a purchase without them, e.g. a human's own, has no agent)."""
         agents = [a for a in (parse_agent_ledger_id(layer.ledger_id) for layer in layers) if a]
-        cap = limits.for_agent(agents[0].agent) if agents else limits.agent_default
+        if not agents:
+            return None
+        cap = limits.for_agent(agents[0].agent)
         if cap.per_transaction is None:
             return None
         if cap.per_transaction.currency != req.amount.currency:

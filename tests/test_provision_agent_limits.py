@@ -16,9 +16,11 @@ from models.errors import ErrorCode
 from models.ledger import agent_ledger_id, velocity_ledger_id
 from models.payment import ChargeResult
 from models.provisioning import ProvisionResult
-from models.request import ProvisionRequest
+from models.request import Actor, ProvisionRequest
+from models.secret import Secret
 from quartermaster.cli import main_async as qm_main
 from quartermaster.client import QuartermasterClient
+from quartermaster.client.api import IDENTITY_HEADER
 from quartermaster.client.errors import ApiError
 from tests.fixtures.history_recorder import maybe_record
 from tests.fixtures.stack import Stack, new_email
@@ -33,17 +35,32 @@ async def _done(stack: Stack, request_id: str) -> ProvisionResult:
     return await asyncio.wait_for(handle.result(), 60)
 
 
-def _request(stack: Stack, email: str, agent: str) -> ProvisionRequest:
-    rid = uuid.uuid4().hex[:16]
-    actor = stack.human(email, request_id=rid, service_id=SERVICE, agent=agent)
-    return stack.request(SERVICE, email, request_id=rid, actor=actor)
+async def _agent(stack: Stack, email: str, agent: str) -> Actor:
+    """An agent under its own approved session, holding what `qm run` injects (as the API builds its
+    actor from those tokens)."""
+    human = await stack.login(email)
+    sid = await stack.open_session(human, email, agent, allowed_services=["cloud/*"])
+    client = await stack.agent(human, agent, sid)
+    headers = client._headers()
+    await client.aclose()
+    await human.aclose()
+    return Actor(
+        principal_email=email,
+        agent=agent,
+        session_token=Secret(headers["Authorization"].removeprefix("Bearer ")),
+        identity_token=Secret(headers[IDENTITY_HEADER]),
+    )
+
+
+def _request(stack: Stack, email: str, actor: Actor) -> ProvisionRequest:
+    return stack.request(SERVICE, email, request_id=uuid.uuid4().hex[:16], actor=actor)
 
 
 async def _buy(
-    stack: Stack, email: str, agent: str
+    stack: Stack, email: str, actor: Actor
 ) -> tuple[ProvisionResult, list[ChargeResult], ProvisionRequest]:
     """One purchase to its end; its charges at the local Stripe server (and the provider's books)."""
-    req = _request(stack, email, agent)
+    req = _request(stack, email, actor)
     await stack.qm.submit(req)
     res = await _done(stack, req.request_id)
     charges = await charges_for(stack, "cloud", req.request_id, req.name)
@@ -93,7 +110,8 @@ async def test_agent_limits_refuse_at_their_edges_and_charge_nothing(
     stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     email = new_email()
-    first = _request(stack, email, "planner")  # terms and a card, once
+    planner, builder = await _agent(stack, email, "planner"), await _agent(stack, email, "builder")
+    first = _request(stack, email, planner)  # terms and a card, once
     await stack.qm.submit(first)
     await stack.decide((await stack.wait_for_approval(first.request_id, "terms"))["approval_id"], email)
     pm = await stack.wait_for_approval(first.request_id, "payment_method")
@@ -104,13 +122,13 @@ async def test_agent_limits_refuse_at_their_edges_and_charge_nothing(
     await _set_limit(
         stack, monkeypatch, capsys, email, "--kind", "per-transaction", "--agent", "planner", "--usd", "4.99"
     )
-    res, charges, req = await _buy(stack, email, "planner")
+    res, charges, req = await _buy(stack, email, planner)
     assert (res.outcome, res.error_code, charges) == ("rejected", "TRANSACTION_LIMIT_EXCEEDED", [])
     assert await resources_named(stack, "cloud", req.name) == []
     await _set_limit(
         stack, monkeypatch, capsys, email, "--kind", "per-transaction", "--agent", "planner", "--usd", "5"
     )
-    res, charges, _ = await _buy(stack, email, "planner")
+    res, charges, _ = await _buy(stack, email, planner)
     assert res.outcome == "completed" and [c.amount.amount for c in charges] == [500]
 
     # the agent's month: USD 15 allows a third USD 5 purchase (exactly at the edge), not a fourth,
@@ -118,9 +136,9 @@ async def test_agent_limits_refuse_at_their_edges_and_charge_nothing(
     await _set_limit(
         stack, monkeypatch, capsys, email, "--kind", "agent-monthly", "--agent", "planner", "--usd", "15"
     )
-    res, charges, _ = await _buy(stack, email, "planner")
+    res, charges, _ = await _buy(stack, email, planner)
     assert res.outcome == "completed" and len(charges) == 1
-    res, charges, req = await _buy(stack, email, "planner")
+    res, charges, req = await _buy(stack, email, planner)
     assert (res.outcome, res.error_code, charges) == ("rejected", "AGENT_MONTHLY_LIMIT_EXCEEDED", [])
     assert await resources_named(stack, "cloud", req.name) == []
 
@@ -128,7 +146,7 @@ async def test_agent_limits_refuse_at_their_edges_and_charge_nothing(
     velocity_change = await _set_limit(
         stack, monkeypatch, capsys, email, "--kind", "velocity", "--agent", "builder", "--per-hour", "2"
     )
-    results = await asyncio.gather(*(_buy(stack, email, "builder") for _ in range(4)))
+    results = await asyncio.gather(*(_buy(stack, email, builder) for _ in range(4)))
     outcomes = sorted((r.outcome, r.error_code) for r, _, _ in results)
     assert outcomes == [("completed", None)] * 2 + [("rejected", "VELOCITY_LIMIT_EXCEEDED")] * 2
     assert sorted(len(c) for _, c, _ in results) == [0, 0, 1, 1]
@@ -138,18 +156,25 @@ async def test_agent_limits_refuse_at_their_edges_and_charge_nothing(
     cloud = next(p for p in summary["providers"] if p["provider"] == "cloud")["ledger"]
     assert (cloud["committed"]["amount"], cloud["reserved"]["amount"]) == (2_500, 0)
     agents = {a["agent"]: a for a in summary["agents"]}
-    planner, builder = agents["planner"], agents["builder"]
-    assert planner["limits"]["monthly"]["amount"] == 1_500 and planner["monthly_source"] == "agent"
-    assert planner["limits"]["per_transaction"]["amount"] == 500
-    assert (planner["ledger"]["committed"]["amount"], planner["ledger"]["remaining"]["amount"]) == (1_500, 0)
-    assert (builder["limits"]["purchases_per_hour"], builder["purchases_last_hour"]) == (2, 2)
-    assert builder["ledger"]["committed"]["amount"] == 1_000
+    p, b = agents["planner"], agents["builder"]
+    assert p["limits"]["monthly"]["amount"] == 1_500 and p["monthly_source"] == "agent"
+    assert p["limits"]["per_transaction"]["amount"] == 500
+    assert (p["ledger"]["committed"]["amount"], p["ledger"]["remaining"]["amount"]) == (1_500, 0)
+    assert (b["limits"]["purchases_per_hour"], b["purchases_last_hour"]) == (2, 2)
+    assert b["ledger"]["committed"]["amount"] == 1_000
     # and the table a human reads
     await _as_human(stack, monkeypatch, email)
     capsys.readouterr()
     assert await qm_main(["billing", "show"]) == 0
     text = capsys.readouterr().out
     assert "per agent" in text and "2/2 (agent)" in text and "15.00 USD (agent)" in text
+    # a human's own purchase (no session) is no agent's: a default maximum of USD 1 does not apply
+    await _set_limit(stack, monkeypatch, capsys, email, "--kind", "per-transaction", "--usd", "1")
+    own = stack.request(SERVICE, email)
+    await stack.qm.submit(own)
+    assert (await _done(stack, own.request_id)).outcome == "completed"
+    assert len(await charges_for(stack, "cloud", own.request_id, own.name)) == 1
+
     completed = next(req for r, _, req in results if r.outcome == "completed")
     await maybe_record(stack.client, f"provision-{completed.request_id}", "provision-agent-layers")
     principal = stack.principal_id(email)

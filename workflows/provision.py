@@ -663,7 +663,8 @@ class ProvisionWorkflow:
                 kind="monthly",
             )
         ]
-        if workflow.patched("qm-agent-limit-layers"):
+        # an agent's layers; a human's own request (the API's proof, no session) has none
+        if req.actor.kind == "agent" and workflow.patched("qm-agent-limit-layers"):
             agent = self.auth.agent_chain[-1] if self.auth.agent_chain else req.actor.agent
             layers += [
                 LedgerLayer(
