@@ -35,7 +35,7 @@ from models.ledger import (
 from models.limits import LimitChange, LimitKind, SpendSummaryRequest
 from models.money import Money
 from quartermaster.converter import data_converter
-from tests.fixtures.spend import SpendStack, new_principal, spend_worker
+from tests.fixtures.spend import SpendStack, new_principal, poll, spend_worker
 
 
 def layers(principal: str, agent: str, provider: str = "cloud") -> list[LedgerLayer]:
@@ -209,6 +209,16 @@ async def test_billing_view_reports_every_agent_layer(spend_stack: SpendStack) -
     assert row.ledger is not None
     assert (row.ledger.committed, row.ledger.reserved) == (Money.usd(12), Money.usd(3))
     assert row.purchases_last_hour == 2
+    # an agent with no limits of its own is found by its ledger (visibility lags a little)
+    assert (await spend.reserve_spend(reserve(principal, "reviewer", "c", 7))).ok
+    summary = await poll(
+        lambda: spend.spend_view(SpendSummaryRequest(principal_id=principal)),
+        lambda s: any(a.agent == "reviewer" for a in s.agents),
+    )
+    (other,) = [a for a in summary.agents if a.agent == "reviewer"]
+    assert (other.limits.per_transaction, other.per_transaction_source) == (Money.usd(20), "default")
+    assert other.monthly_source == "none" and other.ledger is not None
+    assert other.ledger.reserved == Money.usd(7)
 
 
 @workflow.defn(name="NaiveCountingLedger", sandboxed=False)
