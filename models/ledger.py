@@ -128,6 +128,19 @@ class LedgerLayer(BaseModel):
     kind: LedgerKind
 
 
+def agent_layers(principal_id: str, agent: str, when: datetime, currency: str) -> list[LedgerLayer]:
+    """The acting agent's two layers under the cap: its month (over every provider) and its purchases
+    per rolling hour. Their limits come from the principal's limits (`limit` only names the currency);
+    `reserve_spend` skips the velocity layer of an agent without a velocity limit."""
+    placeholder = Money(amount=10_000, currency=currency)
+    return [
+        LedgerLayer(
+            ledger_id=agent_ledger_id(principal_id, agent, when), limit=placeholder, kind="agent_monthly"
+        ),
+        LedgerLayer(ledger_id=velocity_ledger_id(principal_id, agent), limit=placeholder, kind="velocity"),
+    ]
+
+
 class ReserveSpend(BaseModel):
     """Hold `amount` for `purchase_id` until committed, released or `hold_seconds` pass."""
 

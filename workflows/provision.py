@@ -29,9 +29,8 @@ with workflow.unsafe.imports_passed_through():
         LedgerLayer,
         ReleaseLayers,
         ReserveLayers,
-        agent_ledger_id,
+        agent_layers,
         monthly_ledger_id,
-        velocity_ledger_id,
     )
     from models.money import Money
     from models.payment import Customer, PaymentMethodStatus, SetupSession
@@ -666,16 +665,7 @@ class ProvisionWorkflow:
         # an agent's layers; a human's own request (the API's proof, no session) has none
         if req.actor.kind == "agent" and workflow.patched("qm-agent-limit-layers"):
             agent = self.auth.agent_chain[-1] if self.auth.agent_chain else req.actor.agent
-            layers += [
-                LedgerLayer(
-                    ledger_id=agent_ledger_id(self.principal_id, agent, workflow.now()),
-                    limit=placeholder,
-                    kind="agent_monthly",
-                ),
-                LedgerLayer(
-                    ledger_id=velocity_ledger_id(self.principal_id, agent), limit=placeholder, kind="velocity"
-                ),
-            ]
+            layers += agent_layers(self.principal_id, agent, workflow.now(), amount.currency)
         layers += [LedgerLayer.model_validate(layer) for layer in self.auth.budget_layers]
         if req.budget is not None:
             layers.append(
