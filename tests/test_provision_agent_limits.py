@@ -10,6 +10,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import pytest
 
 from models.errors import ErrorCode
@@ -205,3 +206,23 @@ async def test_set_limit_refuses_a_mismatched_kind(
             with pytest.raises(ApiError) as err:
                 await qm.billing.set_limit(**kwargs)  # type: ignore[arg-type]
             assert (err.value.code, err.value.status) == (ErrorCode.INVALID_REQUEST, 400)
+
+
+async def test_the_approval_page_names_the_agent_limit(stack: Stack) -> None:
+    """What the human approves is what applies: the page of an agent-limit change says which limit,
+    for which agent, and the new value (and shows no monthly cap effect)."""
+    email = new_email()
+    async with await stack.login(email) as human:
+        pending = await human.billing.set_limit(kind="velocity", agent="builder", purchases_per_hour=7)
+    msg: dict[str, Any] = {}
+    for _ in range(200):
+        found = [m for m in stack.inbox(email) if m.get("approval_id") == pending.approval_id]
+        if found:
+            msg = found[-1]
+            break
+        await asyncio.sleep(0.05)
+    async with httpx.AsyncClient(follow_redirects=True) as http:
+        page = await http.get(msg["link"])
+    assert page.status_code == 200, page.text[:300]
+    assert "purchases per hour" in page.text and 'id="agent">builder<' in page.text
+    assert "7 per rolling hour" in page.text and 'id="cap-effect"' not in page.text
