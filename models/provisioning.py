@@ -14,6 +14,13 @@ from models.request import Actor
 from models.secret import Secret
 
 
+class QuoteWarning(BaseModel):
+    """A limit of the asking agent that this purchase would break: it would be refused with `code`."""
+
+    code: str
+    message: str
+
+
 class Quote(BaseModel):
     """What a service costs now and per interval, and whether it can be undone."""
 
@@ -24,6 +31,8 @@ class Quote(BaseModel):
     recurring: Money | None
     interval: Interval | None
     reversible: bool
+    #: for an agent that asks under its session: its limits this purchase would break
+    warnings: list[QuoteWarning] = Field(default_factory=list)
 
 
 class DiscoverInput(BaseModel):

@@ -36,6 +36,17 @@ async def _done(stack: Stack, request_id: str) -> ProvisionResult:
     return await asyncio.wait_for(handle.result(), 60)
 
 
+#: the agents' API headers (what `qm run` injects), by agent name
+_HEADERS: dict[str, dict[str, str]] = {}
+
+
+async def _quote_warnings(stack: Stack, headers: dict[str, str]) -> list[str]:
+    async with httpx.AsyncClient(base_url=stack.api_url) as http:
+        r = await http.post("/v1/quotes", json={"service_id": SERVICE}, headers=headers)
+    assert r.status_code == 200, r.text
+    return [w["code"] for w in r.json()["warnings"]]
+
+
 async def _agent(stack: Stack, email: str, agent: str) -> Actor:
     """An agent under its own approved session, holding what `qm run` injects (as the API builds its
     actor from those tokens)."""
@@ -45,6 +56,7 @@ async def _agent(stack: Stack, email: str, agent: str) -> Actor:
     headers = client._headers()
     await client.aclose()
     await human.aclose()
+    _HEADERS[agent] = headers
     return Actor(
         principal_email=email,
         agent=agent,
@@ -123,6 +135,10 @@ async def test_agent_limits_refuse_at_their_edges_and_charge_nothing(
     await _set_limit(
         stack, monkeypatch, capsys, email, "--kind", "per-transaction", "--agent", "planner", "--usd", "4.99"
     )
+    # the agent can tell before it tries: its quote says so (an anonymous quote knows no agent)
+    assert await _quote_warnings(stack, _HEADERS["planner"]) == ["TRANSACTION_LIMIT_EXCEEDED"]
+    assert await _quote_warnings(stack, _HEADERS["builder"]) == []
+    assert await _quote_warnings(stack, {}) == []
     res, charges, req = await _buy(stack, email, planner)
     assert (res.outcome, res.error_code, charges) == ("rejected", "TRANSACTION_LIMIT_EXCEEDED", [])
     assert await resources_named(stack, "cloud", req.name) == []

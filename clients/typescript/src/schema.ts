@@ -465,7 +465,8 @@ export interface paths {
         put?: never;
         /**
          * Quote
-         * @description Price a service without starting anything.
+         * @description Price a service without starting anything. An agent asking under its session also learns whether
+         *     the price is above its per-purchase maximum (`warnings`), so it need not try.
          */
         post: operations["quote_v1_quotes_post"];
         delete?: never;
@@ -1312,6 +1313,8 @@ export interface components {
             terms_version: string;
             /** Tos Url */
             tos_url: string;
+            /** Warnings */
+            warnings?: components["schemas"]["QuoteWarning"][];
         };
         /** QuoteBody */
         QuoteBody: {
@@ -1322,6 +1325,16 @@ export interface components {
             max_price?: components["schemas"]["Money"] | null;
             /** Service Id */
             service_id: string;
+        };
+        /**
+         * QuoteWarning
+         * @description A limit of the asking agent that this purchase would break: it would be refused with `code`.
+         */
+        QuoteWarning: {
+            /** Code */
+            code: string;
+            /** Message */
+            message: string;
         };
         /** ReservationView */
         ReservationView: {

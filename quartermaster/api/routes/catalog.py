@@ -6,8 +6,9 @@ from fastapi import APIRouter, Depends
 
 from models.api import QuoteBody
 from models.catalog import Catalog
-from models.provisioning import Quote
-from quartermaster.api.deps import Services, optional_caller
+from models.errors import ErrorCode
+from models.provisioning import Quote, QuoteWarning
+from quartermaster.api.deps import Agent, MaybeCaller, Services, optional_caller
 from quartermaster.api.errors import ERROR_RESPONSES
 
 router = APIRouter(
@@ -22,6 +23,14 @@ async def list_catalog(svc: Services, provider: str | None = None) -> list[Catal
 
 
 @router.post("/quotes", response_model=Quote)
-async def quote(body: QuoteBody, svc: Services) -> Quote:
-    """Price a service without starting anything."""
-    return await svc.orchestrator.quote(body.service_id, body.configuration, body.max_price)
+async def quote(body: QuoteBody, svc: Services, caller: MaybeCaller) -> Quote:
+    """Price a service without starting anything. An agent asking under its session also learns whether
+    the price is above its per-purchase maximum (`warnings`), so it need not try."""
+    q = await svc.orchestrator.quote(body.service_id, body.configuration, body.max_price)
+    if isinstance(caller, Agent) and q.due_now is not None:
+        limits = await svc.spend.principal_limits(caller.principal_id)
+        cap = limits.for_agent(caller.agent).per_transaction
+        if cap is not None and cap.currency == q.due_now.currency and q.due_now.amount > cap.amount:
+            code = ErrorCode.TRANSACTION_LIMIT_EXCEEDED
+            q.warnings.append(QuoteWarning(code=code, message=f"{q.due_now} is above your maximum of {cap}"))
+    return q
