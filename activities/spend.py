@@ -33,6 +33,7 @@ from models.authority import ProofKind
 from models.ledger import (
     OVERRIDABLE_KINDS,
     REFUSAL_CODES,
+    VELOCITY_WINDOW,
     CommitLayers,
     CommitSpend,
     LayeredReserveOutcome,
@@ -55,7 +56,6 @@ from models.ledger import (
 )
 from models.limits import (
     AGENT_KINDS,
-    MAX_PURCHASES_PER_HOUR,
     AgentSpend,
     LimitChange,
     LimitsStart,
@@ -63,9 +63,11 @@ from models.limits import (
     ProviderSpend,
     SpendSummary,
     SpendSummaryRequest,
+    layer_limit,
     limits_workflow_id,
+    principal_of,
 )
-from models.money import MAX_MINOR_UNITS, Money
+from models.money import Money
 from quartermaster.crypto.authority import AuthoritySigner
 from workflows.search_attributes import QM_PRINCIPAL, QM_PROVIDER
 
@@ -176,45 +178,17 @@ class SpendActivities:
             delay = min(delay * 1.5, 1.0)
         raise AssertionError("unreachable")
 
-    def _principal_of(self, layer: LedgerLayer) -> str | None:
-        """The principal whose limits set this layer's limit (None for budgets)."""
-        if layer.kind == "monthly":
-            name = parse_monthly_ledger_id(layer.ledger_id)
-            return name.principal_id if name else None
-        if layer.kind in ("agent_monthly", "velocity"):
-            agent = parse_agent_ledger_id(layer.ledger_id)
-            return agent.principal_id if agent else None
-        return None
-
-    def layer_limit(self, layer: LedgerLayer, limits: PrincipalLimits, currency: str) -> Money | None:
-        """The limit the principal's limits give this layer; None = nothing to enforce (a velocity
-        layer of an agent without one). An agent's month without a limit is still kept, unlimited, so
-        a limit set mid-month counts what the agent already spent."""
-        if layer.kind == "monthly":
-            name = parse_monthly_ledger_id(layer.ledger_id)
-            return limits.for_provider(name.provider) if name else layer.limit
-        agent = parse_agent_ledger_id(layer.ledger_id)
-        if agent is None:
-            return layer.limit
-        own = limits.for_agent(agent.agent)
-        if layer.kind == "agent_monthly":
-            return own.monthly or Money(amount=MAX_MINOR_UNITS, currency=currency)
-        if layer.kind == "velocity":  # a count of purchases; the currency is only a placeholder
-            count = own.purchases_per_hour
-            return None if count is None else Money(amount=min(count, MAX_PURCHASES_PER_HOUR))
-        return layer.limit
-
     async def _ledger_start(
         self, layer: LedgerLayer, req: ReserveLayers | None, limits: PrincipalLimits | None = None
     ) -> LedgerStart:
         name = parse_monthly_ledger_id(layer.ledger_id) if layer.kind == "monthly" else None
         agent = parse_agent_ledger_id(layer.ledger_id) if layer.kind != "monthly" else None
         limit, version = layer.limit, 0
-        principal = self._principal_of(layer)
+        principal = principal_of(layer)
         if principal is not None:
             limits = limits or await self.principal_limits(principal)
             currency = req.amount.currency if req else layer.limit.currency
-            limit, version = self.layer_limit(layer, limits, currency) or layer.limit, limits.version
+            limit, version = layer_limit(layer, limits, currency) or layer.limit, limits.version
         month = name.month if name else (agent.month if agent else None)
         start = LedgerStart(
             ledger_id=layer.ledger_id,
@@ -364,7 +338,7 @@ class SpendActivities:
         for layer in layers:
             if layer.kind == "budget" and layer.limit.currency != req.amount.currency:
                 raise _currency_error(layer.limit.currency, req.amount.currency, layer.ledger_id)
-        principal = next((p for p in map(self._principal_of, layers) if p), None) or req.principal_id
+        principal = next((p for p in map(principal_of, layers) if p), None) or req.principal_id
         limits = await self.principal_limits(principal) if principal else None
         current: dict[str, Money] = {}
         if limits is not None:
@@ -372,14 +346,14 @@ class SpendActivities:
             if refused is not None:
                 return refused
             for layer in layers:
-                if self._principal_of(layer) is not None:
-                    limit = self.layer_limit(layer, limits, req.amount.currency)
+                if principal_of(layer) is not None:
+                    limit = layer_limit(layer, limits, req.amount.currency)
                     if limit is not None:
                         current[layer.ledger_id] = limit
         skipped = [
             layer.ledger_id
             for layer in layers
-            if self._principal_of(layer) is not None and layer.ledger_id not in current
+            if principal_of(layer) is not None and layer.ledger_id not in current
         ]
         layers = [layer for layer in layers if layer.ledger_id not in skipped]
         held: list[tuple[LedgerLayer, datetime | None]] = []
@@ -576,6 +550,7 @@ class SpendActivities:
         except RPCError:
             pass  # visibility is best effort; agents with their own limits are listed anyway
         when = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
+        since = datetime.now(UTC) - VELOCITY_WINDOW
         rows = []
         for agent in sorted(names):
             velocity = await self.ledger_view(velocity_ledger_id(principal_id, agent))
@@ -587,7 +562,7 @@ class SpendActivities:
                     per_transaction_source=limits.agent_source_for(agent, "per_transaction"),
                     velocity_source=limits.agent_source_for(agent, "purchases_per_hour"),
                     ledger=await self.ledger_view(agent_ledger_id(principal_id, agent, when)),
-                    purchases_last_hour=(velocity.committed.amount + velocity.reserved.amount)
+                    purchases_last_hour=len(velocity.reservations) + sum(t > since for t in velocity.counted)
                     if velocity
                     else 0,
                 )

@@ -252,6 +252,9 @@ class LedgerView(BaseModel):
     #: how many times this ledger continued as new so far
     generation: int = 0
     closed: bool = False
+    #: velocity ledgers: when each committed purchase began to count (a reader applies the window to
+    #: its own clock: a query sees the workflow's time of its last task)
+    counted: list[datetime] = Field(default_factory=list)
 
 
 class ReserveLayers(BaseModel):

@@ -18,8 +18,8 @@ from pydantic import (
     model_validator,
 )
 
-from models.ledger import LedgerView
-from models.money import Money
+from models.ledger import LedgerLayer, LedgerView, parse_agent_ledger_id, parse_monthly_ledger_id
+from models.money import MAX_MINOR_UNITS, Money
 from models.request import AgentName
 
 DEFAULT_MONTHLY_LIMIT = Money(amount=10_000, currency="usd")
@@ -151,6 +151,36 @@ class _LimitTarget(BaseModel):
 
     def value(self) -> str:
         return f"{self.purchases_per_hour} per hour" if self.kind == "velocity" else str(self.limit)
+
+
+def principal_of(layer: LedgerLayer) -> str | None:
+    """The principal whose limits set this layer's limit (None for budgets, which carry their own)."""
+    if layer.kind == "monthly":
+        name = parse_monthly_ledger_id(layer.ledger_id)
+        return name.principal_id if name else None
+    if layer.kind in ("agent_monthly", "velocity"):
+        agent = parse_agent_ledger_id(layer.ledger_id)
+        return agent.principal_id if agent else None
+    return None
+
+
+def layer_limit(layer: LedgerLayer, limits: PrincipalLimits, currency: str) -> Money | None:
+    """The limit the principal's limits give this layer; None = nothing to enforce (a velocity layer of
+    an agent without one). An agent's month without a limit is still kept, unlimited, so a limit set
+    mid-month counts what the agent already spent. A velocity limit is a count in `amount`."""
+    if layer.kind == "monthly":
+        name = parse_monthly_ledger_id(layer.ledger_id)
+        return limits.for_provider(name.provider) if name else layer.limit
+    agent = parse_agent_ledger_id(layer.ledger_id)
+    if agent is None:
+        return layer.limit
+    own = limits.for_agent(agent.agent)
+    if layer.kind == "agent_monthly":
+        return own.monthly or Money(amount=MAX_MINOR_UNITS, currency=currency)
+    if layer.kind == "velocity":  # the currency is only a placeholder
+        count = own.purchases_per_hour
+        return None if count is None else Money(amount=min(count, MAX_PURCHASES_PER_HOUR))
+    return layer.limit
 
 
 class LimitChange(_LimitTarget):

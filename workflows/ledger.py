@@ -324,6 +324,7 @@ class SpendLedgerWorkflow:
             limit_version=self._s.limit_version,
             generation=self._s.generation,
             closed=self._closed,
+            counted=sorted(self._s.counted.values()),
         )
 
     # ---- state helpers --------------------------------------------------------------------------

@@ -1007,6 +1007,8 @@ export interface components {
              */
             closed: boolean;
             committed: components["schemas"]["Money"];
+            /** Counted */
+            counted?: string[];
             effective_limit: components["schemas"]["Money"];
             /**
              * Generation
