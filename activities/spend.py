@@ -415,23 +415,22 @@ class SpendActivities:
     def _over_transaction_max(
         req: ReserveLayers, layers: list[LedgerLayer], limits: PrincipalLimits
     ) -> LayeredReserveOutcome | None:
-        """A refusal when the purchase is above the acting agent's per-purchase maximum (the agent
-        named by the agent layers; a purchase without them, e.g. a human's own, has no agent)."""
-        agents = [a for a in (parse_agent_ledger_id(layer.ledger_id) for layer in layers) if a]
-        if not agents:
-            return None
-        cap = limits.for_agent(agents[0].agent)
-        if cap.per_transaction is None:
-            return None
-        if cap.per_transaction.currency != req.amount.currency:
-            raise _currency_error(
-                cap.per_transaction.currency, req.amount.currency, "the per-purchase maximum"
-            )
-        if req.amount.amount <= cap.per_transaction.amount:
-            return None
-        return LayeredReserveOutcome(
-            ok=False, refused_by=None, outcome=None, code="TRANSACTION_LIMIT_EXCEEDED"
-        )
+        """A refusal when the purchase is above the per-purchase maximum of any agent the agent layers
+        name (the acting agent and its delegators); a purchase without them (a human's own) has none."""
+        names = (parse_agent_ledger_id(layer.ledger_id) for layer in layers if layer.kind == "agent_monthly")
+        for agent in dict.fromkeys(a.agent for a in names if a):
+            cap = limits.for_agent(agent).per_transaction
+            if cap is None:
+                continue
+            if cap.currency != req.amount.currency:
+                raise _currency_error(
+                    cap.currency, req.amount.currency, f"the per-purchase maximum of {agent}"
+                )
+            if req.amount.amount > cap.amount:
+                return LayeredReserveOutcome(
+                    ok=False, refused_by=None, outcome=None, code="TRANSACTION_LIMIT_EXCEEDED"
+                )
+        return None
 
     async def _roll_back(self, purchase_id: str, held: list[tuple[LedgerLayer, datetime | None]]) -> None:
         # forget rather than tombstone, so the same purchase id may retry (e.g. after an approval);

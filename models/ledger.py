@@ -29,6 +29,9 @@ BUDGET_IDLE_CLOSE_SECONDS = 30 * 86_400
 #: percentages of the limit at which the principal is told, once each per ledger
 ALERT_THRESHOLDS = (50, 80, 100)
 
+#: layers of one purchase: the cap, a budget per session of the chain and the request's, and two per
+#: agent of the chain (every agent's limits bind what its delegates buy)
+MAX_LAYERS = 32
 #: a velocity ledger counts the purchases reserved or committed in this rolling window
 VELOCITY_WINDOW = timedelta(hours=1)
 #: the layer kinds a human's one-time `spend_limit` approval may lift; agent layers never are
@@ -264,7 +267,7 @@ class ReserveLayers(BaseModel):
 
     purchase_id: PurchaseId
     amount: Money
-    layers: list[LedgerLayer] = Field(min_length=1, max_length=8)
+    layers: list[LedgerLayer] = Field(min_length=1, max_length=MAX_LAYERS)
     principal_id: str | None = None
     hold_seconds: int = Field(default=3600, ge=1, le=MAX_HOLD_SECONDS)
     override_approval_id: str | None = Field(default=None, max_length=300)
@@ -295,14 +298,14 @@ class CommitLayers(BaseModel):
 
     purchase_id: PurchaseId
     amount: Money
-    layers: list[LedgerLayer] = Field(min_length=1, max_length=8)
+    layers: list[LedgerLayer] = Field(min_length=1, max_length=MAX_LAYERS)
 
 
 class ReleaseLayers(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     purchase_id: PurchaseId
-    layers: list[LedgerLayer] = Field(min_length=1, max_length=8)
+    layers: list[LedgerLayer] = Field(min_length=1, max_length=MAX_LAYERS)
 
 
 class Reservation(BaseModel):

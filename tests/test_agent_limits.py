@@ -307,3 +307,23 @@ async def test_velocity_counts_a_rolling_hour(ts_env: WorkflowEnvironment, tmp_p
         assert not await buy("d")  # "a" and "b" still count
         await ts_env.sleep(timedelta(minutes=1, seconds=1))
         assert [await buy("e"), await buy("f"), await buy("g")] == [True, True, False]
+
+
+async def test_a_delegate_is_bound_by_every_agent_of_its_chain(spend_stack: SpendStack) -> None:
+    spend, principal = spend_stack.spend, new_principal()
+    await spend.set_spend_limit(change(principal, "per_transaction", agent="planner", usd=5))
+    await spend.set_spend_limit(change(principal, "agent_monthly", agent="planner", usd=8))
+    chain = [*layers(principal, "planner"), *layers(principal, "helper")[1:]]  # one cap, both agents
+
+    def by_helper(pid: str, usd: float) -> ReserveLayers:
+        return ReserveLayers(purchase_id=pid, amount=Money.usd(usd), layers=chain, principal_id=principal)
+
+    over = await spend.reserve_spend(by_helper("a", 5.01))  # the helper has no maximum; its delegator does
+    assert (over.ok, over.code) == (False, "TRANSACTION_LIMIT_EXCEEDED")
+    assert (await spend.reserve_spend(by_helper("a", 5))).ok
+    out = await spend.reserve_spend(by_helper("b", 3.01))  # 5 + 3.01 > the planner's 8 this month
+    assert (out.ok, out.code) == (False, "AGENT_MONTHLY_LIMIT_EXCEEDED")
+    assert out.refused_by is not None and "planner" in out.refused_by.ledger_id
+    assert (await spend.reserve_spend(by_helper("b", 3))).ok
+    helper = await spend.ledger_view(agent_ledger_id(principal, "helper", datetime.now(UTC)))
+    assert helper is not None and helper.reserved == Money.usd(8)

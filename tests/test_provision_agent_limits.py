@@ -15,10 +15,12 @@ import pytest
 
 from models.errors import ErrorCode
 from models.ledger import agent_ledger_id, velocity_ledger_id
+from models.money import Money
 from models.payment import ChargeResult
 from models.provisioning import ProvisionResult
 from models.request import Actor, ProvisionRequest
 from models.secret import Secret
+from models.session import DelegationRequest
 from quartermaster.cli import main_async as qm_main
 from quartermaster.client import QuartermasterClient
 from quartermaster.client.api import IDENTITY_HEADER
@@ -242,3 +244,61 @@ async def test_the_approval_page_names_the_agent_limit(stack: Stack) -> None:
     assert page.status_code == 200, page.text[:300]
     assert "purchases per hour" in page.text and 'id="agent">builder<' in page.text
     assert "7 per rolling hour" in page.text and 'id="cap-effect"' not in page.text
+
+
+async def test_a_delegate_buys_under_its_delegators_limits(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sub-agent cannot escape its delegator's velocity limit under a new name: its purchases count
+    in every agent of its chain."""
+    email = new_email()
+    await _set_limit(
+        stack, monkeypatch, capsys, email, "--kind", "velocity", "--agent", "planner", "--per-hour", "1"
+    )
+    root = await stack.sessions.open(
+        email=email, agent="planner", allowed_services=["cloud/*"], budget_minor=5000, max_depth=2
+    )
+    assert root.approval_id is not None
+    for _ in range(200):
+        if any(m.get("approval_id") == root.approval_id for m in stack.inbox(email)):
+            break
+        await asyncio.sleep(0.05)
+    assert (await stack.decide(root.approval_id, email)).status == "ACCEPTED"
+    token = None
+    for _ in range(200):
+        token = await stack.sessions.token(root.session_id)
+        if token is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert token is not None
+    child = await stack.sessions.delegate(
+        DelegationRequest(
+            session_token=token,
+            identity_token=stack.identity("planner"),
+            to_agent="helper",
+            allowed_services=["cloud/r2"],
+            budget=Money(amount=2000),
+        )
+    )
+    helper = Actor(
+        principal_email=email, agent="helper", session_token=child.session_token,
+        identity_token=stack.identity("helper"),
+    )  # fmt: skip
+    first = _request(stack, email, helper)
+    await stack.qm.submit(first)
+    await stack.decide((await stack.wait_for_approval(first.request_id, "terms"))["approval_id"], email)
+    pm = await stack.wait_for_approval(first.request_id, "payment_method")
+    await stack.attach_card(pm["details"]["checkout_url"])
+    done = await _done(stack, first.request_id)
+    assert (done.outcome, done.agent_chain) == ("completed", ["planner", "helper"])
+    res, charges, req = await _buy(stack, email, helper)  # helper has no limit; planner's one is used
+    assert (res.outcome, res.error_code, charges) == ("rejected", "VELOCITY_LIMIT_EXCEEDED", [])
+    assert await resources_named(stack, "cloud", req.name) == []
+    summary = await _show(stack, monkeypatch, capsys, email)
+    agents = {a["agent"]: a for a in summary["agents"]}
+    assert agents["planner"]["purchases_last_hour"] == 1
+    assert (
+        agents["planner"]["ledger"]["committed"]["amount"]
+        == agents["helper"]["ledger"]["committed"]["amount"]
+        == 500
+    )

@@ -662,10 +662,11 @@ class ProvisionWorkflow:
                 kind="monthly",
             )
         ]
-        # an agent's layers; a human's own request (the API's proof, no session) has none
+        # every agent of the chain: a delegate's purchases count under its delegators' limits too (it
+        # could otherwise escape them under a new name); a human's own request (no session) has none
         if req.actor.kind == "agent" and workflow.patched("qm-agent-limit-layers"):
-            agent = self.auth.agent_chain[-1] if self.auth.agent_chain else req.actor.agent
-            layers += agent_layers(self.principal_id, agent, workflow.now(), amount.currency)
+            for agent in dict.fromkeys(self.auth.agent_chain or [req.actor.agent]):
+                layers += agent_layers(self.principal_id, agent, workflow.now(), amount.currency)
         layers += [LedgerLayer.model_validate(layer) for layer in self.auth.budget_layers]
         if req.budget is not None:
             layers.append(

@@ -29,8 +29,10 @@ async def quote(body: QuoteBody, svc: Services, caller: MaybeCaller) -> Quote:
     q = await svc.orchestrator.quote(body.service_id, body.configuration, body.max_price)
     if isinstance(caller, Agent) and q.due_now is not None:
         limits = await svc.spend.principal_limits(caller.principal_id)
-        cap = limits.for_agent(caller.agent).per_transaction
-        if cap is not None and cap.currency == q.due_now.currency and q.due_now.amount > cap.amount:
-            code = ErrorCode.TRANSACTION_LIMIT_EXCEEDED
-            q.warnings.append(QuoteWarning(code=code, message=f"{q.due_now} is above your maximum of {cap}"))
+        for agent in dict.fromkeys([*caller.chain, caller.agent]):  # its delegators' maxima bind it too
+            cap = limits.for_agent(agent).per_transaction
+            if cap is not None and cap.currency == q.due_now.currency and q.due_now.amount > cap.amount:
+                message = f"{q.due_now} is above the per-purchase maximum of {agent} ({cap})"
+                q.warnings.append(QuoteWarning(code=ErrorCode.TRANSACTION_LIMIT_EXCEEDED, message=message))
+                break
     return q
