@@ -242,6 +242,8 @@ async def test_the_approval_page_names_the_agent_limit(stack: Stack) -> None:
     async with httpx.AsyncClient(follow_redirects=True) as http:
         page = await http.get(msg["link"])
     assert page.status_code == 200, page.text[:300]
+    assert "Change an agent&#x27;s limit" in page.text or "Change an agent's limit" in page.text
+    assert "monthly spending limit" not in page.text
     assert "purchases per hour" in page.text and 'id="agent">builder<' in page.text
     assert "7 per rolling hour" in page.text and 'id="cap-effect"' not in page.text
 

@@ -270,6 +270,8 @@ def approval_page(
     f: ApprovalFacts, *, view_hash: str, csrf: str, needs_code: bool, who: str, action: str
 ) -> str:
     title = TITLES.get(f.kind, "Approval")
+    if f.kind == "limit_change" and f.details.get("kind") in AGENT_LIMIT_WORDS:
+        title = "Change an agent's limit"
     info = ""
     if f.kind == "information":
         schema = f.details.get("schema") or {}
