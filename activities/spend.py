@@ -553,14 +553,21 @@ class SpendActivities:
         rows = []
         for agent in sorted(names):
             velocity = await self.ledger_view(velocity_ledger_id(principal_id, agent))
+            ledger = await self.ledger_view(agent_ledger_id(principal_id, agent, when))
+            own = limits.for_agent(agent)
+            remaining = own.monthly
+            if own.monthly is not None and ledger is not None:
+                used = ledger.committed.amount + ledger.reserved.amount
+                remaining = Money(amount=max(own.monthly.amount - used, 0), currency=own.monthly.currency)
             rows.append(
                 AgentSpend(
                     agent=agent,
-                    limits=limits.for_agent(agent),
+                    limits=own,
+                    remaining=remaining,
                     monthly_source=limits.agent_source_for(agent, "monthly"),
                     per_transaction_source=limits.agent_source_for(agent, "per_transaction"),
                     velocity_source=limits.agent_source_for(agent, "purchases_per_hour"),
-                    ledger=await self.ledger_view(agent_ledger_id(principal_id, agent, when)),
+                    ledger=ledger,
                     purchases_last_hour=len(velocity.reservations) + sum(t > since for t in velocity.counted)
                     if velocity
                     else 0,

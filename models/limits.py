@@ -241,8 +241,11 @@ class AgentSpend(BaseModel):
     monthly_source: AgentLimitSource = "none"
     per_transaction_source: AgentLimitSource = "none"
     velocity_source: AgentLimitSource = "none"
-    #: the agent's monthly ledger (its spend over every provider), when it spent this month
+    #: the agent's monthly ledger (its spend over every provider), when it spent this month; its own
+    #: `limit` catches up with a change at the agent's next purchase, so read `limits` and `remaining`
     ledger: LedgerView | None = None
+    #: the monthly limit less what the agent spent and holds this month (None without a limit)
+    remaining: Money | None = None
     purchases_last_hour: int = 0
 
 

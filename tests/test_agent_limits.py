@@ -119,6 +119,13 @@ async def test_an_agent_limit_set_mid_month_counts_what_the_agent_already_spent(
     )
     # the default for every agent, set after the purchase: the ledger takes it with the next one
     await spend.set_spend_limit(change(principal, "agent_monthly", usd=45))
+    # `qm billing show` reads the new limit at once, before the ledger has taken it
+    summary = await poll(
+        lambda: spend.spend_view(SpendSummaryRequest(principal_id=principal)),
+        lambda s: any(a.agent == "builder" for a in s.agents),
+    )
+    (row,) = [a for a in summary.agents if a.agent == "builder"]
+    assert (row.limits.monthly, row.monthly_source, row.remaining) == (Money.usd(45), "default", Money.usd(5))
     out = await spend.reserve_spend(reserve(principal, "builder", "b", 5.01))
     assert not out.ok and out.code == "AGENT_MONTHLY_LIMIT_EXCEEDED"
     assert out.outcome is not None and out.outcome.committed == Money.usd(40)
@@ -207,7 +214,11 @@ async def test_billing_view_reports_every_agent_layer(spend_stack: SpendStack) -
     assert (row.limits.per_transaction, row.per_transaction_source) == (Money.usd(20), "default")
     assert (row.limits.purchases_per_hour, row.velocity_source) == (4, "agent")
     assert row.ledger is not None
-    assert (row.ledger.committed, row.ledger.reserved) == (Money.usd(12), Money.usd(3))
+    assert (row.ledger.committed, row.ledger.reserved, row.remaining) == (
+        Money.usd(12),
+        Money.usd(3),
+        Money.usd(35),
+    )
     assert row.purchases_last_hour == 2
     # an agent with no limits of its own is found by its ledger (visibility lags a little)
     assert (await spend.reserve_spend(reserve(principal, "reviewer", "c", 7))).ok

@@ -178,7 +178,7 @@ async def test_agent_limits_refuse_at_their_edges_and_charge_nothing(
     p, b = agents["planner"], agents["builder"]
     assert p["limits"]["monthly"]["amount"] == 1_500 and p["monthly_source"] == "agent"
     assert p["limits"]["per_transaction"]["amount"] == 500
-    assert (p["ledger"]["committed"]["amount"], p["ledger"]["remaining"]["amount"]) == (1_500, 0)
+    assert (p["ledger"]["committed"]["amount"], p["remaining"]["amount"]) == (1_500, 0)
     assert (b["limits"]["purchases_per_hour"], b["purchases_last_hour"]) == (2, 2)
     assert b["ledger"]["committed"]["amount"] == 1_000
     # and the table a human reads

@@ -90,7 +90,7 @@ def _render(summary: SpendSummary) -> str:
     text = f"spend in {summary.month} (UTC)\n" + table(rows, columns)
     if summary.agents:
         agents = [_agent_row(a) for a in summary.agents]
-        columns = ["agent", "monthly limit", "spent", "reserved", "per purchase", "last hour"]
+        columns = ["agent", "monthly limit", "spent", "reserved", "remaining", "per purchase", "last hour"]
         text += "\nper agent (layers under the cap)\n" + table(agents, columns)
     return text
 
@@ -106,6 +106,7 @@ def _agent_row(a: AgentSpend) -> dict[str, object]:
         "monthly limit": src(a.limits.monthly, a.monthly_source),
         "spent": ledger.committed if ledger else "0.00 USD",
         "reserved": ledger.reserved if ledger else "0.00 USD",
+        "remaining": a.remaining if a.remaining is not None else "",
         "per purchase": src(a.limits.per_transaction, a.per_transaction_source),
         "last hour": f"{a.purchases_last_hour}/{per_hour} ({a.velocity_source})"
         if per_hour

@@ -700,6 +700,7 @@ export interface components {
              * @default 0
              */
             purchases_last_hour: number;
+            remaining?: components["schemas"]["Money"] | null;
             /**
              * Velocity Source
              * @default none
