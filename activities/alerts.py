@@ -19,6 +19,8 @@ class AlertActivities:
             activity.logger.info("spend alert for %s has no principal: not delivered", alert.ledger_id)
             return
         what = f"{alert.provider} this month" if alert.kind == "monthly" else f"budget {alert.ledger_id}"
+        if alert.kind == "agent_monthly":
+            what = f"one agent this month ({alert.ledger_id})"
         await self._notifier.deliver(
             principal_id=alert.principal_id,
             principal_email=alert.principal_email or "",

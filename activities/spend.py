@@ -31,6 +31,9 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from models.authority import ProofKind
 from models.ledger import (
+    OVERRIDABLE_KINDS,
+    REFUSAL_CODES,
+    VELOCITY_WINDOW,
     CommitLayers,
     CommitSpend,
     LayeredReserveOutcome,
@@ -44,18 +47,25 @@ from models.ledger import (
     ReserveSpend,
     SetLedgerLimit,
     SettleOutcome,
+    agent_ledger_id,
     month_of,
     monthly_ledger_id,
+    parse_agent_ledger_id,
     parse_monthly_ledger_id,
+    velocity_ledger_id,
 )
 from models.limits import (
+    AGENT_KINDS,
+    AgentSpend,
     LimitChange,
     LimitsStart,
     PrincipalLimits,
     ProviderSpend,
     SpendSummary,
     SpendSummaryRequest,
+    layer_limit,
     limits_workflow_id,
+    principal_of,
 )
 from models.money import Money
 from quartermaster.crypto.authority import AuthoritySigner
@@ -168,19 +178,25 @@ class SpendActivities:
             delay = min(delay * 1.5, 1.0)
         raise AssertionError("unreachable")
 
-    async def _ledger_start(self, layer: LedgerLayer, req: ReserveLayers | None) -> LedgerStart:
+    async def _ledger_start(
+        self, layer: LedgerLayer, req: ReserveLayers | None, limits: PrincipalLimits | None = None
+    ) -> LedgerStart:
         name = parse_monthly_ledger_id(layer.ledger_id) if layer.kind == "monthly" else None
+        agent = parse_agent_ledger_id(layer.ledger_id) if layer.kind != "monthly" else None
         limit, version = layer.limit, 0
-        if name is not None:
-            limits = await self.principal_limits(name.principal_id)
-            limit, version = limits.for_provider(name.provider), limits.version
+        principal = principal_of(layer)
+        if principal is not None:
+            limits = limits or await self.principal_limits(principal)
+            currency = req.amount.currency if req else layer.limit.currency
+            limit, version = layer_limit(layer, limits, currency) or layer.limit, limits.version
+        month = name.month if name else (agent.month if agent else None)
         start = LedgerStart(
             ledger_id=layer.ledger_id,
             kind=layer.kind,
             limit=limit,
             limit_version=version,
-            month=name.month if name else None,
-            principal_id=name.principal_id if name else (req.principal_id if req else None),
+            month=month,
+            principal_id=principal or (req.principal_id if req else None),
             principal_email=req.principal_email if req else None,
             provider=name.provider if name else None,
         )
@@ -202,9 +218,10 @@ class SpendActivities:
         arg: Any,
         result_type: type[T],
         req: ReserveLayers | None = None,
+        limits: PrincipalLimits | None = None,
     ) -> T:
         """Send `update` to the layer's ledger, starting the ledger first if it does not exist."""
-        start = await self._ledger_start(layer, req)
+        start = await self._ledger_start(layer, req, limits)
         arg = self._authority.signed(arg, _UPDATE_KINDS[update], layer.ledger_id)
         attrs = None
         if self._search_attributes and start.principal_id and start.provider:
@@ -290,6 +307,9 @@ class SpendActivities:
                 "set_limit", change, start_workflow_operation=op, result_type=PrincipalLimits
             )
         )
+        if change.kind in AGENT_KINDS:
+            # agent ledgers take the new limit with the next purchase (it travels with the reservation)
+            return limits
         if change.provider is not None:
             targets = [change.provider]
         else:  # the global limit applies where no per-provider limit wins
@@ -309,11 +329,33 @@ class SpendActivities:
 
     @activity.defn(name="reserve_spend")
     async def reserve_spend(self, req: ReserveLayers) -> LayeredReserveOutcome:
-        """Reserve on every layer in a fixed order; on a refusal or error, roll back the layers held."""
+        """Reserve on every layer in a fixed order; on a refusal or error, roll back the layers held.
+
+        First the acting agent's per-purchase maximum (no layer is touched when it refuses). Layers whose
+        limit comes from the principal's limits carry the current one, which the ledger adopts if newer;
+        layers with nothing to enforce are skipped (and named in the outcome)."""
         layers = sorted(req.layers, key=_layer_order)
         for layer in layers:
             if layer.kind == "budget" and layer.limit.currency != req.amount.currency:
                 raise _currency_error(layer.limit.currency, req.amount.currency, layer.ledger_id)
+        principal = next((p for p in map(principal_of, layers) if p), None) or req.principal_id
+        limits = await self.principal_limits(principal) if principal else None
+        current: dict[str, Money] = {}
+        if limits is not None:
+            refused = self._over_transaction_max(req, layers, limits)
+            if refused is not None:
+                return refused
+            for layer in layers:
+                if principal_of(layer) is not None:
+                    limit = layer_limit(layer, limits, req.amount.currency)
+                    if limit is not None:
+                        current[layer.ledger_id] = limit
+        skipped = [
+            layer.ledger_id
+            for layer in layers
+            if principal_of(layer) is not None and layer.ledger_id not in current
+        ]
+        layers = [layer for layer in layers if layer.ledger_id not in skipped]
         held: list[tuple[LedgerLayer, datetime | None]] = []
         outcomes: list[ReserveOutcome] = []
         try:
@@ -333,23 +375,32 @@ class SpendActivities:
                 override = req.override_approval_id
                 if req.override_ledger_ids is not None and layer.ledger_id not in req.override_ledger_ids:
                     override = None
+                if layer.kind not in OVERRIDABLE_KINDS:
+                    override = None  # a one-time approval over the cap never lifts an agent's limits
+                limit = current.get(layer.ledger_id)
                 spend = ReserveSpend(
                     purchase_id=req.purchase_id,
                     amount=req.amount,
                     hold_seconds=req.hold_seconds,
                     override_approval_id=override,
                     requested_by=caller,
+                    limit=limit,
+                    limit_version=limits.version if limit is not None and limits is not None else None,
                 )
-                out = await self._ledger_update(layer, "reserve", spend, ReserveOutcome, req)
+                out = await self._ledger_update(layer, "reserve", spend, ReserveOutcome, req, limits)
                 outcomes.append(out)
                 if out.status not in ("reserved", "already_reserved", "already_committed"):
                     await self._roll_back(req.purchase_id, held)
-                    return LayeredReserveOutcome(ok=False, refused_by=layer, outcome=out, outcomes=outcomes)
+                    code = REFUSAL_CODES.get(layer.kind) if out.status == "over_limit" else None
+                    return LayeredReserveOutcome(
+                        ok=False, refused_by=layer, outcome=out, outcomes=outcomes, code=code,
+                        skipped=skipped,
+                    )  # fmt: skip
                 held.append((layer, out.expires_at if out.status != "already_committed" else None))
         except ApplicationError:
             await self._roll_back(req.purchase_id, held)
             raise
-        tightest = min(outcomes, key=lambda o: o.remaining.amount)
+        tightest = min(outcomes, key=lambda o: o.remaining.amount) if outcomes else None
         expiries = [o.expires_at for o in outcomes if o.expires_at is not None]
         return LayeredReserveOutcome(
             ok=True,
@@ -357,7 +408,29 @@ class SpendActivities:
             outcome=tightest,
             outcomes=outcomes,
             expires_at=min(expiries) if expiries else None,
+            skipped=skipped,
         )
+
+    @staticmethod
+    def _over_transaction_max(
+        req: ReserveLayers, layers: list[LedgerLayer], limits: PrincipalLimits
+    ) -> LayeredReserveOutcome | None:
+        """A refusal when the purchase is above the per-purchase maximum of any agent the agent layers
+        name (the acting agent and its delegators); a purchase without them (a human's own) has none."""
+        names = (parse_agent_ledger_id(layer.ledger_id) for layer in layers if layer.kind == "agent_monthly")
+        for agent in dict.fromkeys(a.agent for a in names if a):
+            cap = limits.for_agent(agent).per_transaction
+            if cap is None:
+                continue
+            if cap.currency != req.amount.currency:
+                raise _currency_error(
+                    cap.currency, req.amount.currency, f"the per-purchase maximum of {agent}"
+                )
+            if req.amount.amount > cap.amount:
+                return LayeredReserveOutcome(
+                    ok=False, refused_by=None, outcome=None, code="TRANSACTION_LIMIT_EXCEEDED"
+                )
+        return None
 
     async def _roll_back(self, purchase_id: str, held: list[tuple[LedgerLayer, datetime | None]]) -> None:
         # forget rather than tombstone, so the same purchase id may retry (e.g. after an approval);
@@ -456,4 +529,48 @@ class SpendActivities:
             )
             source = limits.source_for(provider)
             rows.append(ProviderSpend(provider=provider, limit_source=source, ledger=view))
-        return SpendSummary(principal_id=req.principal_id, month=month, limits=limits, providers=rows)
+        agents = await self._agent_rows(req.principal_id, month, limits)
+        return SpendSummary(
+            principal_id=req.principal_id, month=month, limits=limits, providers=rows, agents=agents
+        )
+
+    async def _agent_rows(self, principal_id: str, month: str, limits: PrincipalLimits) -> list[AgentSpend]:
+        """Every agent with its own limits or a ledger this month: its layers, spend and last hour."""
+        names = set(limits.per_agent)
+        try:
+            prefixes = (f"agent-ledger-{principal_id}-", f"velocity-{principal_id}-")
+            query = " OR ".join(f'WorkflowId STARTS_WITH "{p}"' for p in prefixes)
+            async for wf in self._client.list_workflows(
+                f'({query}) AND WorkflowType = "{self._ledger_workflow}"'
+            ):
+                name = parse_agent_ledger_id(wf.id)
+                if name is not None and name.principal_id == principal_id and name.month in (None, month):
+                    names.add(name.agent)
+        except RPCError:
+            pass  # visibility is best effort; agents with their own limits are listed anyway
+        when = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
+        since = datetime.now(UTC) - VELOCITY_WINDOW
+        rows = []
+        for agent in sorted(names):
+            velocity = await self.ledger_view(velocity_ledger_id(principal_id, agent))
+            ledger = await self.ledger_view(agent_ledger_id(principal_id, agent, when))
+            own = limits.for_agent(agent)
+            remaining = own.monthly
+            if own.monthly is not None and ledger is not None:
+                used = ledger.committed.amount + ledger.reserved.amount
+                remaining = Money(amount=max(own.monthly.amount - used, 0), currency=own.monthly.currency)
+            rows.append(
+                AgentSpend(
+                    agent=agent,
+                    limits=own,
+                    remaining=remaining,
+                    monthly_source=limits.agent_source_for(agent, "monthly"),
+                    per_transaction_source=limits.agent_source_for(agent, "per_transaction"),
+                    velocity_source=limits.agent_source_for(agent, "purchases_per_hour"),
+                    ledger=ledger,
+                    purchases_last_hour=len(velocity.reservations) + sum(t > since for t in velocity.counted)
+                    if velocity
+                    else 0,
+                )
+            )
+        return rows

@@ -6,10 +6,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
 
 from models.approval import ApprovalRequest
 from models.catalog import ServiceId
+from models.limits import MAX_PURCHASES_PER_HOUR, LimitKind, check_limit_target
 from models.money import Money
 from models.request import AgentName, RequestId, ResourceName
 from models.session import MAX_DELEGATION_DEPTH, MAX_SESSION_TTL_SECONDS, ServicePattern, SessionId
@@ -199,9 +200,28 @@ class RetireBody(BaseModel):
 
 
 class LimitBody(BaseModel):
+    """One limit to set: the monthly cap (global or one `provider`'s), or an agent layer (`agent`, or
+    every agent): `agent_monthly` and `per_transaction` take a `limit`, `velocity` purchases per hour."""
+
     model_config = Strict
-    limit: Money
+    limit: Money | None = None
     provider: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")] | None = None
+    kind: LimitKind = "monthly"
+    agent: AgentName | None = None
+    purchases_per_hour: int | None = Field(default=None, ge=1, le=MAX_PURCHASES_PER_HOUR)
+
+    @model_validator(mode="after")
+    def _fits_the_kind(self) -> LimitBody:
+        check_limit_target(
+            self.kind,
+            provider=self.provider,
+            agent=self.agent,
+            limit=self.limit,
+            per_hour=self.purchases_per_hour,
+        )
+        if self.limit is not None and self.limit.amount <= 0:
+            raise ValueError("a limit above 0")
+        return self
 
 
 class ApprovalPending(BaseModel):

@@ -41,6 +41,12 @@ class ErrorCode(StrEnum):
     SESSION_REVOKED = "SESSION_REVOKED"
     SERVICE_NOT_ALLOWED = "SERVICE_NOT_ALLOWED"
     BUDGET_EXCEEDED = "BUDGET_EXCEEDED"
+    #: the acting agent's monthly limit (over every provider) has no room for the purchase
+    AGENT_MONTHLY_LIMIT_EXCEEDED = "AGENT_MONTHLY_LIMIT_EXCEEDED"
+    #: the purchase costs more than the agent's per-purchase maximum
+    TRANSACTION_LIMIT_EXCEEDED = "TRANSACTION_LIMIT_EXCEEDED"
+    #: the agent already made its allowed number of purchases in the last hour
+    VELOCITY_LIMIT_EXCEEDED = "VELOCITY_LIMIT_EXCEEDED"
     AGENT_FROZEN = "AGENT_FROZEN"
     IDENTITY_INVALID = "IDENTITY_INVALID"
     #: OAuth linking reached an account whose verified email is not the principal's
@@ -109,6 +115,9 @@ REFUSED = frozenset(
         ErrorCode.SESSION_REVOKED,
         ErrorCode.SERVICE_NOT_ALLOWED,
         ErrorCode.BUDGET_EXCEEDED,
+        ErrorCode.AGENT_MONTHLY_LIMIT_EXCEEDED,
+        ErrorCode.TRANSACTION_LIMIT_EXCEEDED,
+        ErrorCode.VELOCITY_LIMIT_EXCEEDED,
         ErrorCode.AGENT_FROZEN,
         ErrorCode.IDENTITY_INVALID,
         ErrorCode.PAYMENT_DECLINED,

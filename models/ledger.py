@@ -1,7 +1,9 @@
 """Spend ledgers: the inputs and outputs of the per-layer ledger entity and the layered spend activities.
 
 A *layer* is one ledger a purchase must fit in: the principal's monthly per-provider cap
-(`ledger-<principal id>-<provider>-<yyyy-mm>`) or a budget under it (`budget-<scope>-<id>`).
+(`ledger-<principal id>-<provider>-<yyyy-mm>`), a budget under it (`budget-<scope>-<id>`), the acting
+agent's month over every provider (`agent-ledger-<principal id>-<agent>-<yyyy-mm>`), or the agent's
+purchases per rolling hour (`velocity-<principal id>-<agent>`, a ledger that counts purchases, not money).
 Amounts are integer minor units; every amount of one ledger has the ledger's currency.
 """
 
@@ -15,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.money import Money
 
-LedgerKind = Literal["monthly", "budget"]
+LedgerKind = Literal["monthly", "budget", "agent_monthly", "velocity"]
 #: business ids go into workflow IDs: printable, no spaces, no emails
 PurchaseId = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@/+=-]+$")]
 #: a reservation is held at most this long unless committed (the payment token expires with it)
@@ -27,7 +29,24 @@ BUDGET_IDLE_CLOSE_SECONDS = 30 * 86_400
 #: percentages of the limit at which the principal is told, once each per ledger
 ALERT_THRESHOLDS = (50, 80, 100)
 
+#: layers of one purchase: the cap, a budget per session of the chain and the request's, and two per
+#: agent of the chain (every agent's limits bind what its delegates buy)
+MAX_LAYERS = 32
+#: a velocity ledger counts the purchases reserved or committed in this rolling window
+VELOCITY_WINDOW = timedelta(hours=1)
+#: the layer kinds a human's one-time `spend_limit` approval may lift; agent layers never are
+OVERRIDABLE_KINDS: frozenset[str] = frozenset({"monthly", "budget"})
+#: the stable error code when a layer of this kind has no room (monthly: the human is asked first)
+REFUSAL_CODES: dict[str, str] = {
+    "monthly": "SPEND_LIMIT_REACHED",
+    "budget": "BUDGET_EXCEEDED",
+    "agent_monthly": "AGENT_MONTHLY_LIMIT_EXCEEDED",
+    "velocity": "VELOCITY_LIMIT_EXCEEDED",
+}
+
 _MONTHLY_ID = re.compile(r"^ledger-(?P<principal>[^-]+)-(?P<provider>.+)-(?P<month>\d{4}-\d{2})$")
+_AGENT_ID = re.compile(r"^agent-ledger-(?P<principal>[^-]+)-(?P<agent>.+)-(?P<month>\d{4}-\d{2})$")
+_VELOCITY_ID = re.compile(r"^velocity-(?P<principal>[^-]+)-(?P<agent>.+)$")
 
 
 def month_of(when: datetime) -> str:
@@ -42,6 +61,38 @@ def monthly_ledger_id(principal_id: str, provider: str, when: datetime) -> str:
     if not principal_id or "-" in principal_id:
         raise ValueError("a principal id is non-empty and has no '-'")
     return f"ledger-{principal_id}-{provider}-{month_of(when)}"
+
+
+def agent_ledger_id(principal_id: str, agent: str, when: datetime) -> str:
+    """`agent-ledger-<principal id>-<agent>-<yyyy-mm>`: one agent's spend over every provider."""
+    if not principal_id or "-" in principal_id:
+        raise ValueError("a principal id is non-empty and has no '-'")
+    return f"agent-ledger-{principal_id}-{agent}-{month_of(when)}"
+
+
+def velocity_ledger_id(principal_id: str, agent: str) -> str:
+    """`velocity-<principal id>-<agent>`: one agent's purchases per rolling hour (no month: the window
+    rolls over month ends)."""
+    if not principal_id or "-" in principal_id:
+        raise ValueError("a principal id is non-empty and has no '-'")
+    return f"velocity-{principal_id}-{agent}"
+
+
+class AgentLedgerName(BaseModel):
+    principal_id: str
+    agent: str
+    month: str | None = None
+
+
+def parse_agent_ledger_id(ledger_id: str) -> AgentLedgerName | None:
+    """The parts of an agent ledger id (monthly or velocity), or None when the id is not one."""
+    m = _AGENT_ID.match(ledger_id)
+    if m is not None:
+        return AgentLedgerName(principal_id=m["principal"], agent=m["agent"], month=m["month"])
+    v = _VELOCITY_ID.match(ledger_id)
+    if v is not None:
+        return AgentLedgerName(principal_id=v["principal"], agent=v["agent"])
+    return None
 
 
 def budget_ledger_id(scope: str, scope_id: str) -> str:
@@ -70,14 +121,27 @@ def month_end(month: str) -> datetime:
 
 
 class LedgerLayer(BaseModel):
-    """One ledger a purchase must fit in. For `monthly` layers whose id names a principal, the limit
-    is taken from the principal's limits (`limit` here only names the currency)."""
+    """One ledger a purchase must fit in. For `monthly`, `agent_monthly` and `velocity` layers the
+    limit is taken from the principal's limits (`limit` here only names the currency)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     ledger_id: str = Field(min_length=1, max_length=200)
     limit: Money
     kind: LedgerKind
+
+
+def agent_layers(principal_id: str, agent: str, when: datetime, currency: str) -> list[LedgerLayer]:
+    """The acting agent's two layers under the cap: its month (over every provider) and its purchases
+    per rolling hour. Their limits come from the principal's limits (`limit` only names the currency);
+    `reserve_spend` skips the velocity layer of an agent without a velocity limit."""
+    placeholder = Money(amount=10_000, currency=currency)
+    return [
+        LedgerLayer(
+            ledger_id=agent_ledger_id(principal_id, agent, when), limit=placeholder, kind="agent_monthly"
+        ),
+        LedgerLayer(ledger_id=velocity_ledger_id(principal_id, agent), limit=placeholder, kind="velocity"),
+    ]
 
 
 class ReserveSpend(BaseModel):
@@ -92,6 +156,10 @@ class ReserveSpend(BaseModel):
     override_approval_id: str | None = Field(default=None, max_length=300)
     #: the workflow whose activity asked: an override must be that workflow's own approval
     requested_by: str | None = Field(default=None, max_length=300)
+    #: the principal's current limit for this layer (and its version): a ledger holding an older one
+    #: adopts it before checking, so a change reaches every ledger it applies to on its next purchase
+    limit: Money | None = None
+    limit_version: int | None = Field(default=None, ge=0)
     #: the worker's authority proof over this reservation (models.authority)
     proof: str | None = Field(default=None, max_length=200)
 
@@ -187,6 +255,9 @@ class LedgerView(BaseModel):
     #: how many times this ledger continued as new so far
     generation: int = 0
     closed: bool = False
+    #: velocity ledgers: when each committed purchase began to count (a reader applies the window to
+    #: its own clock: a query sees the workflow's time of its last task)
+    counted: list[datetime] = Field(default_factory=list)
 
 
 class ReserveLayers(BaseModel):
@@ -196,7 +267,7 @@ class ReserveLayers(BaseModel):
 
     purchase_id: PurchaseId
     amount: Money
-    layers: list[LedgerLayer] = Field(min_length=1, max_length=8)
+    layers: list[LedgerLayer] = Field(min_length=1, max_length=MAX_LAYERS)
     principal_id: str | None = None
     hold_seconds: int = Field(default=3600, ge=1, le=MAX_HOLD_SECONDS)
     override_approval_id: str | None = Field(default=None, max_length=300)
@@ -209,6 +280,12 @@ class ReserveLayers(BaseModel):
 class LayeredReserveOutcome(BaseModel):
     ok: bool
     refused_by: LedgerLayer | None
+    #: on a refusal for lack of room: the stable error code (REFUSAL_CODES, or TRANSACTION_LIMIT_EXCEEDED
+    #: when the purchase is above the agent's per-purchase maximum and no layer was touched)
+    code: str | None = None
+    #: layers with no limit to enforce (e.g. a velocity layer of an agent without one): not reserved,
+    #: so the caller commits and releases on the other layers only
+    skipped: list[str] = Field(default_factory=list)
     #: the refusing layer's outcome, or on success the tightest layer's (least remaining)
     outcome: ReserveOutcome | None
     outcomes: list[ReserveOutcome] = Field(default_factory=list)
@@ -221,14 +298,14 @@ class CommitLayers(BaseModel):
 
     purchase_id: PurchaseId
     amount: Money
-    layers: list[LedgerLayer] = Field(min_length=1, max_length=8)
+    layers: list[LedgerLayer] = Field(min_length=1, max_length=MAX_LAYERS)
 
 
 class ReleaseLayers(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     purchase_id: PurchaseId
-    layers: list[LedgerLayer] = Field(min_length=1, max_length=8)
+    layers: list[LedgerLayer] = Field(min_length=1, max_length=MAX_LAYERS)
 
 
 class Reservation(BaseModel):
@@ -258,6 +335,8 @@ class LedgerState(BaseModel):
     pending_alerts: list[int] = Field(default_factory=list)
     last_activity: datetime | None = None
     generation: int = 0
+    #: velocity ledgers: committed purchase id -> when it began to count (dropped after the window)
+    counted: dict[str, datetime] = Field(default_factory=dict)
 
 
 class LedgerStart(BaseModel):

@@ -15,6 +15,13 @@ from models.request import Actor
 from models.secret import Secret
 
 
+class QuoteWarning(BaseModel):
+    """A limit of the asking agent that this purchase would break: it would be refused with `code`."""
+
+    code: str
+    message: str
+
+
 class Quote(BaseModel):
     """What a service costs now and per interval, and whether it can be undone."""
 
@@ -27,6 +34,8 @@ class Quote(BaseModel):
     reversible: bool
     #: for a known caller and a recurring price: the months this purchase would push over a cap
     forecast: QuoteForecast | None = None
+    #: for an agent that asks under its session: its limits this purchase would break
+    warnings: list[QuoteWarning] = Field(default_factory=list)
 
 
 class DiscoverInput(BaseModel):

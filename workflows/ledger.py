@@ -8,6 +8,11 @@ change without the worker's authority proof (`workflows.authority`): a Temporal 
 server-side key cannot reserve, commit, release, override or set a limit. A first run whose start
 carries no valid proof fails at once (its limit never counts); only a continue-as-new carries state.
 
+A `velocity` ledger (one per principal and agent) counts purchases instead of money: each reservation
+is one unit, and a committed purchase keeps counting for `VELOCITY_WINDOW` after it was reserved; its
+limit's amount is the number of purchases allowed in that rolling window. It never lifts for an
+override and never closes (the window rolls over month ends); it continues as new like every ledger.
+
 The run loop does the slow work outside the handlers: it expires reservations by timer, sends alerts
 and audit events through activities, continues as new long before the history gets large (carrying
 every settled purchase id), and finishes a monthly ledger 35 days after its month ends.
@@ -26,7 +31,9 @@ with workflow.unsafe.imports_passed_through():
     from models.authority import ProofKind, change_of
     from models.ledger import (
         ALERT_THRESHOLDS,
+        MAX_HOLD_SECONDS,
         MONTHLY_GRACE,
+        VELOCITY_WINDOW,
         CommitSpend,
         LedgerStart,
         LedgerState,
@@ -87,8 +94,26 @@ class SpendLedgerWorkflow:
     def _currency(self) -> str:
         return self._s.limit.currency
 
+    @property
+    def _velocity(self) -> bool:
+        return self._start.kind == "velocity"
+
     def _reserved(self) -> int:
         return sum(r.amount for r in self._s.reservations.values())
+
+    def _committed(self) -> int:
+        """Money committed, or for a velocity ledger the purchases committed in the rolling window."""
+        if not self._velocity:
+            return self._s.committed
+        since = workflow.now() - VELOCITY_WINDOW
+        return sum(1 for at in self._s.counted.values() if at > since)
+
+    def _prune_counted(self) -> None:
+        # kept past the window for as long as a late commit or release of the purchase may come
+        horizon = workflow.now() - VELOCITY_WINDOW - timedelta(seconds=MAX_HOLD_SECONDS)
+        for pid, at in list(self._s.counted.items()):
+            if at <= horizon:
+                del self._s.counted[pid]
 
     def _overrides(self) -> int:
         # overrides of committed purchases stay: the human approved that spend
@@ -103,12 +128,13 @@ class SpendLedgerWorkflow:
     def _outcome(self, status: str, purchase_id: str | None = None) -> ReserveOutcome:
         reserved = self._reserved()
         res = self._s.reservations.get(purchase_id or "")
+        committed = self._committed()
         return ReserveOutcome(
             status=status,
             limit=self._s.limit,
-            committed=self._money(self._s.committed),
+            committed=self._money(committed),
             reserved=self._money(reserved),
-            remaining=self._money(self._effective_limit() - self._s.committed - reserved),
+            remaining=self._money(self._effective_limit() - committed - reserved),
             ledger_id=self._start.ledger_id,
             effective_limit=self._money(self._effective_limit()),
             expires_at=res.expires_at if res else None,
@@ -137,6 +163,8 @@ class SpendLedgerWorkflow:
             raise _reject("AUTHORITY_INVALID", f"{kind} on {self._start.ledger_id} without a valid proof")
 
     def _check_currency(self, money: Money) -> None:
+        if self._velocity:
+            return  # counts purchases in any currency
         if money.currency != self._currency:
             ledger, want, got = self._start.ledger_id, self._currency.upper(), money.currency.upper()
             raise _reject("CURRENCY_MISMATCH", f"ledger {ledger} is in {want}, got {got}")
@@ -154,16 +182,19 @@ class SpendLedgerWorkflow:
             return self._outcome("already_committed", pid)
         if pid in self._released_ids:
             return self._outcome("already_released", pid)
-        used = self._s.committed + self._reserved()
-        over = used + req.amount.amount - self._effective_limit()
+        if req.limit is not None and req.limit_version is not None:
+            self._adopt_limit(req.limit, req.limit_version)
+        units = 1 if self._velocity else req.amount.amount
+        used = self._committed() + self._reserved()
+        over = used + units - self._effective_limit()
         override = 0
         if over > 0:
-            if req.override_approval_id is None:
+            if req.override_approval_id is None or self._velocity:
                 return self._outcome("over_limit")
             override = over  # lift the limit by exactly this purchase's overshoot, nothing more
         now = workflow.now()
         self._s.reservations[pid] = Reservation(
-            amount=req.amount.amount,
+            amount=units,
             reserved_at=now,
             expires_at=now + timedelta(seconds=req.hold_seconds),
             override_approval_id=req.override_approval_id if override else None,
@@ -175,6 +206,8 @@ class SpendLedgerWorkflow:
     def _validate_reserve(self, req: ReserveSpend) -> None:
         self._check_proof(ProofKind.LEDGER_RESERVE, req)
         self._check_currency(req.amount)
+        if req.limit is not None:
+            self._check_currency(req.limit)
         if req.amount.amount <= 0:
             raise _reject("INVALID_REQUEST", "a reservation is a positive amount")
         if req.override_approval_id is not None and not req.override_approval_id.endswith(".spend_limit"):
@@ -197,6 +230,13 @@ class SpendLedgerWorkflow:
         if res is None:
             code = "RESERVATION_RELEASED" if pid in self._released_ids else "RESERVATION_NOT_FOUND"
             raise _reject(code, f"purchase {pid} holds no reservation on {self._start.ledger_id}")
+        if self._velocity:  # one purchase: it counts from its reservation until the window passes
+            del self._s.reservations[pid]
+            self._prune_counted()
+            self._s.counted[pid] = res.reserved_at
+            self._s.committed += 1
+            self._committed_ids.add(pid)
+            return self._settled("committed")
         if req.amount.amount > res.amount:
             raise _reject("COMMIT_EXCEEDS_RESERVATION", f"purchase {pid} commits more than it reserved")
         # an override only covers what was actually spent over the base limit
@@ -240,11 +280,14 @@ class SpendLedgerWorkflow:
     def set_limit(self, req: SetLedgerLimit) -> LedgerView:
         """Apply a newer base limit. Lowering it below what is committed blocks new reservations only."""
         self._touch()
-        if req.version > self._s.limit_version:
-            self._s.limit = req.limit
-            self._s.limit_version = req.version
-            self._queue_alerts()
+        self._adopt_limit(req.limit, req.version)
         return self.view()
+
+    def _adopt_limit(self, limit: Money, version: int) -> None:
+        if version > self._s.limit_version:
+            self._s.limit = limit
+            self._s.limit_version = version
+            self._queue_alerts()
 
     @set_limit.validator
     def _validate_set_limit(self, req: SetLedgerLimit) -> None:
@@ -253,16 +296,16 @@ class SpendLedgerWorkflow:
 
     @workflow.query(name="view")
     def view(self) -> LedgerView:
-        reserved = self._reserved()
+        reserved, committed = self._reserved(), self._committed()
         return LedgerView(
             ledger_id=self._start.ledger_id,
             kind=self._start.kind,
             month=self._start.month,
             limit=self._s.limit,
             effective_limit=self._money(self._effective_limit()),
-            committed=self._money(self._s.committed),
+            committed=self._money(committed),
             reserved=self._money(reserved),
-            remaining=self._money(self._effective_limit() - self._s.committed - reserved),
+            remaining=self._money(self._effective_limit() - committed - reserved),
             reservations=[
                 ReservationView(
                     purchase_id=pid,
@@ -281,11 +324,14 @@ class SpendLedgerWorkflow:
             limit_version=self._s.limit_version,
             generation=self._s.generation,
             closed=self._closed,
+            counted=sorted(self._s.counted.values()),
         )
 
     # ---- state helpers --------------------------------------------------------------------------
 
     def _queue_alerts(self) -> None:
+        if self._velocity:
+            return  # a count per hour, not spend: nothing to alert on
         limit = self._s.limit.amount
         for threshold in ALERT_THRESHOLDS:
             crossed = limit > 0 and self._s.committed * 100 >= threshold * limit
@@ -302,7 +348,9 @@ class SpendLedgerWorkflow:
                 self._s.expired_count += 1
 
     def _close_at(self) -> datetime | None:
-        if self._start.kind == "monthly" and self._start.month:
+        if self._velocity:
+            return None  # the window rolls on; only continue-as-new bounds the history
+        if self._start.kind in ("monthly", "agent_monthly") and self._start.month:
             return month_end(self._start.month) + MONTHLY_GRACE
         if self._s.last_activity is None:
             return workflow.now() + timedelta(seconds=self._start.idle_close_seconds)
@@ -403,6 +451,10 @@ class SpendLedgerWorkflow:
                 return self.view()
             if self._continue_due():
                 await workflow.wait_condition(workflow.all_handlers_finished)
+                if self._velocity:  # long-lived: carry only what a late commit or release may still need
+                    self._prune_counted()
+                    self._committed_ids = set(self._s.counted)
+                    self._released_ids = set()
                 self._s.committed_ids = sorted(self._committed_ids)
                 self._s.released_ids = sorted(self._released_ids)
                 self._s.generation += 1

@@ -1,6 +1,8 @@
 """Spending limits: the per-principal limits entity and the human-approved limit change.
 
-`PrincipalLimitsWorkflow` (`limits-<principal id>`) holds the global and per-provider monthly limits.
+`PrincipalLimitsWorkflow` (`limits-<principal id>`) holds the global and per-provider monthly limits,
+and the agent layers under them (per agent: a monthly limit, a per-purchase maximum, purchases per
+hour; or the default for every agent).
 It only changes through `set_limit`, which the `set_spend_limit` activity sends after a human approved
 (a `limit_change` approval here, or a `spend_limit` approval with "raise the limit" in provisioning).
 
@@ -28,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from models.audit import AuditEvent
     from models.authority import ProofKind, change_of
     from models.limits import (
+        AgentLimits,
         LimitChange,
         LimitChangeRequest,
         LimitChangeResult,
@@ -68,14 +71,29 @@ class PrincipalLimitsWorkflow:
             return self._limits
         per_provider = dict(self._limits.per_provider)
         global_limit = self._limits.global_limit
-        if change.provider is None:
-            global_limit = change.limit
+        agent_default, per_agent = self._limits.agent_default, dict(self._limits.per_agent)
+        if change.kind == "monthly":
+            if change.provider is None:
+                global_limit = change.limit
+            else:
+                assert change.limit is not None  # the model's validator
+                per_provider[change.provider] = change.limit
         else:
-            per_provider[change.provider] = change.limit
+            field = {"agent_monthly": "monthly", "per_transaction": "per_transaction"}.get(
+                change.kind, "purchases_per_hour"
+            )
+            value = change.purchases_per_hour if change.kind == "velocity" else change.limit
+            if change.agent is None:
+                agent_default = agent_default.model_copy(update={field: value})
+            else:
+                own = per_agent.get(change.agent, AgentLimits())
+                per_agent[change.agent] = own.model_copy(update={field: value})
         self._limits = self._limits.model_copy(
             update={
                 "global_limit": global_limit,
                 "per_provider": per_provider,
+                "agent_default": agent_default,
+                "per_agent": per_agent,
                 "version": self._limits.version + 1,
                 "applied_change_ids": [*self._limits.applied_change_ids, change.change_id][
                     -_KEEP_CHANGE_IDS:
@@ -106,6 +124,17 @@ class PrincipalLimitsWorkflow:
     def limits(self) -> PrincipalLimits:
         return self._limits
 
+    def _audit_details(self, change: LimitChange) -> dict[str, object]:
+        details: dict[str, object] = {
+            "scope": change.provider or "global",
+            "version": self._limits.version,
+        }
+        if change.kind != "monthly":  # older events keep their exact shape
+            details |= {"scope": change.agent or "every agent", "kind": change.kind}
+            if change.purchases_per_hour is not None:
+                details["purchases_per_hour"] = change.purchases_per_hour
+        return details
+
     @workflow.run
     async def run(self, start: LimitsStart) -> PrincipalLimits:
         workflow.set_current_details("spending limits of one principal")
@@ -125,7 +154,7 @@ class PrincipalLimitsWorkflow:
                         provider=change.provider,
                         amount=change.limit,
                         approved_by=change.approval_id,
-                        details={"scope": change.provider or "global", "version": self._limits.version},
+                        details=self._audit_details(change),
                     )
                 )
                 self._to_audit.pop(0)
@@ -143,7 +172,6 @@ class LimitChangeWorkflow:
     @workflow.run
     async def run(self, req: LimitChangeRequest) -> LimitChangeResult:
         wf_id = workflow.info().workflow_id
-        scope = f"provider {req.provider}" if req.provider else "every provider (global)"
         if authority.required() and not authority.verify(
             req.proof,
             kind=ProofKind.LIMIT_CHANGE_REQUEST,
@@ -170,8 +198,8 @@ class LimitChangeWorkflow:
             kind="limit_change",
             principal_id=req.principal_id,
             principal_email=str(req.principal_email),
-            summary=f"set the monthly spending limit for {scope} to {req.limit}",
-            details={"provider": req.provider, "limit": req.limit.model_dump()},
+            summary=f"set {req.scope()} to {req.value()}",
+            details=self._details(req),
             timeout=timedelta(seconds=req.approval_timeout_seconds),
         )
         if result.status != "approved":
@@ -196,15 +224,35 @@ class LimitChangeWorkflow:
                 principal_id=req.principal_id,
                 provider=req.provider,
                 limit=req.limit,
+                kind=req.kind,
+                agent=req.agent,
+                purchases_per_hour=req.purchases_per_hour,
                 approval_id=f"{wf_id}.limit_change",
                 changed_at=workflow.now(),
             ),
             result_type=PrincipalLimits,
             start_to_close_timeout=timedelta(seconds=60),
             retry_policy=_RETRY,
-            summary=f"apply limit {req.limit} ({scope})",
+            summary=f"apply limit {req.value()} ({self._short_scope(req)})",
         )
         return LimitChangeResult(status="applied", limits=limits)
+
+    @staticmethod
+    def _short_scope(req: LimitChangeRequest) -> str:
+        if req.kind != "monthly":
+            return f"{req.kind}, {req.agent or 'every agent'}"
+        return f"provider {req.provider}" if req.provider else "every provider (global)"
+
+    @staticmethod
+    def _details(req: LimitChangeRequest) -> dict[str, object]:
+        """What the approval shows; a monthly cap's keep their recorded shape."""
+        details: dict[str, object] = {
+            "provider": req.provider,
+            "limit": req.limit.model_dump() if req.limit else None,
+        }
+        if req.kind != "monthly":
+            details |= {"kind": req.kind, "agent": req.agent, "purchases_per_hour": req.purchases_per_hour}
+        return details
 
     @workflow.update(name="submit_decision")
     def submit_decision(self, decision: ApprovalDecision) -> DecisionOutcome:

@@ -29,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         LedgerLayer,
         ReleaseLayers,
         ReserveLayers,
+        agent_layers,
         monthly_ledger_id,
     )
     from models.money import Money
@@ -111,6 +112,15 @@ WAITING_CODES: dict[str, ErrorCode] = {
     "purchase": ErrorCode.PURCHASE_APPROVAL_REQUIRED,
     "spend_limit": ErrorCode.SPEND_LIMIT_REACHED,
     "information": ErrorCode.INFORMATION_REQUIRED,
+}
+
+
+#: layers that refuse without asking: the code, and what the agent is told
+_HARD_REFUSALS: dict[str, str] = {
+    ErrorCode.BUDGET_EXCEEDED: "{amount} does not fit the budget {ledger}",
+    ErrorCode.AGENT_MONTHLY_LIMIT_EXCEEDED: "{amount} does not fit this agent's monthly limit ({ledger})",
+    ErrorCode.TRANSACTION_LIMIT_EXCEEDED: "{amount} is above this agent's per-purchase maximum",
+    ErrorCode.VELOCITY_LIMIT_EXCEEDED: "this agent made its allowed purchases in the last hour ({ledger})",
 }
 
 
@@ -684,15 +694,21 @@ class ProvisionWorkflow:
         return token
 
     def _layers(self, req: ProvisionRequest, amount: Money) -> list[LedgerLayer]:
+        """Every ledger this purchase must fit in. Limits of the monthly and agent layers come from the
+        principal's limits (`limit` here names the currency); budgets carry their own."""
+        placeholder = Money(amount=10_000, currency=amount.currency)
         layers = [
             LedgerLayer(
                 ledger_id=monthly_ledger_id(self.principal_id, req.provider, workflow.now()),
-                limit=Money(
-                    amount=10_000, currency=amount.currency
-                ),  # monthly: the ledger reads the real limit
+                limit=placeholder,
                 kind="monthly",
             )
         ]
+        # every agent of the chain: a delegate's purchases count under its delegators' limits too (it
+        # could otherwise escape them under a new name); a human's own request (no session) has none
+        if req.actor.kind == "agent" and workflow.patched("qm-agent-limit-layers"):
+            for agent in dict.fromkeys(self.auth.agent_chain or [req.actor.agent]):
+                layers += agent_layers(self.principal_id, agent, workflow.now(), amount.currency)
         layers += [LedgerLayer.model_validate(layer) for layer in self.auth.budget_layers]
         if req.budget is not None:
             layers.append(
@@ -724,16 +740,18 @@ class ProvisionWorkflow:
             )
             if out.ok:
                 self.reserved_until = out.expires_at
+                # layers with nothing to enforce were not reserved: commit and release skip them
+                self.layers = [layer for layer in self.layers if layer.ledger_id not in out.skipped]
                 self.undo.append(
                     ("release_spend", ReleaseLayers(purchase_id=purchase_id, layers=self.layers))
                 )
                 return
             refused = out.refused_by
             if refused is None or refused.kind != "monthly" or override is not None:
-                raise Stop(
-                    ErrorCode.BUDGET_EXCEEDED,
-                    f"{amount} does not fit the budget {refused.ledger_id if refused else ''}",
-                )
+                code = out.code if out.code in _HARD_REFUSALS else ErrorCode.BUDGET_EXCEEDED
+                raise Stop(code, _HARD_REFUSALS.get(code, "{amount} does not fit the budget {ledger}").format(
+                    amount=amount, ledger=refused.ledger_id if refused else ""
+                ))  # fmt: skip
             o = out.outcome
             details = {"amount": amount.model_dump(), "provider": req.provider}
             if o is not None:

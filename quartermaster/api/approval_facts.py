@@ -208,6 +208,8 @@ async def approval_facts(svc: ApiServices, approval: ApprovalRequest, email: str
             facts.session = await _session_facts(svc, str(d["session_id"]))
     elif approval.kind == "agent_unfreeze":
         facts.agent_chain = [str(d.get("agent", ""))]
+    elif approval.kind == "limit_change" and d.get("kind") not in (None, "monthly"):
+        pass  # an agent's limit is a layer under the cap: no cap effect to show (the page names it)
     elif approval.kind == "limit_change":
         provider = d.get("provider")
         facts.provider = str(provider) if provider else None

@@ -27,6 +27,13 @@ TITLES = {
     "agent_unfreeze": "Unfreeze an agent",
 }
 
+#: the agent limits a `limit_change` may set (docs/spend.md), as the page names them
+AGENT_LIMIT_WORDS = {
+    "agent_monthly": "an agent's monthly spending limit (over every provider)",
+    "per_transaction": "an agent's maximum per purchase",
+    "velocity": "an agent's purchases per hour",
+}
+
 NEXT_STEP = {
     "terms": "Quartermaster accepts the terms in your name and continues the request.",
     "payment_method": "Add the card on the Checkout page; the request continues once the card is on file.",
@@ -226,6 +233,21 @@ def _kind_section(f: ApprovalFacts) -> str:
                 ("Session id", f'<span class="code">{escape(str(d.get("session_id", "")))}</span>'),
             ]
         )
+    if f.kind == "limit_change" and d.get("kind") in AGENT_LIMIT_WORDS:
+        value = (
+            f"{int(d.get('purchases_per_hour') or 0)} per rolling hour"
+            if d.get("kind") == "velocity"
+            else money(Money.model_validate(d["limit"]))
+            if d.get("limit")
+            else ""
+        )
+        return "<h2>The change</h2>" + _rows(
+            [
+                ("Limit", escape(AGENT_LIMIT_WORDS[str(d["kind"])])),
+                ("Applies to", f'<span id="agent">{escape(str(d.get("agent") or "every agent"))}</span>'),
+                ("New value", f'<span class="big" id="new-limit">{escape(value)}</span>'),
+            ]
+        )
     if f.kind == "limit_change":
         limit = money(Money.model_validate(d["limit"])) if d.get("limit") else ""
         return "<h2>The change</h2>" + _rows(
@@ -270,6 +292,8 @@ def approval_page(
     f: ApprovalFacts, *, view_hash: str, csrf: str, needs_code: bool, who: str, action: str
 ) -> str:
     title = TITLES.get(f.kind, "Approval")
+    if f.kind == "limit_change" and f.details.get("kind") in AGENT_LIMIT_WORDS:
+        title = "Change an agent's limit"
     info = ""
     if f.kind == "information":
         schema = f.details.get("schema") or {}

@@ -126,6 +126,7 @@ async def quote(args: argparse.Namespace) -> int:
         + (f", then {q.recurring} per {q.interval}" if q.recurring else "")
         + ("" if q.reversible else "; NOT reversible")
         + f"; terms {q.terms_version} ({q.tos_url})"
+        + "".join(f"\n{w.code}: {w.message}" for w in q.warnings)
     )
     if q.forecast is not None and q.forecast.months:
         rows = [

@@ -35,7 +35,7 @@ from models.approval import ApprovalRequest, DecisionOutcome
 from models.catalog import Catalog
 from models.errors import ErrorCode
 from models.forecast import Forecast
-from models.limits import SpendSummary
+from models.limits import LimitKind, SpendSummary
 from models.money import Money
 from models.plan_change import PlanChangeQuote, PlanChangeView
 from models.provisioning import Quote
@@ -306,8 +306,27 @@ class Billing(_Resource):
         params = _drop_none({"months": months})
         return await self._c.request("GET", "/v1/billing/forecast", Forecast, params=params)
 
-    async def set_limit(self, limit: Money, provider: str | None = None) -> ApprovalPending:
-        body = _drop_none({"limit": _money(limit), "provider": provider})
+    async def set_limit(
+        self,
+        limit: Money | None = None,
+        provider: str | None = None,
+        *,
+        kind: LimitKind = "monthly",
+        agent: str | None = None,
+        purchases_per_hour: int | None = None,
+    ) -> ApprovalPending:
+        """Ask for a new limit (it applies once the human approves): the monthly cap (global or
+        `provider`), or an agent layer (`kind` `agent_monthly` / `per_transaction` with `limit`,
+        `velocity` with `purchases_per_hour`; `agent` None = every agent)."""
+        body = _drop_none(
+            {
+                "limit": _money(limit) if limit is not None else None,
+                "provider": provider,
+                "kind": kind if kind != "monthly" else None,
+                "agent": agent,
+                "purchases_per_hour": purchases_per_hour,
+            }
+        )
         return await self._c.request("POST", "/v1/billing/limits", ApprovalPending, json=body)
 
 

@@ -35,7 +35,7 @@ from models.approval import ApprovalDecision, ApprovalRequest, DecisionOutcome
 from models.authority import ProofKind
 from models.catalog import Catalog
 from models.errors import ErrorCode, QuartermasterError
-from models.limits import LimitChangeRequest
+from models.limits import LimitChangeRequest, LimitKind
 from models.money import Money
 from models.provisioning import (
     DiscoverInput,
@@ -436,7 +436,14 @@ class Orchestrator:
         return cred[1]
 
     async def request_limit_change(
-        self, *, email: str, limit: Money, provider: str | None = None
+        self,
+        *,
+        email: str,
+        limit: Money | None,
+        provider: str | None = None,
+        kind: LimitKind = "monthly",
+        agent: str | None = None,
+        purchases_per_hour: int | None = None,
     ) -> tuple[str, str]:
         """Start a limit change for an authenticated human; returns (workflow id, approval id). The
         start carries this process's proof that the principal id and the email belong together."""
@@ -447,6 +454,9 @@ class Orchestrator:
             principal_email=email,
             provider=provider,
             limit=limit,
+            kind=kind,
+            agent=agent,
+            purchases_per_hour=purchases_per_hour,
             approval_timeout_seconds=self.settings.approval_timeout_seconds,
         )
         req = AuthoritySigner.from_keyring(self.keyring).signed(req, ProofKind.LIMIT_CHANGE_REQUEST, wid)
@@ -455,7 +465,7 @@ class Orchestrator:
             req,
             id=wid,
             task_queue=self.settings.task_queue,
-            static_summary=f"limit change to {limit} ({provider or 'global'})",
+            static_summary=f"limit change: {req.scope()} to {req.value()}",
         )
         return wid, f"{wid}.limit_change"
 

@@ -181,6 +181,11 @@ async def attack(stack: Stack, victim: Victim) -> list[str]:
         ("POST", "/v1/agents/planner/freeze", {}),
         ("GET", "/v1/billing", None),
         ("POST", "/v1/billing/limits", {"limit": {"amount": 100_000_000, "currency": "usd"}}),
+        (
+            "POST",
+            "/v1/billing/limits",
+            {"kind": "velocity", "agent": "planner", "purchases_per_hour": 10_000},
+        ),
     ):
         await expect(f"agent calls human-only {path}", method, path, agent_h, 403, "FORBIDDEN", body)
     # widening a session by delegation is refused by the session entity

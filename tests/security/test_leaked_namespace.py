@@ -33,8 +33,16 @@ from temporalio.service import RPCError
 import activities.sessions as session_activities
 from activities.spend import SpendActivities
 from models.authority import VERIFIER
-from models.ledger import CommitLayers, LedgerLayer, LedgerView, ReserveLayers, monthly_ledger_id
-from models.limits import limits_workflow_id
+from models.ledger import (
+    CommitLayers,
+    LedgerLayer,
+    LedgerView,
+    ReserveLayers,
+    agent_ledger_id,
+    monthly_ledger_id,
+    velocity_ledger_id,
+)
+from models.limits import AgentLimits, LimitChange, limits_workflow_id
 from models.money import Money
 from models.provisioning import ProvisionResult
 from models.request import Actor
@@ -253,6 +261,104 @@ async def ask_a_limit_change_for_someone_else(c: Ctx) -> str | None:
     return None if result["status"] == "refused" else f"limit change ended {result['status']}"
 
 
+#: the human's genuine agent limits in `raise_the_agent_limits` (set through an approved change)
+_AGENT_LIMITS = AgentLimits(monthly=Money.usd(10), per_transaction=Money.usd(5), purchases_per_hour=1)
+
+
+async def _agent_buy(c: Ctx, principal: str, pid: str, usd: float) -> bool:
+    now = datetime.now(UTC)
+    layers = [
+        _cap(principal),
+        LedgerLayer(
+            ledger_id=agent_ledger_id(principal, "planner", now), limit=Money.usd(1), kind="agent_monthly"
+        ),
+        LedgerLayer(ledger_id=velocity_ledger_id(principal, "planner"), limit=Money.usd(1), kind="velocity"),
+    ]
+    out = await c.spend.reserve_spend(
+        ReserveLayers(purchase_id=pid, amount=Money.usd(usd), layers=layers, principal_id=principal)
+    )
+    return out.ok
+
+
+async def raise_the_agent_limits(c: Ctx) -> str | None:
+    """`set_limit` of an agent's monthly limit, per-purchase maximum and purchases per hour (for the
+    agent and for every agent) to the limits entity; the velocity ledger's count erased, or a higher
+    limit carried in on a reservation."""
+    principal = _principal()
+    values = {
+        "agent_monthly": {"limit": _AGENT_LIMITS.monthly},
+        "per_transaction": {"limit": _AGENT_LIMITS.per_transaction},
+        "velocity": {"purchases_per_hour": _AGENT_LIMITS.purchases_per_hour},
+    }
+    for kind, value in values.items():  # the human's own, approved: the worker's activity signs them
+        await c.spend.set_spend_limit(
+            LimitChange(
+                change_id=f"genuine-{kind}",
+                principal_id=principal,
+                kind=kind,  # type: ignore[arg-type]
+                agent="planner",
+                approval_id=f"genuine-{kind}.limit_change",
+                changed_at=datetime.now(UTC),
+                **value,  # type: ignore[arg-type]
+            )
+        )
+    assert await _agent_buy(c, principal, "genuine", 4)  # the one purchase this hour allows
+    wid = limits_workflow_id(principal)
+    evil = {"agent_monthly": {"limit": MILLION}, "per_transaction": {"limit": MILLION}}
+    evil["velocity"] = {"purchases_per_hour": 10_000}  # type: ignore[dict-item]
+    for kind, value in evil.items():
+        for agent in ("planner", None):
+            change = {
+                "change_id": f"evil-{kind}-{agent}",
+                "principal_id": principal,
+                "kind": kind,
+                "agent": agent,
+                **value,
+                "approval_id": "limit-change-evil.limit_change",
+                "changed_at": datetime.now(UTC).isoformat(),
+            }
+            for proof in (None, FORGED):
+                handle = c.attacker.get_workflow_handle(wid)
+                await _quietly(handle.execute_update("set_limit", {**change, "proof": proof}))
+    velocity = c.attacker.get_workflow_handle(velocity_ledger_id(principal, "planner"))
+    for proof in (None, FORGED):
+        await _quietly(velocity.execute_update("release", {"purchase_id": "genuine", "proof": proof}))
+        reserve = {
+            "purchase_id": "evil",
+            "amount": {"amount": 100, "currency": "usd"},
+            "limit": {"amount": 10_000, "currency": "usd"},
+            "limit_version": 999,
+            "proof": proof,
+        }
+        await _quietly(velocity.execute_update("reserve", reserve))
+    limits = (await c.spend.principal_limits(principal)).for_agent("planner")
+    if limits != _AGENT_LIMITS:
+        return f"agent limits changed: {limits}"
+    if await _agent_buy(c, principal, "second", 1):
+        return "a second purchase this hour fits a limit of one per hour"
+    return None
+
+
+async def ask_an_agent_limit_change_for_someone_else(c: Ctx) -> str | None:
+    """Start a change of a victim's purchases per hour with the attacker's address for the code."""
+    victim = _principal()
+    wid = f"limit-change-{victim}-{uuid.uuid4().hex[:8]}"
+    req = {
+        "principal_id": victim,
+        "principal_email": ATTACKER_EMAIL,
+        "kind": "velocity",
+        "agent": "planner",
+        "purchases_per_hour": 10_000,
+    }
+    handle = await c.attacker.start_workflow("LimitChange", req, id=wid, task_queue=c.queue)
+    try:
+        result = await asyncio.wait_for(handle.result(), timeout=5)
+    except TimeoutError:
+        await handle.terminate("attack over")
+        return "an agent-limit approval code went to the attacker's address"
+    return None if result["status"] == "refused" else f"limit change ended {result['status']}"
+
+
 def _active_state(principal: str, session_id: str) -> dict[str, Any]:
     now = datetime.now(UTC)
     return {
@@ -431,6 +537,8 @@ ATTACKS: list[tuple[Attack, bool]] = [
     (start_a_rich_ledger, True),
     (raise_the_principal_limits, True),
     (ask_a_limit_change_for_someone_else, True),
+    (raise_the_agent_limits, True),
+    (ask_an_agent_limit_change_for_someone_else, True),
     (start_an_active_session, False),  # a delegated state also needs its parent session to start it
     (open_a_session_for_someone_else, True),
     (bring_a_revoked_session_back, False),  # likewise

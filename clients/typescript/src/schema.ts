@@ -345,7 +345,9 @@ export interface paths {
         put?: never;
         /**
          * Request Limit Change
-         * @description Ask for a new monthly limit (global, or one provider's); it applies once you approve it.
+         * @description Ask for a new limit: the monthly cap (global, or one provider's), or an agent's monthly limit,
+         *     per-purchase maximum or purchases per hour (one agent, or every agent). It applies once you
+         *     approve it.
          */
         post: operations["request_limit_change_v1_billing_limits_post"];
         delete?: never;
@@ -524,7 +526,8 @@ export interface paths {
         /**
          * Quote
          * @description Price a service without starting anything. For a logged-in human or an agent's session, a
-         *     recurring price also says which future months its renewals would push over the cap.
+         *     recurring price also says which future months its renewals would push over the cap; an agent asking
+         *     under its session also learns whether the price is above its per-purchase maximum (`warnings`).
          */
         post: operations["quote_v1_quotes_post"];
         delete?: never;
@@ -782,6 +785,51 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /**
+         * AgentLimits
+         * @description The layers under the monthly cap for one agent (or the default for every agent).
+         */
+        AgentLimits: {
+            monthly?: components["schemas"]["Money"] | null;
+            per_transaction?: components["schemas"]["Money"] | null;
+            /** Purchases Per Hour */
+            purchases_per_hour?: number | null;
+        };
+        /**
+         * AgentSpend
+         * @description One agent's layers this month: its monthly spend against its limit, its per-purchase maximum,
+         *     and its purchases in the last rolling hour against its velocity limit.
+         */
+        AgentSpend: {
+            /** Agent */
+            agent: string;
+            ledger?: components["schemas"]["LedgerView"] | null;
+            limits: components["schemas"]["AgentLimits"];
+            /**
+             * Monthly Source
+             * @default none
+             * @enum {string}
+             */
+            monthly_source: "agent" | "default" | "none";
+            /**
+             * Per Transaction Source
+             * @default none
+             * @enum {string}
+             */
+            per_transaction_source: "agent" | "default" | "none";
+            /**
+             * Purchases Last Hour
+             * @default 0
+             */
+            purchases_last_hour: number;
+            remaining?: components["schemas"]["Money"] | null;
+            /**
+             * Velocity Source
+             * @default none
+             * @enum {string}
+             */
+            velocity_source: "agent" | "default" | "none";
+        };
         /** AgentStatus */
         AgentStatus: {
             /** Agent */
@@ -1047,7 +1095,7 @@ export interface components {
          * ErrorCode
          * @enum {string}
          */
-        ErrorCode: "INVALID_REQUEST" | "UNKNOWN_PROVIDER" | "UNKNOWN_SERVICE" | "INVALID_CONFIGURATION" | "PRICE_ABOVE_MAXIMUM" | "CURRENCY_MISMATCH" | "NOT_FOUND" | "IDEMPOTENCY_CONFLICT" | "BODY_TOO_LARGE" | "KEYS_MISMATCH" | "PLAN_CHANGE_NOT_ALLOWED" | "TERMS_ACCEPTANCE_REQUIRED" | "PAYMENT_METHOD_REQUIRED" | "OAUTH_CONSENT_REQUIRED" | "PURCHASE_APPROVAL_REQUIRED" | "SPEND_LIMIT_REACHED" | "LIMIT_CHANGE_APPROVAL_REQUIRED" | "SESSION_APPROVAL_REQUIRED" | "UNFREEZE_APPROVAL_REQUIRED" | "INFORMATION_REQUIRED" | "APPROVAL_DENIED" | "APPROVAL_TIMED_OUT" | "APPROVAL_REJECTED" | "APPROVAL_CHANGED" | "SESSION_INVALID" | "SESSION_EXPIRED" | "SESSION_REVOKED" | "SERVICE_NOT_ALLOWED" | "BUDGET_EXCEEDED" | "AGENT_FROZEN" | "IDENTITY_INVALID" | "ACCOUNT_IDENTITY_MISMATCH" | "SESSION_REQUIRED" | "AUTHORITY_INVALID" | "PAYMENT_DECLINED" | "PROVIDER_ERROR" | "PROVIDER_UNAVAILABLE" | "TEMPORAL_UNAVAILABLE" | "PORT_IN_USE" | "UNAUTHENTICATED" | "FORBIDDEN" | "LOGIN_INVALID" | "LINK_INVALID" | "CSRF_INVALID" | "RATE_LIMITED" | "API_UNAVAILABLE" | "UNKNOWN_ERROR";
+        ErrorCode: "INVALID_REQUEST" | "UNKNOWN_PROVIDER" | "UNKNOWN_SERVICE" | "INVALID_CONFIGURATION" | "PRICE_ABOVE_MAXIMUM" | "CURRENCY_MISMATCH" | "NOT_FOUND" | "IDEMPOTENCY_CONFLICT" | "BODY_TOO_LARGE" | "KEYS_MISMATCH" | "PLAN_CHANGE_NOT_ALLOWED" | "TERMS_ACCEPTANCE_REQUIRED" | "PAYMENT_METHOD_REQUIRED" | "OAUTH_CONSENT_REQUIRED" | "PURCHASE_APPROVAL_REQUIRED" | "SPEND_LIMIT_REACHED" | "LIMIT_CHANGE_APPROVAL_REQUIRED" | "SESSION_APPROVAL_REQUIRED" | "UNFREEZE_APPROVAL_REQUIRED" | "INFORMATION_REQUIRED" | "APPROVAL_DENIED" | "APPROVAL_TIMED_OUT" | "APPROVAL_REJECTED" | "APPROVAL_CHANGED" | "SESSION_INVALID" | "SESSION_EXPIRED" | "SESSION_REVOKED" | "SERVICE_NOT_ALLOWED" | "BUDGET_EXCEEDED" | "AGENT_MONTHLY_LIMIT_EXCEEDED" | "TRANSACTION_LIMIT_EXCEEDED" | "VELOCITY_LIMIT_EXCEEDED" | "AGENT_FROZEN" | "IDENTITY_INVALID" | "ACCOUNT_IDENTITY_MISMATCH" | "SESSION_REQUIRED" | "AUTHORITY_INVALID" | "PAYMENT_DECLINED" | "PROVIDER_ERROR" | "PROVIDER_UNAVAILABLE" | "TEMPORAL_UNAVAILABLE" | "PORT_IN_USE" | "UNAUTHENTICATED" | "FORBIDDEN" | "LOGIN_INVALID" | "LINK_INVALID" | "CSRF_INVALID" | "RATE_LIMITED" | "API_UNAVAILABLE" | "UNKNOWN_ERROR";
         /**
          * ErrorResponse
          * @description Every refusal and failure.
@@ -1117,6 +1165,8 @@ export interface components {
              */
             closed: boolean;
             committed: components["schemas"]["Money"];
+            /** Counted */
+            counted?: string[];
             effective_limit: components["schemas"]["Money"];
             /**
              * Generation
@@ -1127,7 +1177,7 @@ export interface components {
              * Kind
              * @enum {string}
              */
-            kind: "monthly" | "budget";
+            kind: "monthly" | "budget" | "agent_monthly" | "velocity";
             /** Ledger Id */
             ledger_id: string;
             limit: components["schemas"]["Money"];
@@ -1158,11 +1208,25 @@ export interface components {
             reservations?: components["schemas"]["ReservationView"][];
             reserved: components["schemas"]["Money"];
         };
-        /** LimitBody */
+        /**
+         * LimitBody
+         * @description One limit to set: the monthly cap (global or one `provider`'s), or an agent layer (`agent`, or
+         *     every agent): `agent_monthly` and `per_transaction` take a `limit`, `velocity` purchases per hour.
+         */
         LimitBody: {
-            limit: components["schemas"]["Money"];
+            /** Agent */
+            agent?: string | null;
+            /**
+             * Kind
+             * @default monthly
+             * @enum {string}
+             */
+            kind: "monthly" | "agent_monthly" | "per_transaction" | "velocity";
+            limit?: components["schemas"]["Money"] | null;
             /** Provider */
             provider?: string | null;
+            /** Purchases Per Hour */
+            purchases_per_hour?: number | null;
         };
         /** LoginStart */
         LoginStart: {
@@ -1355,9 +1419,14 @@ export interface components {
         };
         /** PrincipalLimits */
         PrincipalLimits: {
+            agent_default?: components["schemas"]["AgentLimits"];
             /** Applied Change Ids */
             applied_change_ids?: string[];
             global_limit?: components["schemas"]["Money"] | null;
+            /** Per Agent */
+            per_agent?: {
+                [key: string]: components["schemas"]["AgentLimits"];
+            };
             /** Per Provider */
             per_provider?: {
                 [key: string]: components["schemas"]["Money"];
@@ -1495,6 +1564,8 @@ export interface components {
             terms_version: string;
             /** Tos Url */
             tos_url: string;
+            /** Warnings */
+            warnings?: components["schemas"]["QuoteWarning"][];
         };
         /** QuoteBody */
         QuoteBody: {
@@ -1515,6 +1586,16 @@ export interface components {
             months?: components["schemas"]["ForecastMonth"][];
             /** Over Limit Months */
             over_limit_months?: string[];
+        };
+        /**
+         * QuoteWarning
+         * @description A limit of the asking agent that this purchase would break: it would be refused with `code`.
+         */
+        QuoteWarning: {
+            /** Code */
+            code: string;
+            /** Message */
+            message: string;
         };
         /** ReservationView */
         ReservationView: {
@@ -1724,9 +1805,12 @@ export interface components {
         };
         /**
          * SpendSummary
-         * @description What `qm billing show` prints: per provider, limit / committed / reserved / remaining.
+         * @description What `qm billing show` prints: per provider, limit / committed / reserved / remaining; per
+         *     agent, its layers under the cap.
          */
         SpendSummary: {
+            /** Agents */
+            agents?: components["schemas"]["AgentSpend"][];
             limits: components["schemas"]["PrincipalLimits"];
             /** Month */
             month: string;

@@ -46,14 +46,19 @@ async def forecast(
 
 @router.post("/limits", response_model=ApprovalPending, status_code=202)
 async def request_limit_change(body: LimitBody, caller: HumanCaller, svc: Services) -> ApprovalPending:
-    """Ask for a new monthly limit (global, or one provider's); it applies once you approve it."""
+    """Ask for a new limit: the monthly cap (global, or one provider's), or an agent's monthly limit,
+    per-purchase maximum or purchases per hour (one agent, or every agent). It applies once you
+    approve it."""
     if body.provider is not None and body.provider not in svc.settings.providers:
         raise QuartermasterError(ErrorCode.UNKNOWN_PROVIDER, f"no provider named {body.provider!r}")
-    if body.limit.amount <= 0:
-        raise QuartermasterError(ErrorCode.INVALID_REQUEST, "a limit above 0")
     # the orchestrator signs the start (an authority proof): the workflow refuses one without it
     _, approval_id = await svc.orchestrator.request_limit_change(
-        email=caller.email, limit=body.limit, provider=body.provider
+        email=caller.email,
+        limit=body.limit,
+        provider=body.provider,
+        kind=body.kind,
+        agent=body.agent,
+        purchases_per_hour=body.purchases_per_hour,
     )
     return ApprovalPending(
         approval_id=approval_id,

@@ -6,8 +6,9 @@ from fastapi import APIRouter, Depends
 
 from models.api import QuoteBody
 from models.catalog import Catalog
-from models.provisioning import Quote
-from quartermaster.api.deps import MaybeCaller, Services, optional_caller
+from models.errors import ErrorCode
+from models.provisioning import Quote, QuoteWarning
+from quartermaster.api.deps import Agent, MaybeCaller, Services, optional_caller
 from quartermaster.api.errors import ERROR_RESPONSES
 from quartermaster.orchestration.forecast import quote_forecast
 
@@ -25,10 +26,19 @@ async def list_catalog(svc: Services, provider: str | None = None) -> list[Catal
 @router.post("/quotes", response_model=Quote)
 async def quote(body: QuoteBody, svc: Services, caller: MaybeCaller) -> Quote:
     """Price a service without starting anything. For a logged-in human or an agent's session, a
-    recurring price also says which future months its renewals would push over the cap."""
-    quote = await svc.orchestrator.quote(body.service_id, body.configuration, body.max_price)
+    recurring price also says which future months its renewals would push over the cap; an agent asking
+    under its session also learns whether the price is above its per-purchase maximum (`warnings`)."""
+    q = await svc.orchestrator.quote(body.service_id, body.configuration, body.max_price)
     if caller is not None:
-        quote.forecast = await quote_forecast(
-            svc.temporal, svc.spend, caller.principal_id, quote, list(svc.settings.providers)
+        q.forecast = await quote_forecast(
+            svc.temporal, svc.spend, caller.principal_id, q, list(svc.settings.providers)
         )
-    return quote
+    if isinstance(caller, Agent) and q.due_now is not None:
+        limits = await svc.spend.principal_limits(caller.principal_id)
+        for agent in dict.fromkeys([*caller.chain, caller.agent]):  # its delegators' maxima bind it too
+            cap = limits.for_agent(agent).per_transaction
+            if cap is not None and cap.currency == q.due_now.currency and q.due_now.amount > cap.amount:
+                message = f"{q.due_now} is above the per-purchase maximum of {agent} ({cap})"
+                q.warnings.append(QuoteWarning(code=ErrorCode.TRANSACTION_LIMIT_EXCEEDED, message=message))
+                break
+    return q
