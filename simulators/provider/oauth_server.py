@@ -23,6 +23,7 @@ from authlib.oauth2.rfc6749 import (
     InvalidRequestError,
     OAuth2Payload,
     OAuth2Request,
+    UnsupportedTokenTypeError,
 )
 from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, RefreshTokenGrant
 from authlib.oauth2.rfc7009 import RevocationEndpoint
@@ -164,6 +165,20 @@ class S256Challenge(CodeChallenge):  # type: ignore[misc]
         super().validate_code_challenge(grant, redirect_uri)
 
 
+class UnsupportedTokenType(UnsupportedTokenTypeError):  # type: ignore[misc]
+    """RFC 7009 §2.2.1 and RFC 6749 §5.2: a 400 (authlib answers 401, which means client auth)."""
+
+    status_code = 400
+
+
+def check_hint(form: dict[str, str]) -> None:
+    """`token` is required; a `token_type_hint` must be one of the RFC 7009 values."""
+    if not form.get("token"):
+        raise InvalidRequestError("form field 'token' is required")
+    if form.get("token_type_hint", "access_token") not in ("access_token", "refresh_token"):
+        raise UnsupportedTokenType()
+
+
 class OAuthServer(AuthorizationServer):  # type: ignore[misc]
     """One simulator's authorization server over its store."""
 
@@ -254,7 +269,7 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
             "INSERT INTO oauth_codes (code_hash, account_id, client_id, redirect_uri, code_challenge, "
             "scopes, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             token_hash(code), request.user["account_id"], request.client.client_id,
-            data.get("redirect_uri") or "", data["code_challenge"], request.scope,
+            data.get("redirect_uri") or "", data.get("code_challenge") or "", request.scope,
             int(time.time()) + CODE_TTL_SECONDS,
         )  # fmt: skip
 
@@ -315,6 +330,9 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
     CLIENT_AUTH_METHODS = PUBLIC_OR_SECRET
     server: OAuthServer
 
+    def check_params(self, request: OAuth2Request, client: SimClient) -> None:
+        check_hint(request.form)
+
     def query_token(self, token_string: str, token_type_hint: str | None) -> TokenRecord | None:
         return self.server.token_record(token_string)
 
@@ -333,6 +351,9 @@ class Introspection(IntrospectionEndpoint):  # type: ignore[misc]
 
     CLIENT_AUTH_METHODS = SECRET_ONLY
     server: OAuthServer
+
+    def check_params(self, request: OAuth2Request, client: SimClient) -> None:
+        check_hint(request.form)
 
     def query_token(self, token_string: str, token_type_hint: str | None) -> TokenRecord | None:
         return self.server.token_record(token_string)
