@@ -10,7 +10,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from simulators.provider import accounts, admin, credentials, oauth, resources
 from simulators.provider.catalogs import catalog_for
@@ -82,10 +83,20 @@ async def _identity_error(request: Request, exc: Exception) -> Response:
     return error_response(ContractError(exc.status, exc.code, exc.message))
 
 
+def allowed_methods(scope: Scope) -> str:
+    """Every method some route serves at this path (a path can be split over several routes)."""
+    methods: set[str] = set()
+    for route in ROUTES:
+        if isinstance(route, Route) and route.methods and route.matches(scope)[0] != Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
-    return error_response(ContractError(exc.status_code, code, "no such operation"))
+    headers = {"Allow": allowed_methods(request.scope)} if exc.status_code == 405 else None
+    return error_response(ContractError(exc.status_code, code, "no such operation", headers))
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import secrets
 import sqlite3
 import time
@@ -36,6 +37,8 @@ M = TypeVar("M", bound=BaseModel)
 Apply = Callable[[sqlite3.Connection], None]
 Outcome = tuple[int, dict[str, Any], Apply | None]
 IDEMPOTENCY_TTL_SECONDS = 86_400
+#: 1-255 printable ASCII characters (the contract's pattern)
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 
 
 class ContractError(Exception):
@@ -131,7 +134,7 @@ class SimulatorContext:
     ) -> JSONResponse:
         """Run `work(key)` once per `Idempotency-Key` in `scope`; replay its outcome afterwards."""
         key = request.headers.get("idempotency-key", "")
-        if not key or len(key) > 255 or not key.isprintable():
+        if not IDEMPOTENCY_KEY.fullmatch(key):
             raise ContractError(
                 400, "idempotency_key_required", "send an Idempotency-Key of 1-255 characters"
             )
@@ -187,6 +190,31 @@ async def parse_json(request: Request, model: type[M]) -> M:
     except ValidationError as exc:
         fields = sorted({".".join(str(p) for p in e["loc"]) or "body" for e in exc.errors()})
         raise ContractError(400, "invalid_request", "invalid field(s): " + ", ".join(fields)) from exc
+
+
+#: a resource or credential id in a path (the contract's pattern)
+PATH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def path_id(request: Request, name: str) -> str:
+    """A path id matching the contract's pattern, or 400 `invalid_request`."""
+    value: str = request.path_params[name]
+    if not PATH_ID.fullmatch(value):
+        raise ContractError(400, "invalid_request", f"{name} must be 1-64 of A-Za-z0-9_-")
+    return value
+
+
+async def parse_empty(request: Request) -> None:
+    """An optional body that, when sent, is the empty JSON object `{}` (anything else: 400)."""
+    raw = await request.body()
+    if not raw.strip():
+        return
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ContractError(400, "invalid_request", "the body is not JSON") from exc
+    if data != {}:
+        raise ContractError(400, "invalid_request", "the body must be {} or empty")
 
 
 def context_of(request: Request) -> SimulatorContext:

@@ -13,7 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from simulators.provider.context import ContractError, Outcome, context_of, parse_json
+from simulators.provider.context import (
+    ContractError,
+    Outcome,
+    context_of,
+    parse_empty,
+    parse_json,
+    path_id,
+)
 from simulators.provider.resources import owned_resource
 from simulators.provider.store import token_hash
 
@@ -75,7 +82,8 @@ async def revoke_credential(request: Request) -> JSONResponse:
     """RFC 7009: 200 whether the credential was active, already revoked or unknown to this account."""
     ctx = context_of(request)
     account_id = ctx.authenticate(request)["account_id"]
-    credential_id = request.path_params["credential_id"]
+    credential_id = path_id(request, "credential_id")
+    await parse_empty(request)
     async with ctx.write_lock:
         with ctx.store.transaction():
             ctx.store.execute(

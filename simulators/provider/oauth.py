@@ -50,6 +50,12 @@ async def _form_request(request: Request) -> FormRequest | JSONResponse:
         pairs = parse_qsl((await request.body()).decode(), keep_blank_values=True)
     except (UnicodeDecodeError, ValueError):
         return oauth_error(400, "invalid_request", "the form is not valid")
+    secret = [value for key, value in pairs if key == "client_secret"]
+    if secret and ("authorization" in request.headers or not all(secret)):
+        # one authentication method per request (RFC 6749 §2.3), and a secret is never empty
+        return oauth_error(
+            400, "invalid_request", "authenticate with HTTP Basic or a non-empty client_secret"
+        )
     return FormRequest("POST", str(request.url), request.headers, pairs)
 
 

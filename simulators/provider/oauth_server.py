@@ -36,9 +36,10 @@ from simulators.provider.catalogs import ACCOUNT_SCOPE, all_scopes
 from simulators.provider.store import SimulatorStore, token_hash
 
 CODE_TTL_SECONDS = 60
-#: a public client (PKCE) may use the token and revocation endpoints; introspection needs the secret
-PUBLIC_OR_SECRET = ["client_secret_basic", "client_secret_post", "none"]
-SECRET_ONLY = ["client_secret_basic", "client_secret_post"]
+#: a public client (PKCE) may use the token and revocation endpoints; introspection needs the secret,
+#: in HTTP Basic only (RFC 6749 §2.3.1: MUST support; the secret in the form is NOT RECOMMENDED)
+PUBLIC_OR_SECRET = ["client_secret_basic", "none"]
+SECRET_ONLY = ["client_secret_basic"]
 GRANT_TYPES = ("authorization_code", "refresh_token")
 
 
@@ -87,8 +88,8 @@ class SimClient(ClientMixin):  # type: ignore[misc]
     def get_client_id(self) -> str:
         return self.client_id
 
-    def get_default_redirect_uri(self) -> str:
-        return self.redirect_uri
+    def get_default_redirect_uri(self) -> None:
+        return None  # redirect_uri is required on every authorization request, and exact
 
     def get_allowed_scope(self, scope: str | None) -> str:
         # the server has checked the scopes exist (validate_requested_scope); none asked: the account
