@@ -517,3 +517,12 @@ async def test_rfc_6749_errors_keep_their_code(provider: HttpProvider) -> None:
     with pytest.raises(PermanentProviderError) as info:
         await provider.introspect(token=Secret("at"))
     assert (info.value.code, info.value.status) == ("invalid_client", 401)
+
+
+@respx.mock
+async def test_a_public_client_revokes_with_its_client_id(provider: HttpProvider) -> None:
+    route = respx.post(f"{BASE}/oauth/revoke").respond(200, json={})
+    await provider.revoke_token(token=Secret("rt"), token_type_hint="refresh_token")
+    request = _only_call(route)
+    assert _form(request) == {"token": "rt", "token_type_hint": "refresh_token", "client_id": "quartermaster"}
+    assert "authorization" not in request.headers
