@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 import venv
 from pathlib import Path
 
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".qm-installed"
+STRIPE_BETA = VENV / "stripe-beta"
 
 
 def _ensure_venv() -> None:
@@ -43,6 +45,24 @@ def _ensure_venv() -> None:
         for p in ("workflows", "models", "activities", "providers", "quartermaster", "simulators")
     ]
     subprocess.run([str(BIN / "python"), "-m", "compileall", "-q", *packages], check=False)
+
+
+def _ensure_stripe_beta() -> None:
+    """Stripe's beta SDK (`[tool.quartermaster] stripe-beta` in pyproject.toml) in its own directory,
+    beside the GA release the product imports: the contract test reads its Shared Payment Token types
+    in a subprocess. Reinstalled when the pinned requirement changes."""
+    pinned = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["quartermaster"]["stripe-beta"]
+    stamp = STRIPE_BETA / ".qm-installed"
+    if stamp.exists() and stamp.read_text() == pinned:
+        return
+    print(f"installing {pinned} into {STRIPE_BETA} (the Stripe contract test's reference) ...", flush=True)
+    shutil.rmtree(STRIPE_BETA, ignore_errors=True)
+    subprocess.run(
+        [str(BIN / "python"), "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+         str(STRIPE_BETA), pinned],
+        check=True,
+    )  # fmt: skip
+    stamp.write_text(pinned)
 
 
 def _ensure_chromium() -> None:
@@ -111,6 +131,7 @@ def main() -> int:
         print("$", " ".join(step), flush=True)
         if rc := _run(*step):
             return rc
+    _ensure_stripe_beta()
     _ensure_chromium()
     _ensure_postgresql()
     _ensure_node_packages()

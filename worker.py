@@ -49,6 +49,7 @@ from providers.stripe_adapter import StripeAdapter
 from quartermaster.codec import SecretBox
 from quartermaster.config import Settings
 from quartermaster.crypto.authority import AuthoritySigner
+from quartermaster.deployment_keys import start_or_refuse
 from quartermaster.gateway import assertion_signer
 from quartermaster.identity.approval_links import ApprovalLinkSealer
 from quartermaster.keys import Keyring, load_keyring
@@ -263,8 +264,12 @@ async def main() -> None:
     except NotifierConfigError as exc:
         log.error("not starting: %s", exc)
         raise SystemExit(2) from None
+    private_directory(settings.data_dir)
+    store = build_store(settings, keyring)
+    # refuse to start, before connecting, when this host's keys are not the deployment's
+    start_or_refuse(store, keyring, role="worker")
     client = await connect(settings, keyring)
-    worker = build_worker(client, settings, keyring)
+    worker = build_worker(client, settings, keyring, store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

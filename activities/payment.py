@@ -73,7 +73,6 @@ class PaymentActivities:
                 seller=inp.provider,
                 max_amount=inp.amount,
                 expires_at=expires_at,
-                recurring_interval=inp.recurring_interval,
                 idempotency_key=inp.idempotency_key,
                 metadata=inp.metadata,
             )

@@ -91,6 +91,14 @@ class SessionActivities:
         self._revoker = revoker
         self._authority = AuthoritySigner.from_keyring(keyring)
 
+    def identity_jwks(self) -> dict[str, Any]:
+        """The public keys agent identity tokens of the local attestor are verified with."""
+        return self._verifier.local_jwks()
+
+    def session_jwks(self) -> dict[str, Any]:
+        """The public keys session tokens are verified with."""
+        return self._tokens.keys.jwks()
+
     @classmethod
     def from_settings(
         cls,

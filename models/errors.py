@@ -16,6 +16,8 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "NOT_FOUND"
     IDEMPOTENCY_CONFLICT = "IDEMPOTENCY_CONFLICT"
     BODY_TOO_LARGE = "BODY_TOO_LARGE"
+    #: a worker or API replica whose key file differs from the deployment's published key set
+    KEYS_MISMATCH = "KEYS_MISMATCH"
     # waiting for a human (CLI exit code 3)
     TERMS_ACCEPTANCE_REQUIRED = "TERMS_ACCEPTANCE_REQUIRED"
     PAYMENT_METHOD_REQUIRED = "PAYMENT_METHOD_REQUIRED"
@@ -74,6 +76,7 @@ BAD_INPUT = frozenset(
         ErrorCode.NOT_FOUND,
         ErrorCode.IDEMPOTENCY_CONFLICT,
         ErrorCode.BODY_TOO_LARGE,
+        ErrorCode.KEYS_MISMATCH,
     }
 )
 WAITING_FOR_HUMAN = frozenset(

@@ -40,8 +40,7 @@ class PaymentToken(BaseModel):
     max_amount: Money
     expires_at: datetime
     deactivated_reason: str | None = None
-    amount_captured: Money | None = None  # total charged with the token so far (all periods)
-    recurring_interval: Literal["month", "week", "year"] | None = None
+    amount_captured: Money | None = None  # total charged with the token so far
 
 
 class ChargeResult(BaseModel):

@@ -92,7 +92,6 @@ class PaymentTokenInput(BaseModel):
     payment_method_id: str
     provider: str
     amount: Money
-    recurring_interval: Literal["month", "week", "year"] | None = None
     idempotency_key: str
     metadata: dict[str, str] = Field(default_factory=dict)
     #: from workflow time, so a retried attempt sends the same parameters under the same key

@@ -1,10 +1,11 @@
 """Identity assertions: short-lived JWTs in which the orchestrator attests the human (Stripe customer
 id and verified email) to one provider.
 
-The orchestrator signs with Ed25519 (JWS alg `Ed25519`, RFC 9864) and publishes the public keys as a
-JWKS; providers verify with `verify_assertion`, following RFC 8725: an algorithm allow-list, an
-explicit `typ`, and checks of `iss`, `aud`, `exp`, `nbf` with a small clock skew. Refusing a replayed
-`jti` within its lifetime is the verifier's (the provider's) job, since only it sees every use.
+The orchestrator signs with Ed25519 (JWS alg `EdDSA`, RFC 8037; see `providers.eddsa`) and publishes
+the public keys as a JWKS; providers verify with `verify_assertion`, following RFC 8725: an algorithm
+allow-list, an explicit `typ`, and checks of `iss`, `aud`, `exp`, `nbf` with a small clock skew.
+Refusing a replayed `jti` within its lifetime is the verifier's (the provider's) job, since only it
+sees every use.
 """
 
 from __future__ import annotations
@@ -20,15 +21,23 @@ from typing import Any, Literal
 
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet, OKPKey
+from joserfc.jwk import OKPKey
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from models.secret import Secret
+from providers.eddsa import (
+    ACCEPTED_ALGORITHMS,
+    SIGNING_ALGORITHM,
+    generate_key,
+    import_signing_key,
+    public_jwk,
+    verification_key_set,
+)
 from quartermaster.config import DEV_PORTS
 
 ASSERTION_TYP = "qm-assertion+jwt"
-#: RFC 9864's fully specified EdDSA name; nothing else is accepted (no `none`, no HMAC confusion)
-ALLOWED_ALGORITHMS = ("Ed25519",)
+#: `EdDSA` (RFC 8037) and, for assertions signed before 0.3, RFC 9864's `Ed25519`; nothing else
+ALLOWED_ALGORITHMS = ACCEPTED_ALGORITHMS
 MAX_TTL_SECONDS = 300
 #: how long a retired key stays published: its last assertion's lifetime plus the verifiers' skew
 RETIRED_KEY_GRACE_SECONDS = MAX_TTL_SECONDS + 60
@@ -84,7 +93,7 @@ class _SigningKey:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> _SigningKey:
-        key = OKPKey.import_key(doc["jwk"])
+        key = import_signing_key(doc["jwk"])
         if not key.is_private or key.kid is None:
             raise ValueError("an assertion key file entry needs a private OKP key with a kid")
         return cls(key=key, created_at=int(doc["created_at"]), retired_at=doc.get("retired_at"))
@@ -92,8 +101,7 @@ class _SigningKey:
     @classmethod
     def generate(cls, now: int) -> _SigningKey:
         kid = f"qm-{now}-{secrets.token_hex(4)}"
-        key = OKPKey.generate_key("Ed25519", parameters={"kid": kid, "use": "sig", "alg": "Ed25519"})
-        return cls(key=key, created_at=now)
+        return cls(key=generate_key(kid), created_at=now)
 
 
 class AssertionSigner:
@@ -175,14 +183,14 @@ class AssertionSigner:
             "jti": secrets.token_urlsafe(16),
         }
         signing = self._keys[-1]
-        header = {"alg": ALLOWED_ALGORITHMS[0], "kid": signing.kid, "typ": ASSERTION_TYP}
-        token = jwt.encode(header, claims, signing.key, algorithms=list(ALLOWED_ALGORITHMS))
+        header = {"alg": SIGNING_ALGORITHM, "kid": signing.kid, "typ": ASSERTION_TYP}
+        token = jwt.encode(header, claims, signing.key, algorithms=[SIGNING_ALGORITHM])
         return Secret(token)
 
     def jwks(self) -> dict[str, Any]:
         """The public keys (no private parts) that may verify a live assertion, as a JWKS document."""
         now = int(time.time())
-        keys = [dict(k.key.as_dict(private=False)) for k in self._keys if self._published(k, now)]
+        keys = [public_jwk(k.key) for k in self._keys if self._published(k, now)]
         return {"keys": keys}
 
     @staticmethod
@@ -212,7 +220,7 @@ def verify_assertion(
     if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS or token.count(".") != 2:
         raise InvalidAssertionError("assertion_invalid", "not a compact JWS")
     try:
-        key_set = KeySet.import_key_set(jwks)  # type: ignore[arg-type]
+        key_set = verification_key_set(jwks)
     except (JoseError, ValueError, TypeError, KeyError) as exc:
         raise InvalidAssertionError("assertion_invalid", "the issuer's key set is unusable") from exc
     try:

@@ -4,15 +4,17 @@ Shared Payment Tokens, charges, refunds) on the official `stripe` SDK's async me
 The SDK's own network retries are off (Temporal owns retries) and every write carries the caller's
 deterministic idempotency key, so a retried activity replays instead of acting twice. Every stripe
 error is mapped by `map_stripe_error` into providers.errors; messages never carry response bodies
-or token ids. Shared Payment Tokens have no typed service in stripe-python 16, so they go through
-`raw_request_async` with the documented paths and fields (see docs/stripe.md)."""
+or token ids. Shared Payment Tokens are typed only in stripe-python's beta (16.1.0b1), not in the GA
+release the product runs on, so they go through `raw_request_async` with the paths and parameters
+the beta defines; tests/test_stripe_contract.py holds every request to those definitions
+(docs/decisions.md, "Stripe's wire")."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import httpx
 import stripe
@@ -121,7 +123,6 @@ def _token(data: dict[str, Any]) -> PaymentToken:
         amount_captured=(
             _money(captured["value"], captured.get("currency", limits["currency"])) if captured else None
         ),
-        recurring_interval=limits.get("recurring_interval"),
     )
 
 
@@ -256,11 +257,11 @@ class StripeAdapter:
 
     async def issue_payment_token(
         self, *, customer_id: str, payment_method_id: str, seller: str, max_amount: Money,
-        expires_at: datetime, recurring_interval: Literal["month", "week", "year"] | None,
-        idempotency_key: str, metadata: dict[str, str],
+        expires_at: datetime, idempotency_key: str, metadata: dict[str, str],
     ) -> PaymentToken:  # fmt: skip
         """A Shared Payment Token on the customer's payment method for one seller (the provider name
-        goes in `seller_details[external_id]`), limited by `usage_limits`."""
+        goes in `seller_details[external_id]`), limited by `usage_limits` to `max_amount` in total
+        until `expires_at`; `metadata` goes in `shared_metadata`, which the seller sees too."""
         if expires_at.tzinfo is None or expires_at <= datetime.now(UTC):
             raise PermanentProviderError(
                 "invalid_request", "expires_at must be timezone-aware and in the future"
@@ -273,17 +274,15 @@ class StripeAdapter:
             raise PermanentProviderError(
                 "payment_method_mismatch", "payment method not attached to the customer"
             )
-        limits: dict[str, Any] = {
+        limits = {
             "currency": max_amount.currency,
             "max_amount": max_amount.amount,
             "expires_at": int(expires_at.timestamp()),
         }
-        if recurring_interval is not None:
-            limits["recurring_interval"] = recurring_interval
         data = await self._raw(
             "post", "/v1/shared_payment/issued_tokens",
             payment_method=payment_method_id, usage_limits=limits, seller_details={"external_id": seller},
-            metadata=metadata or None, idempotency_key=idempotency_key,
+            shared_metadata=metadata or None, idempotency_key=idempotency_key,
         )  # fmt: skip
         return _token(data)
 
@@ -299,15 +298,16 @@ class StripeAdapter:
     async def charge(
         self, *, token_id: Secret, amount: Money, idempotency_key: str, metadata: dict[str, str]
     ) -> ChargeResult:
-        """A PaymentIntent confirmed with the granted token (the seller's side; used by the simulated
-        providers). If the response is lost (APIConnectionError), the PaymentIntent is looked up by
-        `metadata[qm_charge_key]` first; only when none is found does the error surface as retryable,
-        and the retry reuses the key, so Stripe replays rather than charging twice."""
+        """A PaymentIntent confirmed with the granted token in `payment_method_data` (the seller's
+        side; used by the simulated providers). If the response is lost (APIConnectionError), the
+        PaymentIntent is looked up by `metadata[qm_charge_key]` first; only when none is found does
+        the error surface as retryable, and the retry reuses the key, so Stripe replays rather than
+        charging twice."""
         _token_path(token_id)  # validates the shape before it goes into a form body
         params: dict[str, Any] = {
             "amount": amount.amount,
             "currency": amount.currency,
-            "shared_payment_granted_token": token_id.reveal(),
+            "payment_method_data": {"shared_payment_granted_token": token_id.reveal()},
             "confirm": True,
             "metadata": {**metadata, CHARGE_KEY_METADATA: idempotency_key},
             "idempotency_key": idempotency_key,

@@ -52,7 +52,7 @@ def _refused(token: str, signer: AssertionSigner, audience: str = "cloud", issue
 def test_signed_assertion_has_the_documented_header_and_claims(signer: AssertionSigner) -> None:
     token = signer.sign(subject="cus_123", email="ada@example.com", audience="cloud").reveal()
     header, claims = _segments(token)
-    assert header == {"alg": "Ed25519", "kid": signer.current_kid, "typ": ASSERTION_TYP}
+    assert header == {"alg": "EdDSA", "kid": signer.current_kid, "typ": ASSERTION_TYP}
     assert claims["iss"] == ISSUER and claims["aud"] == "cloud" and claims["sub"] == "cus_123"
     assert claims["email"] == "ada@example.com" and claims["email_verified"] is True
     assert claims["exp"] - claims["iat"] == 300  # type: ignore[operator]
@@ -65,7 +65,40 @@ def test_signed_assertion_has_the_documented_header_and_claims(signer: Assertion
 def test_jwks_is_public_only(signer: AssertionSigner) -> None:
     keys = signer.jwks()["keys"]
     assert len(keys) == 1 and keys[0]["kty"] == "OKP" and keys[0]["crv"] == "Ed25519"
+    assert keys[0]["alg"] == "EdDSA" and keys[0]["use"] == "sig"
     assert "d" not in keys[0]
+
+
+def _legacy_key(signer: AssertionSigner) -> OKPKey:
+    """The signer's current key as Quartermaster 0.2 wrote it: `alg: "Ed25519"` (RFC 9864's name)."""
+    doc = dict(signer._keys[-1].key.as_dict(private=True))
+    return OKPKey.import_key({**doc, "alg": "Ed25519"})
+
+
+def test_assertions_signed_under_the_rfc9864_name_still_verify(signer: AssertionSigner) -> None:
+    claims = _segments(signer.sign(subject="cus_1", email="a@example.com", audience="cloud").reveal())[1]
+    header = {"alg": "Ed25519", "kid": signer.current_kid, "typ": ASSERTION_TYP}
+    old = jwt.encode(header, claims, _legacy_key(signer), algorithms=["Ed25519"])
+    assert _segments(old)[0]["alg"] == "Ed25519"
+    verified = verify_assertion(old, jwks=signer.jwks(), issuer=ISSUER, audience="cloud")
+    assert verified.sub == "cus_1"
+    # and a JWKS published by 0.2 (keys pinned to `alg: Ed25519`) verifies new `EdDSA` assertions
+    legacy_jwks = {"keys": [{**k, "alg": "Ed25519"} for k in signer.jwks()["keys"]]}
+    new = signer.sign(subject="cus_1", email="a@example.com", audience="cloud").reveal()
+    assert verify_assertion(new, jwks=legacy_jwks, issuer=ISSUER, audience="cloud").sub == "cus_1"
+
+
+def test_a_key_file_written_with_the_rfc9864_name_signs_eddsa(tmp_path: Path) -> None:
+    path = tmp_path / "assertion-keys.json"
+    first = AssertionSigner.load_or_create(path, issuer=ISSUER)
+    doc = json.loads(path.read_text())
+    for entry in doc["keys"]:
+        entry["jwk"]["alg"] = "Ed25519"
+    path.write_text(json.dumps(doc))
+    reloaded = AssertionSigner.load_or_create(path, issuer=ISSUER)
+    token = reloaded.sign(subject="cus_1", email="a@example.com", audience="cloud").reveal()
+    assert _segments(token)[0]["alg"] == "EdDSA" and reloaded.current_kid == first.current_kid
+    verify_assertion(token, jwks=reloaded.jwks(), issuer=ISSUER, audience="cloud")
 
 
 def test_lifetime_is_capped_at_five_minutes(signer: AssertionSigner) -> None:
@@ -100,11 +133,12 @@ def test_forged_signatures_refused(signer: AssertionSigner) -> None:
     assert _refused(unknown_kid, signer) == "assertion_invalid"
     # same kid as the real key, different private key
     fake = OKPKey.generate_key("Ed25519", parameters={"kid": signer.current_kid})
-    header = {"alg": "Ed25519", "kid": signer.current_kid, "typ": ASSERTION_TYP}
     real = signer.sign(subject="cus_1", email="a@example.com", audience="cloud").reveal()
     claims = _segments(real)[1]
-    same_kid = jwt.encode(header, claims, fake, algorithms=["Ed25519"])
-    assert _refused(same_kid, signer) == "assertion_invalid"
+    for alg in ("EdDSA", "Ed25519"):
+        header = {"alg": alg, "kid": signer.current_kid, "typ": ASSERTION_TYP}
+        same_kid = jwt.encode(header, claims, fake, algorithms=[alg])
+        assert _refused(same_kid, signer) == "assertion_invalid"
     # a real signature over tampered claims
     h, _, sig = real.split(".")
     tampered = f"{h}.{_b64({**claims, 'email': 'mallory@example.com'})}.{sig}"
@@ -116,18 +150,14 @@ def test_algorithm_allow_list_and_typ(signer: AssertionSigner) -> None:
     alg_none = f"{_b64({'alg': 'none', 'typ': ASSERTION_TYP})}.{_b64(claims)}."
     assert _refused(alg_none, signer) == "assertion_invalid"
     key = signer._keys[-1].key
-    plain_jwt = jwt.encode({"alg": "Ed25519", "kid": signer.current_kid}, claims, key, algorithms=["Ed25519"])
+    plain_jwt = jwt.encode({"alg": "EdDSA", "kid": signer.current_kid}, claims, key, algorithms=["EdDSA"])
     assert _segments(plain_jwt)[0]["typ"] == "JWT"
     assert _refused(plain_jwt, signer) == "assertion_invalid"
     long_lived = {**claims, "exp": claims["iat"] + 3600}  # type: ignore[operator]
-    header = {"alg": "Ed25519", "kid": signer.current_kid, "typ": ASSERTION_TYP}
-    assert (
-        _refused(jwt.encode(header, long_lived, key, algorithms=["Ed25519"]), signer) == "assertion_invalid"
-    )
+    header = {"alg": "EdDSA", "kid": signer.current_kid, "typ": ASSERTION_TYP}
+    assert _refused(jwt.encode(header, long_lived, key, algorithms=["EdDSA"]), signer) == "assertion_invalid"
     unverified = {**claims, "email_verified": False}
-    assert (
-        _refused(jwt.encode(header, unverified, key, algorithms=["Ed25519"]), signer) == "assertion_invalid"
-    )
+    assert _refused(jwt.encode(header, unverified, key, algorithms=["EdDSA"]), signer) == "assertion_invalid"
     assert _refused("not-a-jwt", signer) == "assertion_invalid"
 
 

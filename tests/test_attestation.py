@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from joserfc import jwt
-from joserfc.jwk import ECKey
+from joserfc.jwk import ECKey, OctKey, OKPKey
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -101,8 +101,8 @@ async def test_identity_token_claims_and_verification(
     m = measure([sys.executable, str(script)], cwd=tmp_path)
     issued = attestor.issue("builder", m)
     token = issued.token.reveal()
-    decoded = jwt.decode(token, attestor.keys.key_set(), algorithms=["Ed25519"])
-    assert decoded.header["typ"] == "qm-agent+jwt" and decoded.header["alg"] == "Ed25519"
+    decoded = jwt.decode(token, attestor.keys.key_set(), algorithms=["EdDSA"])
+    assert decoded.header["typ"] == "qm-agent+jwt" and decoded.header["alg"] == "EdDSA"
     c = decoded.claims
     assert c["iss"] == ISSUER and c["aud"] == "quartermaster"
     assert c["sub"] == f"spiffe://{TD}/agent/builder"
@@ -112,6 +112,35 @@ async def test_identity_token_claims_and_verification(
     assert (v.agent, v.spiffe_id) == ("builder", f"spiffe://{TD}/agent/builder")
     # reusable for its short life while the process runs
     assert (await verifier_for(attestor, replay).verify(token)).jti == issued.jti
+
+
+async def test_identity_tokens_under_either_eddsa_name_verify_and_no_other_alg(
+    attestor: Attestor, replay: ReplayGuard
+) -> None:
+    """Tokens signed before 0.3 say `alg: Ed25519` (RFC 9864) under keys pinned to that name; they
+    still verify, beside today's `EdDSA`. `none` and HS256 (the JWK's public `x` as a secret) do not."""
+    issued = attestor.issue("builder", measure(["true"])).token.reveal()
+    head, body, _ = issued.split(".")
+    header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    private = json.loads(attestor.keys.to_json())["keys"][-1]["jwk"]
+    legacy = OKPKey.import_key({**private, "alg": "Ed25519"})
+    old = jwt.encode({**header, "alg": "Ed25519"}, claims, legacy, algorithms=["Ed25519"])
+    assert (await verifier_for(attestor, replay).verify(old)).agent == "builder"
+    # a verifier built from a 0.2 key file (`alg: Ed25519` in the JWKs) takes both names too
+    old_file = json.loads(attestor.keys.to_json())
+    for item in old_file["keys"]:
+        item["jwk"]["alg"] = "Ed25519"
+    old_keys = SigningKeys.from_json(json.dumps(old_file))
+    old_verifier = IdentityVerifier(trust_domain=TD, local_issuer=ISSUER, local_keys=old_keys, replay=replay)
+    assert (await old_verifier.verify(issued)).agent == "builder"
+    assert (await old_verifier.verify(old)).agent == "builder"
+    none_head = base64.urlsafe_b64encode(json.dumps({**header, "alg": "none"}).encode()).rstrip(b"=").decode()
+    unsigned = f"{none_head}.{body}."
+    assert "signature" in await expect_refused(verifier_for(attestor, replay).verify(unsigned))
+    hmac_key = OctKey.import_key(private["x"])
+    hs = jwt.encode({**header, "alg": "HS256"}, claims, hmac_key, algorithms=["HS256"])
+    assert "signature" in await expect_refused(verifier_for(attestor, replay).verify(hs))
 
 
 async def test_refusals(tmp_path: Path, attestor: Attestor, replay: ReplayGuard) -> None:

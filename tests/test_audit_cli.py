@@ -19,6 +19,7 @@ from quartermaster.config import STORE_FILE
 from quartermaster.keys import Keyring, write_key_file
 from tests.fixtures.files import read_bytes_in_child, store_files
 from tests.leak_scan import canary_forms
+from tests.ocsf_validator import ocsf_errors
 
 CANARY = "canary-audit-5be1c0de-never-stored"
 STORY = [
@@ -258,6 +259,7 @@ def test_exports_are_json_lines_without_secrets(
     events = [json.loads(line) for line in ocsf.read_text().splitlines()]
     assert len(events) == 11
     for doc, line in zip(events, lines, strict=True):
+        assert ocsf_errors(doc) == [], (line["event"]["action"], ocsf_errors(doc))  # the real OCSF 1.7.0
         assert doc["class_uid"] == 6003 and doc["category_uid"] == 6
         assert doc["type_uid"] == 600300 + doc["activity_id"]
         assert doc["api"]["operation"] == line["event"]["action"]
@@ -270,7 +272,8 @@ def test_exports_are_json_lines_without_secrets(
     minted = next(d for d in events if d["api"]["operation"] == "credential.minted")
     assert {"uid": "cred-77", "type": "credential"} in minted["resources"]
     received = next(d for d in events if d["metadata"]["uid"] == "provision-req-42:0")
-    assert received["actor"]["app_uid"] == "agent:sub-agent"
+    assert received["actor"]["app_name"] == "agent:sub-agent"
+    assert [a["name"] for a in received["src_endpoint"]["agent_list"]] == CHAIN
     assert received["unmapped"]["agent_chain"] == CHAIN
 
     # stdout export matches the file

@@ -20,6 +20,7 @@ from tests.fixtures.history_recorder import maybe_record
 from tests.fixtures.providers import client_auth
 from tests.fixtures.stack import Stack, new_email
 from tests.leak_scan import canary_forms
+from tests.ocsf_validator import ocsf_errors
 
 
 async def _approve_session(stack: Stack, approval_id: str, email: str) -> None:
@@ -113,6 +114,19 @@ async def test_sub_agent_purchase_trace(
         code, out = _cli(monkeypatch, stack, capsys, "audit", "export", "--format", fmt)
         assert code == 0
         blobs.append(out.encode())
+    # every exported event is valid OCSF 1.7.0; the grant and the delegation are Authorize Session
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events and all(ocsf_errors(e) == [] for e in events), [ocsf_errors(e) for e in events][:3]
+    by_session = {
+        (e["metadata"]["event_code"], e.get("session", {}).get("uid")): e
+        for e in events
+        if e["class_uid"] == 3003
+    }
+    opened = by_session[("session.opened", root.session_id)]
+    delegated = by_session[("session.delegated", child.session_id)]
+    assert opened["privileges"] == ["cloud/*"] and delegated["privileges"] == ["cloud/r2"]
+    assert opened["user"]["uid"] == delegated["user"]["uid"] == principal
+    assert [a["name"] for a in delegated["src_endpoint"]["agent_list"]] == ["planner", "builder"]
     for canary in canaries:
         for forms in canary_forms(canary).values():
             assert not any(form in blob for form in forms for blob in blobs)

@@ -119,7 +119,7 @@ def _tokens_of(stack: Stack, workflow_id: str) -> list[dict[str, Any]]:
     try:
         rows = db.execute(
             "SELECT body FROM objects WHERE kind = 'shared_payment.issued_token' "
-            "AND json_extract(body, '$.metadata.qm_workflow_id') = ?",
+            "AND json_extract(body, '$.shared_metadata.qm_workflow_id') = ?",
             (workflow_id,),
         ).fetchall()
     finally:

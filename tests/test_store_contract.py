@@ -315,3 +315,81 @@ def test_the_audit_trail_lives_in_the_store(store: Store) -> None:
     assert [r.event.event_id for r in store.audit.query(AuditFilters(request_id="r1"))] == ["e1", "e3"]
     report = store.audit.verify()
     assert report.ok and report.records == 5
+
+
+# -- approval page sessions ------------------------------------------------------------------------
+async def test_a_page_session_is_found_by_its_hash_until_it_ends_or_expires(store: Store) -> None:
+    p = store.pages
+    soon = datetime.now(UTC) + timedelta(minutes=15)
+    await p.create_session(
+        sid_hash="h-login", principal_id="p", email="a@x", approval_id=None, sealed_link=None, expires_at=soon
+    )
+    got = await p.get_session("h-login")
+    assert got is not None and (got.principal_id, got.email, got.approval_id, got.sealed_link) == (
+        "p",
+        "a@x",
+        None,
+        None,
+    )
+    assert abs((got.expires_at - soon).total_seconds()) < 1
+    assert await p.get_session("h-other") is None
+    await p.end_session("h-login")
+    assert await p.get_session("h-login") is None
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    await p.create_session(
+        sid_hash="h-old", principal_id="p", email="a@x", approval_id=None, sealed_link=None, expires_at=past
+    )
+    assert await p.get_session("h-old") is None
+
+
+async def test_an_approval_link_opens_one_session_even_when_raced(store: Store) -> None:
+    p = store.pages
+    soon = datetime.now(UTC) + timedelta(minutes=15)
+    assert not await p.link_used("link-1")
+
+    async def open_once(i: int) -> bool:
+        return await p.open_link_session(
+            link_hash="link-1",
+            sid_hash=f"h{i}",
+            principal_id="p",
+            email="a@x",
+            approval_id="provision-x.terms",
+            sealed_link="sealed-token",
+            expires_at=soon,
+        )
+
+    won = await asyncio.gather(*(open_once(i) for i in range(6)))
+    assert sorted(won) == [False] * 5 + [True]
+    assert await p.link_used("link-1")
+    winner = won.index(True)
+    got = await p.get_session(f"h{winner}")
+    assert got is not None and (got.approval_id, got.sealed_link) == ("provision-x.terms", "sealed-token")
+    # the losers created no session
+    assert [await p.get_session(f"h{i}") for i in range(6) if i != winner] == [None] * 5
+
+
+async def test_one_decision_per_approval_through_the_pages(store: Store) -> None:
+    p = store.pages
+    claims = await asyncio.gather(*(p.claim_decision(approval_id="ap", sid_hash=f"s{i}") for i in range(5)))
+    assert sorted(claims) == [False] * 4 + [True]
+    await p.release_decision("ap")  # the workflow refused it (a mistyped code): the human may retry
+    assert await p.claim_decision(approval_id="ap", sid_hash="s9")
+    assert not await p.claim_decision(approval_id="ap", sid_hash="s1")
+
+
+# -- the published key set -------------------------------------------------------------------------
+async def test_the_key_set_is_published_once_and_replaced_by_compare_and_set(store: Store) -> None:
+    k = store.keys
+    assert await k.published_keys() is None
+    first = {"assertion": [["qm1", "fp1"]]}
+    raced = await asyncio.gather(
+        *(k.publish_keys(fingerprints=first, publisher=f"worker {i}", replaces=0) for i in range(4))
+    )
+    assert sorted(raced) == [False] * 3 + [True]
+    got = await k.published_keys()
+    assert got is not None and got.version == 1 and got.fingerprints == first
+    rotated = {"assertion": [["qm1", "fp1"], ["qm2", "fp2"]]}
+    assert not await k.publish_keys(fingerprints=rotated, publisher="api", replaces=7)  # stale version
+    assert await k.publish_keys(fingerprints=rotated, publisher="api 1@h", replaces=1)
+    got = await k.published_keys()
+    assert got is not None and (got.version, got.fingerprints, got.publisher) == (2, rotated, "api 1@h")

@@ -15,6 +15,7 @@ import psycopg
 from models.audit import AuditEvent
 from providers.audit import SqlAuditStore
 from providers.store import LATEST, PostgresDatabase, SqliteDatabase, open_store
+from providers.store.identity import SqlFreezes
 from providers.store.migrations import AUDIT_V1_POSTGRES, migrate, schema_version
 from tests.test_store_contract import Rot13Sealer
 
@@ -156,3 +157,62 @@ def test_replicas_starting_together_migrate_once(postgres_db: str) -> None:
         return versions
 
     assert asyncio.run(start()) == [LATEST] * 4
+
+
+#: the API's page-session file of the previous release (verbatim schema)
+LEGACY_PAGES = """
+CREATE TABLE IF NOT EXISTS approval_links_used (link_hash TEXT PRIMARY KEY, used_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS page_sessions (
+  sid_hash TEXT PRIMARY KEY, principal_id TEXT NOT NULL, email TEXT NOT NULL, approval_id TEXT,
+  sealed_link TEXT, expires_at REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS page_decisions (
+  approval_id TEXT PRIMARY KEY, sid_hash TEXT NOT NULL, decided_at REAL NOT NULL);
+"""
+
+
+def test_a_version_2_store_gains_page_sessions_and_keeps_its_rows(tmp_path: Path) -> None:
+    """Version 2 -> 3: the rows of version 2 stay; the API's old `pages.sqlite` is imported, so a
+    link used before the upgrade stays used (it must never open a second session)."""
+    path = tmp_path / "quartermaster.sqlite"
+    v2 = SqliteDatabase(path)
+    assert migrate(v2, target=2) == 2
+    asyncio.run(SqlFreezes(v2).freeze_agent(principal_id="p", agent="planner"))
+    with closing(sqlite3.connect(tmp_path / "pages.sqlite")) as db:
+        db.executescript(LEGACY_PAGES)
+        db.execute("INSERT INTO approval_links_used VALUES ('used-link', 1.5)")
+        db.execute(
+            "INSERT INTO page_sessions VALUES ('sid-h', 'p', 'a@x', NULL, NULL, ?, 0)",
+            (datetime.now(UTC).timestamp() + 600.25,),
+        )
+        db.commit()
+    store = open_store(path)
+    assert store.db.run_sync(schema_version) == LATEST
+
+    async def read() -> None:
+        assert await store.freezes.agent_freeze(principal_id="p", agent="planner") is not None
+        assert await store.pages.link_used("used-link")
+        session = await store.pages.get_session("sid-h")
+        assert session is not None and session.email == "a@x"
+        assert not await store.pages.open_link_session(
+            link_hash="used-link", sid_hash="new", principal_id="p", email="a@x",
+            approval_id="x", sealed_link="t", expires_at=datetime.now(UTC),
+        )  # fmt: skip
+
+    asyncio.run(read())
+
+
+def test_a_version_2_postgres_store_is_upgraded(postgres_db: str) -> None:
+    db = PostgresDatabase(postgres_db)
+    assert migrate(db, target=2) == 2
+    asyncio.run(SqlFreezes(db).freeze_agent(principal_id="p", agent="planner"))
+    db.close()
+    store = open_store(postgres_db)
+    assert store.db.run_sync(schema_version) == LATEST
+
+    async def read() -> None:
+        assert await store.freezes.agent_freeze(principal_id="p", agent="planner") is not None
+        assert await store.keys.published_keys() is None
+        assert not await store.pages.link_used("any")
+
+    asyncio.run(read())
+    store.close()

@@ -54,8 +54,7 @@ def ok(body: dict[str, Any]) -> httpx.Response:
 
 TOKEN = {
     "id": "spt_123", "object": "shared_payment.issued_token", "status": "active", "deactivated_reason": None,
-    "usage_limits": {"currency": "usd", "max_amount": 5000, "expires_at": 4102444800,
-                     "recurring_interval": "month"},
+    "usage_limits": {"currency": "usd", "max_amount": 5000, "expires_at": 4102444800},
     "usage_details": {"amount_captured": {"value": 1200, "currency": "usd"}},
 }  # fmt: skip
 INTENT = {"id": "pi_1", "object": "payment_intent", "status": "succeeded", "amount": 1500, "currency": "usd"}
@@ -150,7 +149,7 @@ async def test_issue_payment_token_requests(mocked):
     expires = datetime(2100, 1, 1, tzinfo=UTC)
     token = await adapter.issue_payment_token(
         customer_id="cus_1", payment_method_id="pm_1", seller="cloud", max_amount=Money(amount=5000),
-        expires_at=expires, recurring_interval="month", idempotency_key="provision-r1:spt",
+        expires_at=expires, idempotency_key="provision-r1:spt",
         metadata={"workflow_id": "provision-r1"},
     )  # fmt: skip
     assert pm.called
@@ -162,8 +161,7 @@ async def test_issue_payment_token_requests(mocked):
     assert form(request) == {
         "payment_method": "pm_1", "usage_limits[currency]": "usd", "usage_limits[max_amount]": "5000",
         "usage_limits[expires_at]": str(int(expires.timestamp())),
-        "usage_limits[recurring_interval]": "month",
-        "seller_details[external_id]": "cloud", "metadata[workflow_id]": "provision-r1",
+        "seller_details[external_id]": "cloud", "shared_metadata[workflow_id]": "provision-r1",
     }  # fmt: skip
 
 
@@ -175,7 +173,7 @@ async def test_issue_refuses_foreign_card_and_past_expiry_without_writing(mocked
     route = router.post("/v1/shared_payment/issued_tokens")
     args: dict[str, Any] = dict(
         customer_id="cus_1", payment_method_id="pm_1", seller="cloud", max_amount=Money(amount=100),
-        recurring_interval=None, idempotency_key="k", metadata={},
+        idempotency_key="k", metadata={},
     )  # fmt: skip
     with pytest.raises(PermanentProviderError) as foreign:
         await adapter.issue_payment_token(expires_at=datetime.now(UTC) + timedelta(hours=1), **args)
@@ -197,7 +195,7 @@ async def test_revoke_and_get_token_requests(mocked):
     assert (token.status, token.deactivated_reason) == ("deactivated", "revoked")
     common_headers(revoke.calls.last.request, "provision-r1:revoke")
     assert form(revoke.calls.last.request) == {}
-    assert (await adapter.get_payment_token(token_id=Secret("spt_123"))).recurring_interval == "month"
+    assert (await adapter.get_payment_token(token_id=Secret("spt_123"))).max_amount == Money(amount=5000)
     common_headers(get.calls.last.request, None)
     with pytest.raises(PermanentProviderError, match="malformed"):
         await adapter.get_payment_token(token_id=Secret("spt_1/../../v1/customers"))
@@ -218,7 +216,8 @@ async def test_charge_requests(mocked):
     request = route.calls.last.request
     common_headers(request, "cloud-order-9:charge")
     assert form(request) == {
-        "amount": "1500", "currency": "usd", "shared_payment_granted_token": "spt_123", "confirm": "true",
+        "amount": "1500", "currency": "usd", "payment_method_data[shared_payment_granted_token]": "spt_123",
+        "confirm": "true",
         "metadata[order]": "9", "metadata[qm_charge_key]": "cloud-order-9:charge",
     }  # fmt: skip
 
@@ -317,7 +316,7 @@ async def test_every_write_carries_the_callers_key(mocked):
     )
     await adapter.issue_payment_token(
         customer_id="cus_1", payment_method_id="pm_1", seller="db", max_amount=Money(amount=1),
-        expires_at=datetime.now(UTC) + timedelta(hours=1), recurring_interval=None, idempotency_key="key-3",
+        expires_at=datetime.now(UTC) + timedelta(hours=1), idempotency_key="key-3",
         metadata={},
     )  # fmt: skip
     await adapter.revoke_payment_token(token_id=Secret("spt_123"), idempotency_key="key-4")

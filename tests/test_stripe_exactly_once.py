@@ -51,7 +51,7 @@ def charge_params(token: Secret, amount: int, key: str) -> dict[str, object]:
     return {
         "amount": amount,
         "currency": "usd",
-        "shared_payment_granted_token": token.reveal(),
+        "payment_method_data": {"shared_payment_granted_token": token.reveal()},
         "confirm": True,
         "metadata": {"qm_charge_key": key},
         "idempotency_key": key,
@@ -144,7 +144,7 @@ async def test_dropped_response_is_a_closed_connection(
     form = {
         "amount": "100",
         "currency": "usd",
-        "shared_payment_granted_token": token.reveal(),
+        "payment_method_data[shared_payment_granted_token]": token.reveal(),
         "confirm": "true",
     }
     headers = {"Authorization": f"Bearer {LOCAL_STRIPE_KEY}", "Idempotency-Key": key}

@@ -7,6 +7,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+import stripe
 
 from models.money import Money
 from models.secret import Secret
@@ -68,7 +69,7 @@ async def test_setup_session_page_attaches_card(stripe_adapter: StripeAdapter, s
 
 async def test_charge_succeeds_and_uses_token(stripe_adapter: StripeAdapter, stripe_admin: SimAdmin):
     customer_id, pm_id = await customer_with_card(stripe_adapter, stripe_admin)
-    token = await issue(stripe_adapter, customer_id, pm_id, 2500, interval="month")
+    token = await issue(stripe_adapter, customer_id, pm_id, 2500)
     k = key("charge")
     result = await stripe_adapter.charge(
         token_id=token, amount=Money(amount=1200), idempotency_key=k, metadata={}
@@ -78,7 +79,6 @@ async def test_charge_succeeds_and_uses_token(stripe_adapter: StripeAdapter, str
     assert intent["metadata"]["qm_charge_key"] == k and intent["amount_received"] == 1200
     state = await stripe_adapter.get_payment_token(token_id=token)
     assert state.status == "active" and state.amount_captured == Money(amount=1200)
-    assert state.recurring_interval == "month"
 
 
 # --- Stripe's four idempotency behaviours ----------------------------------------------------------
@@ -117,7 +117,7 @@ async def test_idempotency_replays_error_with_header(stripe_adapter: StripeAdapt
     form = {
         "amount": "500",
         "currency": "usd",
-        "shared_payment_granted_token": token.reveal(),
+        "payment_method_data[shared_payment_granted_token]": token.reveal(),
         "confirm": "true",
         "metadata[qm_charge_key]": k,
     }
@@ -210,27 +210,119 @@ async def test_token_revoked(stripe_adapter: StripeAdapter, stripe_admin: SimAdm
     assert await stripe_adapter.list_charges(idempotency_key=k) == []
 
 
-async def test_recurring_monthly_usage(stripe_adapter: StripeAdapter, stripe_admin: SimAdmin):
-    customer_id, pm_id = await customer_with_card(stripe_adapter, stripe_admin)
-    token = await issue(
-        stripe_adapter, customer_id, pm_id, 1000, expires_in=timedelta(days=90), interval="month"
-    )
-
-    async def charge(amount: int) -> None:
-        await stripe_adapter.charge(
-            token_id=token, amount=Money(amount=amount), idempotency_key=key("m"), metadata={}
+async def test_token_takes_stripes_parameters_and_refuses_others(
+    stripe_adapter: StripeAdapter, stripe_admin: SimAdmin
+):
+    """The issued-token create of Stripe's API: `shared_metadata`, `return_url`, `setup_future_usage`
+    are taken and shown; `metadata` and `usage_limits[recurring_interval]`, which Stripe does not
+    define there, are refused as Stripe refuses them, and nothing is created."""
+    _, pm_id = await customer_with_card(stripe_adapter, stripe_admin)
+    base = {
+        "payment_method": pm_id, "usage_limits[currency]": "usd", "usage_limits[max_amount]": "900",
+        "seller_details[external_id]": "cloud",
+    }  # fmt: skip
+    headers = {"Authorization": "Bearer sk_test_quartermaster_local"}
+    created = await stripe_admin.http.post(
+        "/v1/shared_payment/issued_tokens", headers=headers,
+        data={**base, "shared_metadata[order]": "7", "return_url": "https://example.com/back",
+              "setup_future_usage": "on_session"},
+    )  # fmt: skip
+    assert created.status_code == 200, created.text
+    token = created.json()
+    assert token["object"] == "shared_payment.issued_token" and token["shared_metadata"] == {"order": "7"}
+    assert (token["return_url"], token["setup_future_usage"]) == ("https://example.com/back", "on_session")
+    assert "metadata" not in token
+    for extra, param in (
+        ({"metadata[order]": "7"}, "metadata"),
+        ({"usage_limits[recurring_interval]": "month"}, "usage_limits[recurring_interval]"),
+    ):
+        refused = await stripe_admin.http.post("/v1/shared_payment/issued_tokens", headers=headers,
+                                               data={**base, **extra})  # fmt: skip
+        assert refused.status_code == 400
+        assert (refused.json()["error"]["code"], refused.json()["error"]["param"]) == (
+            "parameter_unknown",
+            param,
         )
 
-    await charge(600)
-    with pytest.raises(PermanentProviderError) as info:
-        await charge(600)  # 1200 > 1000 within the month
-    assert info.value.code == "payment_token_limit_exceeded"
-    await charge(400)  # exactly the cap: allowed, and a recurring token is not consumed
-    assert (await stripe_adapter.get_payment_token(token_id=token)).status == "active"
-    await stripe_admin.advance_clock(32 * 86400)  # some later month: a fresh allowance
-    await charge(600)
-    state = await stripe_adapter.get_payment_token(token_id=token)
-    assert state.status == "active" and state.amount_captured == Money(amount=1600)
+
+async def test_payment_intent_takes_the_granted_token_where_stripe_defines_it(
+    stripe_adapter: StripeAdapter, stripe_admin: SimAdmin
+):
+    """`payment_method_data[shared_payment_granted_token]` confirms; the top-level
+    `shared_payment_granted_token`, which Stripe does not define, is refused and charges nothing."""
+    customer_id, pm_id = await customer_with_card(stripe_adapter, stripe_admin)
+    token = await issue(stripe_adapter, customer_id, pm_id, 800)
+    headers = {"Authorization": "Bearer sk_test_quartermaster_local"}
+    base = {"amount": "100", "currency": "usd", "confirm": "true"}
+    old = await stripe_admin.http.post(
+        "/v1/payment_intents", headers=headers, data={**base, "shared_payment_granted_token": token.reveal()}
+    )
+    assert old.status_code == 400 and old.json()["error"]["code"] == "parameter_unknown"
+    assert (await stripe_adapter.get_payment_token(token_id=token)).amount_captured == Money(amount=0)
+    new = await stripe_admin.http.post(
+        "/v1/payment_intents", headers=headers,
+        data={**base, "payment_method_data[shared_payment_granted_token]": token.reveal()},
+    )  # fmt: skip
+    assert new.status_code == 200 and new.json()["status"] == "succeeded"
+    assert (new.json()["capture_method"], new.json()["confirmation_method"]) == ("automatic", "automatic")
+    assert new.json()["client_secret"].startswith(new.json()["id"] + "_secret_")
+    assert (await stripe_adapter.get_payment_token(token_id=token)).amount_captured == Money(amount=100)
+    manual = await stripe_admin.http.post(
+        "/v1/payment_intents", headers=headers,
+        data={**base, "payment_method_data[shared_payment_granted_token]": token.reveal(),
+              "capture_method": "manual"},
+    )  # fmt: skip
+    assert manual.status_code == 400 and manual.json()["error"]["param"] == "capture_method"
+    unsimulated = await stripe_admin.http.post(
+        "/v1/payment_intents", headers=headers,
+        data={**base, "payment_method_data[shared_payment_granted_token]": token.reveal(),
+              "on_behalf_of": "acct_1"},
+    )  # fmt: skip
+    assert unsimulated.json()["error"]["code"] == "parameter_not_simulated"
+    assert (await stripe_adapter.get_payment_token(token_id=token)).amount_captured == Money(amount=100)
+
+
+async def test_granted_token_is_the_sellers_view(stripe_adapter: StripeAdapter, stripe_admin: SimAdmin):
+    customer_id, pm_id = await customer_with_card(stripe_adapter, stripe_admin)
+    token = await issue(stripe_adapter, customer_id, pm_id, 800)
+    await stripe_adapter.charge(
+        token_id=token, amount=Money(amount=300), idempotency_key=key("g"), metadata={}
+    )
+    granted = (await stripe_admin.api("GET", f"/v1/shared_payment/granted_tokens/{token.reveal()}")).json()
+    assert granted["object"] == "shared_payment.granted_token" and granted["id"] == token.reveal()
+    assert granted["payment_method_details"]["type"] == "card"
+    assert granted["payment_method_details"]["card"]["last4"] == "4242"
+    assert granted["agent_details"] == {"network_business_profile": None}
+    assert granted["usage_details"]["amount_captured"] == {"value": 300, "currency": "usd"}
+    assert granted["shared_metadata"] == {"workflow_id": "provision-t"}
+    assert "payment_method" not in granted and "seller_details" not in granted  # the issuer's, not shown
+
+
+async def test_expand_replaces_ids_by_objects(stripe_adapter: StripeAdapter, stripe_admin: SimAdmin):
+    """`retrieve(pm, expand=["customer"])` through the real SDK returns the Customer, not its id."""
+    customer_id, pm_id = await customer_with_card(stripe_adapter, stripe_admin)
+    client = stripe.StripeClient(
+        "sk_test_quartermaster_local", base_addresses={"api": stripe_admin.base_url},
+        http_client=stripe.HTTPXClient(), max_network_retries=0,
+    )  # fmt: skip
+    pm = await client.v1.payment_methods.retrieve_async(pm_id, params={"expand": ["customer"]})
+    assert isinstance(pm.customer, stripe.Customer) and pm.customer.id == customer_id
+    listed = await client.v1.payment_methods.list_async(
+        params={"customer": customer_id, "expand": ["data.customer"]}
+    )
+    assert listed.data[0].customer.id == customer_id
+    token = await issue(stripe_adapter, customer_id, pm_id, 500)
+    charged = await stripe_adapter.charge(token_id=token, amount=Money(amount=100), idempotency_key=key("e"),
+                                          metadata={})  # fmt: skip
+    intent = await client.v1.payment_intents.retrieve_async(
+        charged.payment_intent_id, params={"expand": ["latest_charge", "payment_method.customer"]}
+    )
+    assert isinstance(intent.latest_charge, stripe.Charge) and intent.latest_charge.amount == 100
+    assert intent.payment_method.customer.id == customer_id
+    with pytest.raises(stripe.InvalidRequestError, match="cannot be expanded"):
+        await client.v1.payment_intents.retrieve_async(
+            charged.payment_intent_id, params={"expand": ["amount"]}
+        )
 
 
 async def test_token_refuses_other_currency_and_foreign_card(

@@ -408,7 +408,13 @@ class SessionWorkflow:
             s.status = "denied"
             s.closed_at = workflow.now()
             s.closed_reason = f"approval {result.status}"
-            self._audit("session.opened", "opened", outcome="refused", approval=result.status)
+            self._audit(
+                "session.opened",
+                "opened",
+                outcome="refused",
+                approval=result.status,
+                allowed_services=list(s.grant.allowed_services),
+            )
             return False
         now = workflow.now()
         s.grant = s.grant.model_copy(update={"expires_at": now + timedelta(seconds=o.ttl_seconds)})
@@ -417,7 +423,13 @@ class SessionWorkflow:
         if self._close_request is not None:
             return False
         s.status = "active"
-        self._audit("session.opened", "opened", approved_by=s.principal_id)
+        # the grant's services go into the audit details: they are the OCSF event's `privileges`
+        self._audit(
+            "session.opened",
+            "opened",
+            approved_by=s.principal_id,
+            allowed_services=list(s.grant.allowed_services),
+        )
         return True
 
     async def _register_with_agent(self) -> None:
@@ -527,7 +539,13 @@ class SessionWorkflow:
                 self._summary = summary
                 return await self._finish(summary)
         else:
-            self._audit("session.delegated", "delegated", parent_id=s.parent_id, depth=s.depth)
+            self._audit(
+                "session.delegated",
+                "delegated",
+                parent_id=s.parent_id,
+                depth=s.depth,
+                allowed_services=list(s.grant.allowed_services),
+            )
         self._set_search_attributes()
         await self._register_with_agent()
         workflow.set_current_details(f"active until {s.grant.expires_at.isoformat()}")

@@ -12,6 +12,8 @@ migrated on open (`migrations.py`).
     webhooks       WebhookEventStore                 Stripe webhook delivery dedup
     logins         LoginStore                        human login codes and login tokens (hashes)
     freezes        FreezeStore                       agent freezes, session revocations
+    pages          PageSessionStore                  approval pages' browser sessions, used links
+    keys           KeySetStore                       fingerprints of the deployment's key material
     audit          providers.audit.AuditStore (sync) the hash-chained audit trail
 
 Usage (the API; the worker does the same in `worker.build_activities`):
@@ -54,20 +56,25 @@ from providers.store.interfaces import (
     AgentFreeze,
     ConnectionStore,
     FreezeStore,
+    KeySetStore,
     LoginCheck,
     LoginStore,
     LoginToken,
     OAuthStateStore,
+    PageSessionStore,
     PendingOAuth,
+    PublishedKeySet,
     ReplayStore,
     Sealer,
     SessionRevocation,
     StoredConnection,
+    StoredPageSession,
     TermsAcceptance,
     TermsStore,
     WebhookEventStore,
 )
 from providers.store.migrations import LATEST, migrate
+from providers.store.pages import SqlKeySets, SqlPageSessions
 from providers.store.webhooks import SqlWebhookEvents
 
 if TYPE_CHECKING:
@@ -79,12 +86,15 @@ __all__ = [
     "ConnectionStore",
     "Database",
     "FreezeStore",
+    "KeySetStore",
     "LoginCheck",
     "LoginStore",
     "LoginToken",
     "OAuthStateStore",
+    "PageSessionStore",
     "PendingOAuth",
     "PostgresDatabase",
+    "PublishedKeySet",
     "ReplayStore",
     "Sealer",
     "SessionRevocation",
@@ -92,6 +102,7 @@ __all__ = [
     "Store",
     "StoreUnavailableError",
     "StoredConnection",
+    "StoredPageSession",
     "TermsAcceptance",
     "TermsStore",
     "WebhookEventStore",
@@ -111,6 +122,8 @@ class Store:
     webhooks: SqlWebhookEvents = field(init=False)
     logins: SqlLogins = field(init=False)
     freezes: SqlFreezes = field(init=False)
+    pages: SqlPageSessions = field(init=False)
+    keys: SqlKeySets = field(init=False)
     audit: SqlAuditStore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -121,6 +134,8 @@ class Store:
         self.webhooks = SqlWebhookEvents(self.db)
         self.logins = SqlLogins(self.db)
         self.freezes = SqlFreezes(self.db)
+        self.pages = SqlPageSessions(self.db)
+        self.keys = SqlKeySets(self.db)
         self.audit = SqlAuditStore(self.db, migrated=True)
 
     @property

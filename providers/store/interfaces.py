@@ -202,5 +202,88 @@ class FreezeStore(Protocol):
     async def session_revocation(self, session_id: str) -> SessionRevocation | None: ...
 
 
+# -- approval page sessions (browsers) -------------------------------------------------------------
+@dataclass(frozen=True)
+class StoredPageSession:
+    principal_id: str
+    email: str
+    #: None: a login session (every approval of the principal); else the one approval of its link
+    approval_id: str | None
+    #: the sealed approval link that opened it (link sessions only)
+    sealed_link: str | None
+    expires_at: datetime
+
+
+class PageSessionStore(Protocol):
+    """Browser sessions of the approval pages, by the sha256 of their cookie (never the cookie), the
+    approval links already used (by hash), and the one decision per approval made through the pages.
+    Shared by every API replica: a session opened on one works on all."""
+
+    async def create_session(
+        self,
+        *,
+        sid_hash: str,
+        principal_id: str,
+        email: str,
+        approval_id: str | None,
+        sealed_link: str | None,
+        expires_at: datetime,
+    ) -> None: ...
+
+    async def open_link_session(
+        self,
+        *,
+        link_hash: str,
+        sid_hash: str,
+        principal_id: str,
+        email: str,
+        approval_id: str,
+        sealed_link: str,
+        expires_at: datetime,
+    ) -> bool:
+        """Mark the link used and create its session in one transaction; False (nothing created)
+        when the link was used before, on any replica."""
+        ...
+
+    async def link_used(self, link_hash: str) -> bool: ...
+
+    async def get_session(self, sid_hash: str) -> StoredPageSession | None:
+        """The live session; None when unknown, ended or expired."""
+        ...
+
+    async def end_session(self, sid_hash: str) -> None: ...
+
+    async def claim_decision(self, *, approval_id: str, sid_hash: str) -> bool:
+        """True for the first claim of `approval_id`."""
+        ...
+
+    async def release_decision(self, approval_id: str) -> None: ...
+
+
+# -- the deployment's published key set --------------------------------------------------------------
+@dataclass(frozen=True)
+class PublishedKeySet:
+    #: bumped by every publication (compare-and-set)
+    version: int
+    #: section -> [[kid, fingerprint], ...] in the key file's order (the last one signs / encrypts)
+    fingerprints: dict[str, list[list[str]]]
+    publisher: str
+    published_at: datetime
+
+
+class KeySetStore(Protocol):
+    """Fingerprints of the key material every worker and API replica must share (public-key
+    thumbprints and key check values, never a key), compared by each process when it starts."""
+
+    async def published_keys(self) -> PublishedKeySet | None: ...
+
+    async def publish_keys(
+        self, *, fingerprints: dict[str, list[list[str]]], publisher: str, replaces: int
+    ) -> bool:
+        """Publish when the current version is still `replaces` (0: nothing published yet); False
+        when another process published first (read again and decide again)."""
+        ...
+
+
 class AccountStore(ConnectionStore, OAuthStateStore, TermsStore, Protocol):
     """What the account activities use: connections, OAuth state and terms together."""

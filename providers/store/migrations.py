@@ -2,9 +2,11 @@
 
 Version 1 is the audit trail exactly as `audit.sqlite` (SQLite `user_version` 1) and the PostgreSQL
 audit database (`QM_AUDIT_DB`) had it, so an existing audit database *is* a version-1 store and is
-upgraded in place. Version 2 adds every other concern. A SQLite store created next to the per-host
-files of earlier releases (`audit.sqlite`, `connections.sqlite`, `identity-replay.sqlite`,
-`webhooks.sqlite`) imports their rows once, through SQLite (ATTACH), never by reading the files raw.
+upgraded in place. Version 2 adds every other concern. Version 3 adds the approval pages' browser
+sessions (until then the API's own `pages.sqlite`) and the deployment's published key set. A SQLite
+store created next to the per-host files of earlier releases (`audit.sqlite`, `connections.sqlite`,
+`identity-replay.sqlite`, `webhooks.sqlite`, `pages.sqlite`) imports their rows once, through
+SQLite, never by reading the files raw.
 
 The version lives in `PRAGMA user_version` (SQLite) and in `qm_schema` (PostgreSQL); migrations run
 in one write transaction (PostgreSQL: under an advisory lock), so replicas starting together migrate
@@ -132,6 +134,35 @@ LEGACY_FILES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
 )
 
 
+#: version 3: the approval pages' sessions, shared by every API replica (times are epoch seconds)
+V3_TABLES = (
+    """CREATE TABLE IF NOT EXISTS page_sessions (
+        sid_hash TEXT PRIMARY KEY, principal_id TEXT NOT NULL, email TEXT NOT NULL, approval_id TEXT,
+        sealed_link TEXT, expires_at BIGINT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0)""",
+    "CREATE INDEX IF NOT EXISTS page_sessions_by_expiry ON page_sessions (expires_at)",
+    """CREATE TABLE IF NOT EXISTS approval_links_used (
+        link_hash TEXT PRIMARY KEY, used_at BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS page_decisions (
+        approval_id TEXT PRIMARY KEY, sid_hash TEXT NOT NULL, decided_at BIGINT NOT NULL)""",
+    # fingerprints of the key material every process must share (docs/decisions.md, issue 15)
+    """CREATE TABLE IF NOT EXISTS published_keys (
+        id INTEGER PRIMARY KEY CHECK (id = 1), version INTEGER NOT NULL, fingerprints TEXT NOT NULL,
+        publisher TEXT NOT NULL, published_at BIGINT NOT NULL)""",
+)
+
+#: the API's page-session file of the release before version 3
+LEGACY_PAGE_FILES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    (
+        "pages.sqlite",
+        (
+            ("approval_links_used", "approval_links_used"),
+            ("page_sessions", "page_sessions"),
+            ("page_decisions", "page_decisions"),
+        ),
+    ),
+)
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int
@@ -144,10 +175,19 @@ class Migration:
 
 def _import_legacy_sqlite(tx: Tx, db: Database) -> None:
     """Copy rows from the earlier per-host files beside a new SQLite store, read through SQLite."""
+    _import_files(tx, db, LEGACY_FILES)
+
+
+def _import_legacy_pages(tx: Tx, db: Database) -> None:
+    """The API's `pages.sqlite`: used links must stay used (a link must never open twice)."""
+    _import_files(tx, db, LEGACY_PAGE_FILES)
+
+
+def _import_files(tx: Tx, db: Database, files: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]) -> None:
     path = getattr(db, "path", None)
     if not isinstance(path, Path):
         return
-    for name, tables in LEGACY_FILES:
+    for name, tables in files:
         legacy = path.parent / name
         if not legacy.exists() or legacy.resolve() == path.resolve():
             continue
@@ -170,6 +210,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         sqlite=V2_TABLES,
         postgresql=V2_TABLES,
         after=(_import_legacy_sqlite,),
+    ),
+    Migration(
+        3,
+        "approval page sessions, the published key set",
+        sqlite=V3_TABLES,
+        postgresql=V3_TABLES,
+        after=(_import_legacy_pages,),
     ),
 )
 LATEST = MIGRATIONS[-1].version

@@ -7,7 +7,7 @@ import logging
 
 import uvicorn
 
-from quartermaster.api.app import create_app
+from quartermaster.api.app import create_app, preflight
 from quartermaster.logging_setup import configure_logging
 
 
@@ -17,6 +17,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()
     configure_logging(logging.INFO)
+    preflight()
     uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning")
 
 

@@ -47,6 +47,25 @@ PROTECTED_ROUTERS = (
 )
 
 
+def preflight() -> None:
+    """Before a replica serves anything (`qm serve`, `python -m quartermaster.api`): exit with one
+    `KEYS_MISMATCH` line when its key file is not the one the deployment publishes."""
+    from providers.private_files import private_directory
+    from quartermaster.config import Settings
+    from quartermaster.deployment_keys import start_or_refuse
+    from quartermaster.keys import load_keyring
+    from worker import build_store
+
+    settings = Settings.from_env()
+    keyring = load_keyring(settings.resolved_keys_file, create=settings.dev)
+    private_directory(settings.data_dir)
+    store = build_store(settings, keyring)
+    try:
+        start_or_refuse(store, keyring, role="api")
+    finally:
+        store.close()
+
+
 def create_app(services: ApiServices | None = None, *, dev_routes: bool | None = None) -> FastAPI:
     """The API. Without `services`, they are built from the environment when the app starts."""
 

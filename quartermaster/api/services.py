@@ -45,10 +45,10 @@ class ApiServices:
     #: `quartermaster.stripe_webhooks.WebhookInbox`, or None when webhooks are not configured
     webhooks: Any | None
     replay: ReplayGuard
+    #: browser sessions of the approval pages (rows in the shared store)
+    pages: PageSessionStore
     #: a deliberately broken variant for the attacker suite: every ownership check passes
     authorization_disabled: bool = False
-    #: browser sessions of the approval pages (built on first use when None)
-    pages: PageSessionStore | None = None
 
 
 def build_services(
@@ -83,8 +83,9 @@ def build_services(
         spend=SpendActivities(temporal, settings.task_queue, providers=list(settings.providers)),
         logins=LoginStore(store, code_key=login_key),
         notifier=notifier or build_notifier(settings),
-        attestor=Attestor.from_settings(ids, create=True),
-        signer=assertion_signer(settings),
+        attestor=Attestor.from_settings(ids, create=True, keyring=keyring),
+        signer=assertion_signer(settings, keyring),
         webhooks=build_inbox(settings, store=store),
-        replay=ReplayGuard(ids.replay_db),
+        replay=ReplayGuard.over(store.replay),
+        pages=PageSessionStore(store.pages, principal_key=login_key),
     )

@@ -51,7 +51,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _add_json(v)
     v.set_defaults(handler=run_verify)
 
-    e = verbs.add_parser("export", help="every record as JSON lines or OCSF API Activity events")
+    e = verbs.add_parser("export", help="every record as JSON lines or OCSF 1.7.0 events")
     e.add_argument("--format", choices=("jsonl", "ocsf"), default="jsonl")
     e.add_argument("--output", type=Path, metavar="FILE", help="default: standard output")
     _add_json(e)

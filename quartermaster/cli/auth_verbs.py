@@ -122,7 +122,8 @@ async def whoami(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from quartermaster.api.app import create_app
+    from quartermaster.api.app import create_app, preflight
 
+    preflight()
     uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning")
     return 0

@@ -18,9 +18,16 @@ from typing import Any
 from joserfc import jwt
 from joserfc.jwk import KeySet, OKPKey
 
-#: RFC 9864's fully specified name for EdDSA over Ed25519; the legacy "EdDSA" name is accepted on input
-SIGNING_ALGORITHM = "Ed25519"
-ACCEPTED_ALGORITHMS = ("Ed25519", "EdDSA")
+from providers.eddsa import (
+    ACCEPTED_ALGORITHMS,
+    SIGNING_ALGORITHM,
+    generate_key,
+    import_signing_key,
+    public_jwk,
+    verification_key_set,
+)
+
+__all__ = ["ACCEPTED_ALGORITHMS", "SIGNING_ALGORITHM", "SigningKeys"]
 
 
 class SigningKeys:
@@ -35,7 +42,7 @@ class SigningKeys:
     @staticmethod
     def _generate(prefix: str) -> OKPKey:
         kid = f"{prefix}-{int(time.time())}-{secrets.token_hex(4)}"
-        return OKPKey.generate_key("Ed25519", parameters={"kid": kid, "use": "sig", "alg": SIGNING_ALGORITHM})
+        return generate_key(kid)
 
     @classmethod
     def ephemeral(cls, prefix: str = "qm") -> SigningKeys:
@@ -45,7 +52,7 @@ class SigningKeys:
     @classmethod
     def from_json(cls, text: str, *, path: Path | None = None) -> SigningKeys:
         doc = json.loads(text)
-        return cls([OKPKey.import_key(item["jwk"]) for item in doc["keys"]], path=path)
+        return cls([import_signing_key(item["jwk"]) for item in doc["keys"]], path=path)
 
     @classmethod
     def load_or_create(cls, path: Path, *, prefix: str = "qm", create: bool = True) -> SigningKeys:
@@ -89,8 +96,9 @@ class SigningKeys:
         return jwt.encode(header, claims, key, algorithms=[SIGNING_ALGORITHM])
 
     def jwks(self) -> dict[str, Any]:
-        """The public halves, as a JWKS document."""
-        return {"keys": [dict(k.as_dict(private=False)) for k in self._keys]}
+        """The public halves (`alg: EdDSA`, `use: sig`), as a JWKS document."""
+        return {"keys": [public_jwk(k) for k in self._keys]}
 
     def key_set(self) -> KeySet:
-        return KeySet.import_key_set(self.jwks())  # type: ignore[arg-type]
+        """The public keys for verifying, under either accepted algorithm name."""
+        return verification_key_set(self.jwks())

@@ -20,9 +20,10 @@ from typing import Any
 import httpx
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
+from joserfc.jwk import KeySet, OKPKey
 
 from models.errors import ErrorCode, QuartermasterError
+from providers.eddsa import public_jwk, verification_key_set
 from providers.store.database import open_database
 from providers.store.identity import SqlReplayGuard
 from providers.store.interfaces import ReplayStore
@@ -50,6 +51,13 @@ class ReplayGuard:
         db = open_database(location)
         migrate(db)
         self.store = SqlReplayGuard(db)
+
+    @classmethod
+    def over(cls, store: SqlReplayGuard) -> ReplayGuard:
+        """The same guard over an open store's `replay` (the API's: the store every replica shares)."""
+        guard = cls.__new__(cls)
+        guard.store = store
+        return guard
 
     def consume(self, issuer: str, jti: str, exp: int, use_id: str) -> bool:
         """Record the one use of a single-use token. True when new, or when `use_id` is the same use
@@ -107,10 +115,26 @@ class IdentityVerifier:
         self.trust_domain = trust_domain
         self.local_issuer = local_issuer
         self._local = local_keys.key_set() if isinstance(local_keys, SigningKeys) else local_keys
+        if isinstance(local_keys, SigningKeys):
+            self._local_jwks: dict[str, Any] = local_keys.jwks()
+        elif local_keys is not None:
+            self._local_jwks = {
+                "keys": [
+                    public_jwk(k) if isinstance(k, OKPKey) else dict(k.as_dict(private=False))
+                    for k in local_keys.keys
+                ]
+            }
+        else:
+            self._local_jwks = {"keys": []}
         self._trusted = {t.issuer: t for t in trusted}
         self._replay: ReplayStore = replay.store if isinstance(replay, ReplayGuard) else replay
         self._http = http
         self._jwks_cache: dict[str, tuple[float, KeySet]] = {}
+
+    def local_jwks(self) -> dict[str, Any]:
+        """The public keys this verifier checks the local attestor's tokens with (a JWKS document;
+        empty when this deployment has no local attestor)."""
+        return self._local_jwks
 
     async def _external_keys(self, attestor: TrustedAttestor) -> KeySet:
         cached = self._jwks_cache.get(attestor.issuer)
@@ -129,7 +153,7 @@ class IdentityVerifier:
                 if resp.status_code != 200:
                     raise _refuse("the attestor's key set is unavailable")
                 doc = resp.json()
-            keys = KeySet.import_key_set(doc)
+            keys = verification_key_set(doc)
         except (OSError, ValueError, JoseError, KeyError, TypeError, httpx.HTTPError) as exc:
             raise _refuse("the attestor's key set is unavailable") from exc
         self._jwks_cache[attestor.issuer] = (time.monotonic() + JWKS_CACHE_SECONDS, keys)

@@ -29,75 +29,80 @@ from simulators.stripe import billing, payments
 from simulators.stripe.admin import Faults, admin_routes
 from simulators.stripe.api_context import API_VERSION, ApiContext
 from simulators.stripe.checkout_page import checkout_routes
+from simulators.stripe.expand import expand
+from simulators.stripe.parameters import recognised, unknown_parameter
 from simulators.stripe.store import SimStore
 from simulators.stripe.webhooks import WebhookSender
 from simulators.stripe.wire import StripeApiError, decode_form, new_id
 
 Handler = Callable[..., dict[str, Any]]
-_PAGING = {"limit", "starting_after", "ending_before", "expand"}
-_PM = r"([A-Za-z0-9_]+)"
+_ID = "([A-Za-z0-9_]+)"  # one path segment: an object id
+_LIST = {"limit", "expand"}
 _CUSTOMER = {"email", "name", "description", "metadata", "expand"}
-_INTENT = {
-    "amount",
-    "currency",
-    "shared_payment_granted_token",
-    "confirm",
-    "metadata",
-    "description",
-    "expand",
-}
-#: (method, path pattern, handler, accepted top-level parameters): unknown parameters are refused as
-#: Stripe refuses them, so an adapter that sends a misspelt field fails here, not in production
+_REFUND = {"payment_intent", "amount", "reason", "metadata", "expand"}
+_CHECKOUT = {"mode", "customer", "success_url", "cancel_url", "metadata", "setup_intent_data", "currency",
+             "payment_method_types", "expand"}  # fmt: skip
+_TOKEN = {"payment_method", "usage_limits", "seller_details", "shared_metadata", "return_url",
+          "setup_future_usage", "use_stripe_sdk", "expand"}  # fmt: skip
+_INTENT = {"amount", "currency", "payment_method_data", "confirm", "metadata", "description", "receipt_email",
+           "capture_method", "confirmation_method", "payment_method_types", "expand"}  # fmt: skip
+#: (method, path template, handler, the top-level parameters it simulates). Every parameter Stripe
+#: defines on the endpoint is recognised (parameters.json); one it does not define, at any depth, is
+#: refused as Stripe refuses it (`parameter_unknown`), and one this server does not simulate is
+#: refused by name (`parameter_not_simulated`) rather than ignored, so behaviour never silently differs
 _SPECS: list[tuple[str, str, Handler, set[str]]] = [
-    ("GET", r"/v1/customers", billing.list_customers, _PAGING | {"email"}),
-    ("POST", r"/v1/customers", billing.create_customer, _CUSTOMER),
-    ("GET", rf"/v1/customers/{_PM}", billing.retrieve_customer, {"expand"}),
-    ("GET", rf"/v1/customers/{_PM}/payment_methods", billing.list_payment_methods, _PAGING | {"type"}),
-    ("GET", r"/v1/payment_methods", billing.list_payment_methods, _PAGING | {"customer", "type"}),
-    ("GET", rf"/v1/payment_methods/{_PM}", billing.retrieve_payment_method, {"expand"}),
-    ("POST", rf"/v1/payment_methods/{_PM}/attach", billing.attach_payment_method, {"customer", "expand"}),
-    (
-        "POST",
-        r"/v1/checkout/sessions",
-        billing.create_checkout_session,
-        {
-            "mode",
-            "customer",
-            "success_url",
-            "cancel_url",
-            "metadata",
-            "setup_intent_data",
-            "currency",
-            "payment_method_types",
-            "expand",
-        },
-    ),
-    ("GET", rf"/v1/checkout/sessions/{_PM}", billing.retrieve_checkout_session, {"expand"}),
-    ("GET", rf"/v1/setup_intents/{_PM}", billing.retrieve_setup_intent, {"expand"}),
-    (
-        "POST",
-        r"/v1/shared_payment/issued_tokens",
-        payments.issue_token,
-        {"payment_method", "usage_limits", "seller_details", "metadata", "expand"},
-    ),
-    ("GET", rf"/v1/shared_payment/issued_tokens/{_PM}", payments.retrieve_token, {"expand"}),
-    ("POST", rf"/v1/shared_payment/issued_tokens/{_PM}/revoke", payments.revoke_token, {"expand"}),
-    ("GET", rf"/v1/shared_payment/granted_tokens/{_PM}", payments.retrieve_token, {"expand"}),
-    ("POST", r"/v1/payment_intents", payments.create_payment_intent, _INTENT),
-    ("GET", r"/v1/payment_intents", payments.list_payment_intents, _PAGING),
-    ("GET", r"/v1/payment_intents/search", payments.search_payment_intents, {"query", "limit", "page"}),
-    ("GET", rf"/v1/payment_intents/{_PM}", payments.retrieve_payment_intent, {"expand"}),
-    ("GET", r"/v1/charges", payments.list_charges, _PAGING | {"payment_intent"}),
-    (
-        "POST",
-        r"/v1/refunds",
-        payments.create_refund,
-        {"payment_intent", "amount", "reason", "metadata", "expand"},
-    ),
-    ("GET", r"/v1/refunds", payments.list_refunds, _PAGING | {"payment_intent"}),
-    ("GET", rf"/v1/refunds/{_PM}", payments.retrieve_refund, {"expand"}),
+    ("GET", "/v1/customers", billing.list_customers, _LIST | {"email"}),
+    ("POST", "/v1/customers", billing.create_customer, _CUSTOMER),
+    ("GET", "/v1/customers/{id}", billing.retrieve_customer, {"expand"}),
+    ("GET", "/v1/customers/{id}/payment_methods", billing.list_payment_methods, _LIST | {"type"}),
+    ("GET", "/v1/payment_methods", billing.list_payment_methods, _LIST | {"customer", "type"}),
+    ("GET", "/v1/payment_methods/{id}", billing.retrieve_payment_method, {"expand"}),
+    ("POST", "/v1/payment_methods/{id}/attach", billing.attach_payment_method, {"customer", "expand"}),
+    ("POST", "/v1/checkout/sessions", billing.create_checkout_session, _CHECKOUT),
+    ("GET", "/v1/checkout/sessions/{id}", billing.retrieve_checkout_session, {"expand"}),
+    ("GET", "/v1/setup_intents/{id}", billing.retrieve_setup_intent, {"expand"}),
+    ("POST", "/v1/shared_payment/issued_tokens", payments.issue_token, _TOKEN),
+    ("GET", "/v1/shared_payment/issued_tokens/{id}", payments.retrieve_token, {"expand"}),
+    ("POST", "/v1/shared_payment/issued_tokens/{id}/revoke", payments.revoke_token, {"expand"}),
+    ("GET", "/v1/shared_payment/granted_tokens/{id}", payments.retrieve_granted_token, {"expand"}),
+    ("POST", "/v1/payment_intents", payments.create_payment_intent, _INTENT),
+    ("GET", "/v1/payment_intents", payments.list_payment_intents, _LIST),
+    ("GET", "/v1/payment_intents/search", payments.search_payment_intents, {"query", "limit", "expand"}),
+    ("GET", "/v1/payment_intents/{id}", payments.retrieve_payment_intent, {"expand"}),
+    ("GET", "/v1/charges", payments.list_charges, _LIST | {"payment_intent"}),
+    ("POST", "/v1/refunds", payments.create_refund, _REFUND),
+    ("GET", "/v1/refunds", payments.list_refunds, _LIST | {"payment_intent"}),
+    ("GET", "/v1/refunds/{id}", payments.retrieve_refund, {"expand"}),
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ApiRoute:
+    method: str
+    template: str
+    pattern: re.Pattern[str]
+    handler: Handler
+    simulated: frozenset[str]
+
+    def check(self, params: dict[str, Any]) -> None:
+        """Refuse a parameter Stripe does not define here, then one this server does not simulate."""
+        unknown = unknown_parameter(recognised(self.method, self.template), params)
+        if unknown is not None:
+            raise StripeApiError("invalid_request_error", f"Received unknown parameter: {unknown}",
+                                 code="parameter_unknown", param=unknown)  # fmt: skip
+        for name in sorted(set(params) - self.simulated):
+            if params[name] not in ("", None):
+                raise StripeApiError(
+                    "invalid_request_error",
+                    f"This local Stripe does not simulate the parameter {name} (docs/stripe.md).",
+                    code="parameter_not_simulated", param=name,
+                )  # fmt: skip
+
+
+ROUTES = [
+    ApiRoute(m, t, re.compile(re.escape(t).replace(re.escape("{id}"), _ID) + "$"), h, frozenset(a))
+    for m, t, h, a in _SPECS
 ]
-ROUTES = [(m, re.compile(p + "$"), h, a) for m, p, h, a in _SPECS]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -181,20 +186,18 @@ def create_app(config: SimConfig) -> Starlette:
         request: Request, ctx: ApiContext, params: dict[str, Any], params_json: str
     ) -> tuple[int, str]:
         path, method = request.url.path, request.method
-        candidates = [(r, m.groups()) for r in ROUTES if (m := r[1].match(path))]
-        route = next(((r, g) for r, g in candidates if r[0] == method), None)
-        if route is None:
+        candidates = [(r, m.groups()) for r in ROUTES if (m := r.pattern.match(path))]
+        found = next(((r, g) for r, g in candidates if r.method == method), None)
+        if found is None:
             raise StripeApiError(
                 "invalid_request_error", f"Unrecognized request URL ({method}: {path}).", status=404
             )
-        (_, _, handler, accepted), ids = route
-        unknown = sorted(set(params) - accepted)
-        if unknown:
-            raise StripeApiError("invalid_request_error", f"Received unknown parameter: {unknown[0]}",
-                                 code="parameter_unknown", param=unknown[0])  # fmt: skip
+        route, ids = found
+        route.check(params)
         with store.transaction():
             try:
-                status, body = 200, json.dumps(_strip_private(handler(ctx, params, *ids)))
+                result = expand(store, route.handler(ctx, params, *ids), params.get("expand"))
+                status, body = 200, json.dumps(_strip_private(result))
             except StripeApiError as exc:
                 if not exc.saved:
                     raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from simulators.stripe.api_context import ApiContext, public
+from simulators.stripe.objects import billing_details, card, complete
 from simulators.stripe.wire import (
     StripeApiError,
     as_int,
@@ -48,10 +49,19 @@ def create_customer(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
         "name": as_str(params, "name", required=False),
         "description": as_str(params, "description", required=False),
         "metadata": as_metadata(params),
-        "invoice_settings": {"default_payment_method": None},
+        "balance": 0,
+        "delinquent": False,
+        "invoice_prefix": new_id("", 8).upper(),
+        "invoice_settings": {
+            "custom_fields": None, "default_payment_method": None, "footer": None,
+            "rendering_options": None,
+        },
+        "next_invoice_sequence": 1,
+        "preferred_locales": [],
+        "tax_exempt": "none",
         "livemode": False,
-    }
-    return ctx.store.put(obj)
+    }  # fmt: skip
+    return ctx.store.put(complete(obj))
 
 
 def list_customers(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
@@ -69,20 +79,22 @@ def retrieve_customer(ctx: ApiContext, params: dict[str, Any], ident: str) -> di
 def attach_card(ctx: ApiContext, token: str, customer_id: str) -> dict[str, Any]:
     """Attach a test card token (`pm_card_visa`, ...) or an unattached PaymentMethod to a customer."""
     customer(ctx, customer_id)
-    card = TEST_CARDS.get(token)
-    if card is not None:
-        pm: dict[str, Any] = {
-            "id": new_id("pm_"),
-            "object": "payment_method",
-            "type": "card",
-            "created": ctx.now(),
-            "billing_details": {"email": None, "name": None},
-            "card": {"brand": card["brand"], "last4": card["last4"], "exp_month": 12, "exp_year": 2034,
-                     "funding": "credit", "country": "US"},
-            "metadata": {},
-            "livemode": False,
-            "_outcome": card["outcome"],
-        }  # fmt: skip
+    test_card = TEST_CARDS.get(token)
+    if test_card is not None:
+        pm: dict[str, Any] = complete(
+            {
+                "id": new_id("pm_"),
+                "object": "payment_method",
+                "type": "card",
+                "created": ctx.now(),
+                "allow_redisplay": "unspecified",
+                "billing_details": billing_details(),
+                "card": card(test_card["brand"], test_card["last4"]),
+                "metadata": {},
+                "livemode": False,
+                "_outcome": test_card["outcome"],
+            }
+        )
     else:
         found = ctx.store.get("payment_method", token)
         if found is None:
@@ -132,18 +144,27 @@ def create_checkout_session(ctx: ApiContext, params: dict[str, Any]) -> dict[str
     if not isinstance(intent_data, dict):
         raise invalid("Invalid setup_intent_data", param="setup_intent_data")
     session_id = new_id("cs_test_", 40)
+    currency = as_str(params, "currency", required=False)
+    types = params.get("payment_method_types") or ["card"]
+    if types != ["card"]:
+        raise invalid("This local Stripe collects cards only.", param="payment_method_types")
+    intent_id = new_id("seti_")
     intent = ctx.store.put(
-        {
-            "id": new_id("seti_"),
-            "object": "setup_intent",
-            "created": ctx.now(),
-            "customer": customer_id,
-            "status": "requires_payment_method",
-            "payment_method": None,
-            "usage": "off_session",
-            "metadata": as_metadata(intent_data),
-            "livemode": False,
-        }
+        complete(
+            {
+                "id": intent_id,
+                "object": "setup_intent",
+                "created": ctx.now(),
+                "customer": customer_id,
+                "status": "requires_payment_method",
+                "payment_method": None,
+                "payment_method_types": types,
+                "usage": "off_session",
+                "client_secret": f"{intent_id}_secret_{new_id('', 24)}",
+                "metadata": as_metadata(intent_data),
+                "livemode": False,
+            }
+        )
     )
     session = {
         "id": session_id,
@@ -152,16 +173,30 @@ def create_checkout_session(ctx: ApiContext, params: dict[str, Any]) -> dict[str
         "mode": "setup",
         "status": "open",
         "customer": customer_id,
+        "customer_creation": None,
+        "currency": currency,
         "setup_intent": intent["id"],
         "success_url": success_url,
         "cancel_url": cancel_url,
         "url": f"{ctx.base_url}/checkout/{session_id}",
         "metadata": metadata,
         "payment_status": "no_payment_required",
+        "payment_method_types": types,
+        "payment_method_collection": "always",
+        "automatic_tax": {"enabled": False, "liability": None, "provider": None, "status": None},
+        "custom_fields": [],
+        "custom_text": {
+            "after_submit": None, "shipping_address": None, "submit": None,
+            "terms_of_service_acceptance": None,
+        },
+        "shipping_options": [],
+        "billing_address_collection": "auto",
+        "locale": None,
+        "ui_mode": "hosted",
         "expires_at": ctx.now() + SESSION_TTL_SECONDS,
         "livemode": False,
-    }
-    return ctx.store.put(session)
+    }  # fmt: skip
+    return ctx.store.put(complete(session))
 
 
 def retrieve_checkout_session(ctx: ApiContext, params: dict[str, Any], ident: str) -> dict[str, Any]:

@@ -1,20 +1,21 @@
-"""Shared Payment Tokens (issued tokens) and PaymentIntents confirmed with a granted token.
+"""Shared Payment Tokens (issued tokens, and the granted-token view the seller retrieves) and
+PaymentIntents confirmed with a granted token (`payment_method_data[shared_payment_granted_token]`).
 
-A token's `usage_limits.max_amount` bounds the total captured with it; with `recurring_interval` the
-bound applies per calendar period in UTC (month, ISO week, year) instead of for the token's lifetime.
-A one-off token whose limit is fully used becomes `deactivated` / `consumed`."""
+A token's `usage_limits.max_amount` bounds the total captured with it over its lifetime; a token whose
+limit is fully used becomes `deactivated` / `consumed`."""
 
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from simulators.stripe.api_context import ApiContext, public
+from simulators.stripe.objects import billing_details, complete
 from simulators.stripe.wire import (
     StripeApiError,
     as_int,
     as_metadata,
+    as_str,
     invalid,
     list_object,
     new_id,
@@ -24,27 +25,16 @@ from simulators.stripe.wire import (
     search_object,
 )
 
-INTERVALS = ("month", "week", "year")
 _CURRENCY = re.compile(r"^[a-z]{3}$")
 _CLAUSE = re.compile(r"""^(?:metadata\['([^']+)'\]|(status|currency)):'([^']*)'$""")
 
 
-def period_start(now: int, interval: str) -> int:
-    """Start (UTC epoch seconds) of the calendar period containing `now`."""
-    day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    if interval == "month":
-        day = day.replace(day=1)
-    elif interval == "week":
-        day -= timedelta(days=day.weekday())
-    else:
-        day = day.replace(month=1, day=1)
-    return int(day.timestamp())
-
-
-def _token(ctx: ApiContext, ident: str, param: str = "id") -> dict[str, Any]:
+def _token(
+    ctx: ApiContext, ident: str, param: str = "id", kind: str = "shared_payment.issued_token"
+) -> dict[str, Any]:
     token = ctx.store.get("shared_payment.issued_token", ident)
     if token is None:
-        raise not_found("shared_payment.issued_token", ident, param=param)
+        raise not_found(kind, ident, param=param)
     limits = token["usage_limits"]
     # expiry is observed lazily, when the token is next read
     if token["status"] == "active" and limits.get("expires_at") and ctx.now() >= limits["expires_at"]:
@@ -70,9 +60,9 @@ def issue_token(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
     expires_at = as_int(limits, "expires_at", required=False)
     if expires_at is not None and expires_at <= ctx.now():
         raise invalid("usage_limits[expires_at] must be in the future.", param="usage_limits[expires_at]")
-    interval = limits.get("recurring_interval") or None
-    if interval is not None and interval not in INTERVALS:
-        raise invalid("Invalid recurring_interval", param="usage_limits[recurring_interval]")
+    setup_future_usage = params.get("setup_future_usage") or None
+    if setup_future_usage not in (None, "on_session"):
+        raise invalid("Invalid setup_future_usage", param="setup_future_usage")
     seller = params.get("seller_details")
     if not isinstance(seller, dict) or not (
         seller.get("external_id") or seller.get("network_business_profile")
@@ -89,27 +79,60 @@ def issue_token(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
         "livemode": False,
         "next_action": None,
         "payment_method": pm_id,
+        "return_url": as_str(params, "return_url", required=False),
+        "risk_details": None,
         "seller_details": {
             "external_id": seller.get("external_id"),
             "network_business_profile": seller.get("network_business_profile"),
         },
-        "setup_future_usage": None,
-        "shared_metadata": {},
-        "metadata": as_metadata(params),
+        "setup_future_usage": setup_future_usage,
+        "shared_metadata": as_metadata(params, "shared_metadata"),
         "status": "active",
         "usage_details": {"amount_captured": {"value": 0, "currency": currency}},
-        "usage_limits": {
-            "currency": currency,
-            "max_amount": max_amount,
-            "expires_at": expires_at,
-            "recurring_interval": interval,
-        },
+        "usage_limits": {"currency": currency, "expires_at": expires_at, "max_amount": max_amount},
+        "use_stripe_sdk": params.get("use_stripe_sdk") == "true",
     }
-    return ctx.store.put(token)
+    return ctx.store.put(complete(token))
 
 
 def retrieve_token(ctx: ApiContext, params: dict[str, Any], ident: str) -> dict[str, Any]:
     return _token(ctx, ident)
+
+
+def retrieve_granted_token(ctx: ApiContext, params: dict[str, Any], ident: str) -> dict[str, Any]:
+    """The seller's view of a token (`shared_payment.granted_token`): the limits, usage and shared
+    metadata, and the card's details, never the issuer's PaymentMethod id or seller details."""
+    token = _token(ctx, ident, kind="shared_payment.granted_token")
+    pm = ctx.store.get("payment_method", token["payment_method"]) or {}
+    view = {
+        "id": token["id"],
+        "object": "shared_payment.granted_token",
+        "agent_details": {"network_business_profile": None},  # one account here: no agent profile
+        "created": token["created"],
+        "deactivated_at": token["deactivated_at"],
+        "deactivated_reason": token["deactivated_reason"],
+        "livemode": False,
+        "payment_method_details": _payment_method_details(pm),
+        "risk_details": None,
+        "shared_metadata": token["shared_metadata"],
+        "usage_details": token["usage_details"],
+        "usage_limits": token["usage_limits"],
+    }
+    return complete(view)
+
+
+def _payment_method_details(pm: dict[str, Any]) -> dict[str, Any]:
+    card = dict(pm.get("card") or {})
+    for private in ("generated_from", "regulated_status", "three_d_secure_usage"):
+        card.pop(private, None)  # a PaymentMethod's card has them; a granted token's card does not
+    return {
+        "type": pm.get("type", "card"),
+        "affirm": None,
+        "billing_details": pm.get("billing_details") or billing_details(),
+        "card": card or None,
+        "klarna": None,
+        "link": None,
+    }
 
 
 def revoke_token(ctx: ApiContext, params: dict[str, Any], ident: str) -> dict[str, Any]:
@@ -120,6 +143,12 @@ def revoke_token(ctx: ApiContext, params: dict[str, Any], ident: str) -> dict[st
     return token
 
 
+_PAYMENT_ERROR_FIELDS = (
+    "advice_code charge code decline_code doc_url message network_advice_code network_decline_code param "
+    "payment_intent payment_method payment_method_type request_log_url setup_intent source type"
+).split()
+
+
 def _refuse(message: str, code: str, param: str) -> StripeApiError:
     # raised after the request started executing: Stripe's idempotency layer replays it
     return StripeApiError("invalid_request_error", message, code=code, param=param, saved=True)
@@ -128,18 +157,29 @@ def _refuse(message: str, code: str, param: str) -> StripeApiError:
 def create_payment_intent(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
     amount = req_int(params, "amount", minimum=1)
     currency = req_str(params, "currency")
-    spt_id = params.get("shared_payment_granted_token")
+    param = "payment_method_data[shared_payment_granted_token]"
+    data = params.get("payment_method_data")
+    spt_id = data.get("shared_payment_granted_token") if isinstance(data, dict) else None
     if not spt_id or not isinstance(spt_id, str):
         raise invalid(
-            "This local Stripe confirms PaymentIntents only with shared_payment_granted_token.",
-            param="shared_payment_granted_token",
+            "This local Stripe confirms PaymentIntents only with "
+            "payment_method_data[shared_payment_granted_token].",
+            param=param,
             code="parameter_missing",
         )
     if params.get("confirm") != "true":
         raise invalid("This local Stripe requires confirm=true.", param="confirm")
+    capture_method = params.get("capture_method") or "automatic"
+    if capture_method not in ("automatic", "automatic_async"):
+        raise invalid("This local Stripe captures automatically only.", param="capture_method")
+    confirmation_method = params.get("confirmation_method") or "automatic"
+    if confirmation_method not in ("automatic", "manual"):
+        raise invalid("Invalid confirmation_method", param="confirmation_method")
+    types = params.get("payment_method_types") or ["card"]
+    if types != ["card"]:
+        raise invalid("This local Stripe charges cards only.", param="payment_method_types")
     metadata = as_metadata(params)
-    token = _token(ctx, spt_id, param="shared_payment_granted_token")
-    param = "shared_payment_granted_token"
+    token = _token(ctx, spt_id, param=param, kind="shared_payment.granted_token")
     if token["status"] != "active":
         reason = token.get("deactivated_reason") or token["status"]
         raise _refuse(
@@ -152,48 +192,68 @@ def create_payment_intent(ctx: ApiContext, params: dict[str, Any]) -> dict[str, 
             "shared_payment_token_currency_mismatch",
             "currency",
         )
-    interval = limits.get("recurring_interval")
-    since = period_start(ctx.now(), interval) if interval else None
-    remaining = limits["max_amount"] - ctx.store.captured(spt_id, since)
+    remaining = limits["max_amount"] - ctx.store.captured(spt_id)
     if amount > remaining:
-        window = f"this {interval}" if interval else "for this token"
         raise _refuse(
-            f"The amount exceeds the shared payment token's limit ({max(remaining, 0)} left {window}).",
+            f"The amount exceeds the shared payment token's limit ({max(remaining, 0)} left).",
             "shared_payment_token_limit_exceeded",
             "amount",
         )
     pm = ctx.store.get("payment_method", token["payment_method"]) or {}
-    intent: dict[str, Any] = {
-        "id": new_id("pi_"),
-        "object": "payment_intent",
-        "created": ctx.now(),
-        "amount": amount,
-        "currency": currency,
-        "customer": None,  # the seller's PaymentIntent does not see the buyer's customer
-        "metadata": metadata,
-        "payment_method": token["payment_method"],
-        "shared_payment_granted_token": spt_id,
-        "livemode": False,
-    }
-    charge = {
-        "id": new_id("ch_"),
-        "object": "charge",
-        "created": ctx.now(),
-        "amount": amount,
-        "currency": currency,
-        "payment_intent": intent["id"],
-        "metadata": metadata,
-        "livemode": False,
-    }
+    intent_id = new_id("pi_")
+    intent: dict[str, Any] = complete(
+        {
+            "id": intent_id,
+            "object": "payment_intent",
+            "created": ctx.now(),
+            "amount": amount,
+            "amount_capturable": 0,
+            "currency": currency,
+            "capture_method": capture_method,
+            "confirmation_method": confirmation_method,
+            "client_secret": f"{intent_id}_secret_{new_id('', 24)}",
+            "customer": None,  # the seller's PaymentIntent does not see the buyer's customer
+            "description": as_str(params, "description", required=False),
+            "receipt_email": as_str(params, "receipt_email", required=False),
+            "metadata": metadata,
+            "payment_method": token["payment_method"],
+            "payment_method_types": types,
+            "livemode": False,
+            "_shared_payment_granted_token": spt_id,
+        }
+    )
+    charge = complete(
+        {
+            "id": new_id("ch_"),
+            "object": "charge",
+            "created": ctx.now(),
+            "amount": amount,
+            "amount_captured": 0,
+            "amount_refunded": 0,
+            "billing_details": pm.get("billing_details") or billing_details(),
+            "currency": currency,
+            "disputed": False,
+            "payment_intent": intent["id"],
+            "payment_method": token["payment_method"],
+            "metadata": metadata,
+            "refunded": False,
+            "livemode": False,
+        }
+    )
     intent["latest_charge"] = charge["id"]
     if pm.get("_outcome") == "declines":
         charge.update(status="failed", paid=False, captured=False, failure_code="card_declined")
         intent.update(status="requires_payment_method", amount_received=0)
         intent["last_payment_error"] = {
+            **dict.fromkeys(_PAYMENT_ERROR_FIELDS),
             "type": "card_error",
+            "charge": charge["id"],
             "code": "card_declined",
             "decline_code": "generic_decline",
+            "doc_url": "https://stripe.com/docs/error-codes/card-declined",
             "message": "Your card was declined.",
+            "payment_method": public(pm),
+            "payment_method_type": "card",
         }
         ctx.store.put(charge)
         ctx.store.put(intent)
@@ -204,13 +264,13 @@ def create_payment_intent(ctx: ApiContext, params: dict[str, Any]) -> dict[str, 
             saved=True,
             extra={"decline_code": "generic_decline", "charge": charge["id"], "payment_intent": intent},
         )
-    charge.update(status="succeeded", paid=True, captured=True)
+    charge.update(status="succeeded", paid=True, captured=True, amount_captured=amount)
     intent.update(status="succeeded", amount_received=amount)
     ctx.store.put(charge)
     ctx.store.put(intent)
     ctx.store.add_capture(spt_id, intent["id"], amount, ctx.now())
     token["usage_details"]["amount_captured"]["value"] = ctx.store.captured(spt_id)
-    if not interval and amount == remaining:
+    if amount == remaining:
         token.update(status="deactivated", deactivated_reason="consumed", deactivated_at=ctx.now())
     ctx.store.put(token)
     return intent
@@ -268,7 +328,7 @@ def create_refund(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
     if intent.get("status") != "succeeded":
         raise invalid("This PaymentIntent has no successful charge to refund.", param="payment_intent")
     received = int(intent.get("amount_received") or 0)
-    already = int(intent.get("amount_refunded") or 0)
+    already = int(intent.get("_amount_refunded") or 0)
     left = received - already
     amount = as_int(params, "amount", required=False, minimum=1)
     amount = left if amount is None else amount
@@ -285,7 +345,7 @@ def create_refund(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
     reason = params.get("reason") or None
     if reason is not None and reason not in ("duplicate", "fraudulent", "requested_by_customer"):
         raise invalid("Invalid reason", param="reason")
-    refund = {
+    refund = complete({
         "id": new_id("re_"),
         "object": "refund",
         "created": ctx.now(),
@@ -296,9 +356,9 @@ def create_refund(ctx: ApiContext, params: dict[str, Any]) -> dict[str, Any]:
         "metadata": as_metadata(params),
         "reason": reason,
         "status": "succeeded",
-    }
+    })  # fmt: skip
     ctx.store.put(refund)
-    intent["amount_refunded"] = already + amount
+    intent["_amount_refunded"] = already + amount
     ctx.store.put(intent)
     charge = ctx.store.get("charge", str(intent.get("latest_charge")))
     if charge is not None:

@@ -75,6 +75,8 @@ def test_every_route_declares_its_callers() -> None:
         "/v1/logout",
         "/v1/whoami",
         "/.well-known/jwks.json",
+        "/.well-known/jwks/agent-identity.json",
+        "/.well-known/jwks/session.json",
         "/.well-known/oauth-protected-resource",
         "/oauth/callback",
         "/stripe/webhook",

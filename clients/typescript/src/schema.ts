@@ -13,9 +13,49 @@ export interface paths {
         };
         /**
          * Jwks
-         * @description Every public key Quartermaster signs with (identity assertions to providers).
+         * @description The public keys of identity assertions to providers (`typ: qm-assertion+jwt`).
          */
         get: operations["jwks__well_known_jwks_json_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/.well-known/jwks/agent-identity.json": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Agent Identity Jwks
+         * @description The public keys of the local attestor's agent identity tokens (`typ: qm-agent+jwt`).
+         */
+        get: operations["agent_identity_jwks__well_known_jwks_agent_identity_json_get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/.well-known/jwks/session.json": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Session Jwks
+         * @description The public keys of session tokens (`typ: qm-session+jwt`).
+         */
+        get: operations["session_jwks__well_known_jwks_session_json_get"];
         put?: never;
         post?: never;
         delete?: never;
@@ -925,7 +965,7 @@ export interface components {
          * ErrorCode
          * @enum {string}
          */
-        ErrorCode: "INVALID_REQUEST" | "UNKNOWN_PROVIDER" | "UNKNOWN_SERVICE" | "INVALID_CONFIGURATION" | "PRICE_ABOVE_MAXIMUM" | "CURRENCY_MISMATCH" | "NOT_FOUND" | "IDEMPOTENCY_CONFLICT" | "BODY_TOO_LARGE" | "TERMS_ACCEPTANCE_REQUIRED" | "PAYMENT_METHOD_REQUIRED" | "OAUTH_CONSENT_REQUIRED" | "PURCHASE_APPROVAL_REQUIRED" | "SPEND_LIMIT_REACHED" | "LIMIT_CHANGE_APPROVAL_REQUIRED" | "SESSION_APPROVAL_REQUIRED" | "UNFREEZE_APPROVAL_REQUIRED" | "INFORMATION_REQUIRED" | "APPROVAL_DENIED" | "APPROVAL_TIMED_OUT" | "APPROVAL_REJECTED" | "APPROVAL_CHANGED" | "SESSION_INVALID" | "SESSION_EXPIRED" | "SESSION_REVOKED" | "SERVICE_NOT_ALLOWED" | "BUDGET_EXCEEDED" | "AGENT_FROZEN" | "IDENTITY_INVALID" | "ACCOUNT_IDENTITY_MISMATCH" | "SESSION_REQUIRED" | "AUTHORITY_INVALID" | "PAYMENT_DECLINED" | "PROVIDER_ERROR" | "PROVIDER_UNAVAILABLE" | "TEMPORAL_UNAVAILABLE" | "PORT_IN_USE" | "UNAUTHENTICATED" | "FORBIDDEN" | "LOGIN_INVALID" | "LINK_INVALID" | "CSRF_INVALID" | "RATE_LIMITED" | "API_UNAVAILABLE" | "UNKNOWN_ERROR";
+        ErrorCode: "INVALID_REQUEST" | "UNKNOWN_PROVIDER" | "UNKNOWN_SERVICE" | "INVALID_CONFIGURATION" | "PRICE_ABOVE_MAXIMUM" | "CURRENCY_MISMATCH" | "NOT_FOUND" | "IDEMPOTENCY_CONFLICT" | "BODY_TOO_LARGE" | "KEYS_MISMATCH" | "TERMS_ACCEPTANCE_REQUIRED" | "PAYMENT_METHOD_REQUIRED" | "OAUTH_CONSENT_REQUIRED" | "PURCHASE_APPROVAL_REQUIRED" | "SPEND_LIMIT_REACHED" | "LIMIT_CHANGE_APPROVAL_REQUIRED" | "SESSION_APPROVAL_REQUIRED" | "UNFREEZE_APPROVAL_REQUIRED" | "INFORMATION_REQUIRED" | "APPROVAL_DENIED" | "APPROVAL_TIMED_OUT" | "APPROVAL_REJECTED" | "APPROVAL_CHANGED" | "SESSION_INVALID" | "SESSION_EXPIRED" | "SESSION_REVOKED" | "SERVICE_NOT_ALLOWED" | "BUDGET_EXCEEDED" | "AGENT_FROZEN" | "IDENTITY_INVALID" | "ACCOUNT_IDENTITY_MISMATCH" | "SESSION_REQUIRED" | "AUTHORITY_INVALID" | "PAYMENT_DECLINED" | "PROVIDER_ERROR" | "PROVIDER_UNAVAILABLE" | "TEMPORAL_UNAVAILABLE" | "PORT_IN_USE" | "UNAUTHENTICATED" | "FORBIDDEN" | "LOGIN_INVALID" | "LINK_INVALID" | "CSRF_INVALID" | "RATE_LIMITED" | "API_UNAVAILABLE" | "UNKNOWN_ERROR";
         /**
          * ErrorResponse
          * @description Every refusal and failure.
@@ -1523,6 +1563,46 @@ export interface components {
 export type $defs = Record<string, never>;
 export interface operations {
     jwks__well_known_jwks_json_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    agent_identity_jwks__well_known_jwks_agent_identity_json_get: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+        };
+    };
+    session_jwks__well_known_jwks_session_json_get: {
         parameters: {
             query?: never;
             header?: never;

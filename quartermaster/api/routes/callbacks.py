@@ -27,10 +27,31 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
     )
 
 
-@router.get("/.well-known/jwks.json")
+#: one key set per kind of token, so a verifier trusts exactly the keys of what it checks (docs/identity.md)
+JWKS_PATHS = {
+    "assertion": "/.well-known/jwks.json",
+    "agent-identity": "/.well-known/jwks/agent-identity.json",
+    "session": "/.well-known/jwks/session.json",
+}
+_JWKS_HEADERS = {"Cache-Control": "max-age=60"}
+
+
+@router.get(JWKS_PATHS["assertion"])
 async def jwks(svc: Services) -> JSONResponse:
-    """Every public key Quartermaster signs with (identity assertions to providers)."""
-    return JSONResponse(svc.signer.jwks(), headers={"Cache-Control": "max-age=60"})
+    """The public keys of identity assertions to providers (`typ: qm-assertion+jwt`)."""
+    return JSONResponse(svc.signer.jwks(), headers=_JWKS_HEADERS)
+
+
+@router.get(JWKS_PATHS["agent-identity"])
+async def agent_identity_jwks(svc: Services) -> JSONResponse:
+    """The public keys of the local attestor's agent identity tokens (`typ: qm-agent+jwt`)."""
+    return JSONResponse(svc.presentations.identity_jwks(), headers=_JWKS_HEADERS)
+
+
+@router.get(JWKS_PATHS["session"])
+async def session_jwks(svc: Services) -> JSONResponse:
+    """The public keys of session tokens (`typ: qm-session+jwt`)."""
+    return JSONResponse(svc.presentations.session_jwks(), headers=_JWKS_HEADERS)
 
 
 @router.get("/oauth/callback", response_class=HTMLResponse)

@@ -49,13 +49,8 @@ HANDED_ON = {"payment_method": ("checkout_url", "Add the card on the Checkout pa
 
 
 def page_store(svc: ApiServices) -> PageSessionStore:
-    """The page-session store (built on first use beside the login store)."""
-    if svc.pages is None:
-        svc.pages = PageSessionStore(
-            svc.settings.data_dir / "pages.sqlite", principal_key=svc.keyring.principal or b""
-        )
-    store: PageSessionStore = svc.pages
-    return store
+    """The page sessions, in the one store every replica shares."""
+    return svc.pages
 
 
 async def optional_page_session(
