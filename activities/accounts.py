@@ -16,6 +16,7 @@ from models.provider import ProviderAccount
 from models.provisioning import AccountInput, CompleteOAuth, ConnectionRef, OAuthStart, TermsRecord
 from models.secret import Secret
 from providers.assertions import AssertionSigner
+from providers.errors import ProviderError
 from providers.registry import ProviderRegistry
 from providers.store.interfaces import AccountStore
 
@@ -141,8 +142,22 @@ class AccountActivities:
         expected = (inp.principal_email or "").strip().lower()
         linked = (account.primary_email or "").strip().lower()
         if not expected or not account.email_verified or not hmac.compare_digest(linked, expected):
+            await self._discard(inp.provider, account)
             raise permanent(
                 ErrorCode.ACCOUNT_IDENTITY_MISMATCH,
                 f"the {inp.provider} account that consented is not the principal's; nothing was linked",
             )
         return await self._save(inp.provider, inp.principal_id, account)
+
+    async def _discard(self, provider: str, account: ProviderAccount) -> None:
+        """Revoke the tokens of an account that will not be linked (RFC 7009: the refresh token takes
+        its grant's access tokens with it). Best effort: the refusal stands either way."""
+        token, hint = (
+            (account.refresh_token, "refresh_token")
+            if account.refresh_token is not None
+            else (account.credential, "access_token")
+        )
+        try:
+            await self._registry.get(provider).revoke_token(token=token, token_type_hint=hint)
+        except ProviderError as exc:
+            activity.logger.warning("could not revoke the unlinked %s tokens: %s", provider, exc.code)

@@ -2,12 +2,19 @@
 (docs/provider-contract.openapi.json) to any provider that implements it.
 
 Failures map to providers.errors at this boundary: 429, 5xx, timeouts and connection errors are
-retryable (same idempotency key); everything else is permanent with the contract's error `code`.
+retryable (same idempotency key); everything else is permanent with the contract's error `code` (the
+contract's `{"error": {"code"}}`, or RFC 6749 §5.2's `{"error": "invalid_grant"}` from the OAuth
+endpoints).
+
+OAuth: Quartermaster links as a public client with PKCE S256; given a `client_secret` it authenticates
+with HTTP Basic (RFC 6749 §2.3.1) at the token, revocation and introspection endpoints. Introspection
+(RFC 7662) refuses an unauthenticated client with `invalid_client`.
 Messages name the operation and status, never a response body (it could hold a secret).
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from datetime import UTC, datetime, timedelta
@@ -50,6 +57,7 @@ class HttpProvider:
         name: str,
         base_url: str,
         client_id: str = "quartermaster",
+        client_secret: Secret | None = None,
         http_client: httpx.AsyncClient | None = None,
         timeout: float = 10.0,
         catalog_ttl: float = 60.0,
@@ -60,6 +68,7 @@ class HttpProvider:
         self._catalog: tuple[float, Catalog] | None = None
         self.base_url = base_url.rstrip("/")
         self.client_id = client_id
+        self._client_secret = client_secret
         self.timeout = timeout
         self._owns_client = http_client is None
         self._http = http_client or httpx.AsyncClient()
@@ -123,18 +132,23 @@ class HttpProvider:
             "code": code.reveal(),
             "code_verifier": code_verifier.reveal(),
             "redirect_uri": redirect_uri,
-            "client_id": client_id,
         }
-        return self._token_response(await self._call("POST", "/oauth/token", data=form), "exchange_code")
+        doc = await self._oauth_call("/oauth/token", form, client_id)
+        return self._token_response(doc, "exchange_code")
 
     async def refresh_account(self, *, client_id: str, refresh_token: Secret) -> ProviderAccount:
         """`POST /oauth/token` (refresh_token): new tokens; the old refresh token stops working."""
-        form = {
-            "grant_type": "refresh_token",
-            "refresh_token": refresh_token.reveal(),
-            "client_id": client_id,
-        }
-        return self._token_response(await self._call("POST", "/oauth/token", data=form), "refresh_account")
+        form = {"grant_type": "refresh_token", "refresh_token": refresh_token.reveal()}
+        doc = await self._oauth_call("/oauth/token", form, client_id)
+        return self._token_response(doc, "refresh_account")
+
+    async def revoke_token(self, *, token: Secret, token_type_hint: str | None = None) -> None:
+        """`POST /oauth/revoke` (RFC 7009): succeeds for unknown and already revoked tokens; a refresh
+        token takes the access tokens of its grant with it."""
+        form = {"token": token.reveal()}
+        if token_type_hint:
+            form["token_type_hint"] = token_type_hint
+        await self._oauth_call("/oauth/revoke", form, self.client_id)
 
     async def create_resource(
         self, *, account: Secret, service_id: str, name: str, configuration: dict[str, Any],
@@ -235,13 +249,18 @@ class HttpProvider:
         )  # fmt: skip
 
     async def introspect(self, *, token: Secret) -> Introspection:
-        """`POST /introspect` (RFC 7662, form-encoded)."""
-        doc = await self._call(
-            "POST", "/introspect", data={"token": token.reveal(), "client_id": self.client_id}
-        )
+        """`POST /introspect` (RFC 7662, form-encoded; needs `client_secret`)."""
+        doc = await self._oauth_call("/introspect", {"token": token.reveal()}, self.client_id)
         return self._parse(Introspection, doc, "introspect")
 
     # the boundary
+
+    async def _oauth_call(self, path: str, form: dict[str, str], client_id: str) -> Any:
+        """An OAuth endpoint: HTTP Basic client authentication with the secret, else `client_id` in the
+        form (a public client)."""
+        if self._client_secret is None:
+            return await self._call("POST", path, data={**form, "client_id": client_id})
+        return await self._call("POST", path, data=form, basic=_basic(client_id, self._client_secret))
 
     def _token_response(self, doc: Any, op: str) -> ProviderAccount:
         if not isinstance(doc, dict) or not isinstance(doc.get("expires_in"), int):
@@ -276,10 +295,13 @@ class HttpProvider:
         data: dict[str, str] | None = None,
         account: Secret | None = None,
         idempotency_key: str | None = None,
+        basic: str | None = None,
     ) -> Any:
         headers = {"Accept": "application/json", "User-Agent": f"quartermaster/{self.client_id}"}
         if account is not None:
             headers["Authorization"] = f"Bearer {account.reveal()}"
+        if basic is not None:
+            headers["Authorization"] = basic
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
         where = f"{self.name} {method} {path}"
@@ -308,14 +330,21 @@ class HttpProvider:
         raise PermanentProviderError(code or f"http_{status}", message, status=status)
 
 
+def _basic(client_id: str, secret: Secret) -> str:
+    """RFC 6749 §2.3.1: both parts form-encoded, then Basic."""
+    pair = f"{quote(client_id, safe='')}:{quote(secret.reveal(), safe='')}"
+    return "Basic " + base64.b64encode(pair.encode()).decode()
+
+
 def _error_code(response: httpx.Response) -> str | None:
-    """The contract's `error.code`, if the body has that shape and the code looks like a code."""
+    """The error code, if the body has the contract's `{"error": {"code"}}` or RFC 6749's
+    `{"error": "code"}` shape and the code looks like a code."""
     try:
         doc = response.json()
     except ValueError:
         return None
     error = doc.get("error") if isinstance(doc, dict) else None
-    code = error.get("code") if isinstance(error, dict) else None
+    code = error.get("code") if isinstance(error, dict) else error
     return code if isinstance(code, str) and _CODE.match(code) else None
 
 

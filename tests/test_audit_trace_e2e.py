@@ -17,6 +17,7 @@ from models.session import DelegationRequest
 from quartermaster.cli import main as qm_main
 from tests.fixtures.files import read_bytes_in_child, store_files
 from tests.fixtures.history_recorder import maybe_record
+from tests.fixtures.providers import client_auth
 from tests.fixtures.stack import Stack, new_email
 from tests.leak_scan import canary_forms
 from tests.ocsf_validator import ocsf_errors
@@ -133,6 +134,10 @@ async def test_sub_agent_purchase_trace(
     # the kill switch: freezing the sub-agent revokes what it holds at the provider
     await stack.sessions.freeze("builder", email=email)
     async with httpx.AsyncClient() as http:
-        r = await http.post(f"{stack.provider_urls['cloud']}/introspect", data={"token": canaries[0]})
+        r = await http.post(
+            f"{stack.provider_urls['cloud']}/introspect",
+            data={"token": canaries[0]},
+            auth=client_auth(stack.data_dir, "cloud"),
+        )
     assert r.json() == {"active": False}
     await maybe_record(stack.client, f"agent-{principal}-builder", "agent-freeze")

@@ -7,7 +7,9 @@ import asyncio
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
+import pytest
 
+from activities.accounts import AccountActivities
 from models.provisioning import ProvisionResult
 from providers.audit.store import AuditFilters
 from providers.store import open_store
@@ -34,9 +36,10 @@ def _audited(stack: Stack, workflow_id: str, action: str) -> list[object]:
     return list(store.audit.query(AuditFilters(workflow_id=workflow_id, action=action)))
 
 
-async def test_consent_with_another_account_links_nothing(stack: Stack) -> None:
+async def _attacker_consents(stack: Stack) -> list[dict[str, object]]:
     """Whoever opens the URL changes `login_hint` and consents as themselves: the code exchange
-    returns their account, whose verified email is not the principal's, so nothing is linked."""
+    returns their account, whose verified email is not the principal's, so nothing is linked. The
+    attacker's OAuth tokens still active at the provider afterwards."""
     victim, attacker = new_email(), new_email()
     await stack.seed_account("db", victim)
     await stack.seed_account("db", attacker)
@@ -53,6 +56,28 @@ async def test_consent_with_another_account_links_nothing(stack: Stack) -> None:
             break
         await asyncio.sleep(0.1)
     assert _audited(stack, f"provision-{req.request_id}", "account.link_refused")
+    state = await stack.provider_state("db")
+    [account_id] = [a["account_id"] for a in state["accounts"] if a["email"] == attacker]
+    oauth = [
+        t for t in state["tokens"] if t["account_id"] == account_id and t["kind"] in ("access", "refresh")
+    ]
+    assert {t["kind"] for t in oauth} == {"access", "refresh"}  # the exchange did issue a pair
+    return [t for t in oauth if t["revoked_at"] is None]
+
+
+async def test_consent_with_another_account_links_nothing(stack: Stack) -> None:
+    """... and the tokens issued for the wrong account are revoked at once (RFC 7009)."""
+    assert await _attacker_consents(stack) == []
+
+
+async def test_a_client_that_keeps_the_wrong_accounts_tokens_is_caught(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def keep(self: AccountActivities, provider: str, account: object) -> None:
+        return None
+
+    monkeypatch.setattr(AccountActivities, "_discard", keep)
+    assert len(await _attacker_consents(stack)) == 2
 
 
 async def test_forged_callback_is_ignored_and_the_human_still_links(stack: Stack) -> None:

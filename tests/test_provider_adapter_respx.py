@@ -3,6 +3,7 @@ every failure into providers.errors. Also the registry."""
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -478,3 +479,50 @@ async def test_registry_plugs_in_entry_point_adapters(
     async with httpx.AsyncClient() as client:
         with pytest.raises(InvalidAdapterError):
             ProviderRegistry.from_settings(_settings(tmp_path), http_client=client)
+
+
+@respx.mock
+async def test_oauth_endpoints_with_a_client_secret_use_http_basic() -> None:
+    """RFC 6749 §2.3.1: id and secret form-encoded, then Basic; never in the form beside it."""
+    token = respx.post(f"{BASE}/oauth/token").respond(200, json=TOKENS)
+    revoke = respx.post(f"{BASE}/oauth/revoke").respond(200, json={})
+    introspect = respx.post(f"{BASE}/introspect").respond(200, json={"active": True, "scope": "a"})
+    async with httpx.AsyncClient() as client:
+        p = HttpProvider(name="cloud", base_url=BASE, http_client=client, client_secret=Secret("s:e/c"))
+        await p.refresh_account(client_id="quartermaster", refresh_token=Secret("rt"))
+        await p.revoke_token(token=Secret("rt"), token_type_hint="refresh_token")
+        assert (await p.introspect(token=Secret("at"))).active is True
+    expected = "Basic " + base64.b64encode(b"quartermaster:s%3Ae%2Fc").decode()
+    for route, form in (
+        (token, {"grant_type": "refresh_token", "refresh_token": "rt"}),
+        (revoke, {"token": "rt", "token_type_hint": "refresh_token"}),
+        (introspect, {"token": "at"}),
+    ):
+        request = _only_call(route)
+        assert request.headers["authorization"] == expected
+        assert _form(request) == form
+
+
+@respx.mock
+async def test_rfc_6749_errors_keep_their_code(provider: HttpProvider) -> None:
+    """The OAuth endpoints answer `{"error": "invalid_grant", "error_description": ...}` (§5.2)."""
+    respx.post(f"{BASE}/oauth/token").respond(
+        400, json={"error": "invalid_grant", "error_description": "the code was used"}
+    )
+    respx.post(f"{BASE}/introspect").respond(401, json={"error": "invalid_client"})
+    with pytest.raises(PermanentProviderError) as info:
+        await provider.refresh_account(client_id="quartermaster", refresh_token=Secret("rt"))
+    assert (info.value.code, info.value.status) == ("invalid_grant", 400)
+    assert "the code was used" not in str(info.value)  # a body never reaches a message
+    with pytest.raises(PermanentProviderError) as info:
+        await provider.introspect(token=Secret("at"))
+    assert (info.value.code, info.value.status) == ("invalid_client", 401)
+
+
+@respx.mock
+async def test_a_public_client_revokes_with_its_client_id(provider: HttpProvider) -> None:
+    route = respx.post(f"{BASE}/oauth/revoke").respond(200, json={})
+    await provider.revoke_token(token=Secret("rt"), token_type_hint="refresh_token")
+    request = _only_call(route)
+    assert _form(request) == {"token": "rt", "token_type_hint": "refresh_token", "client_id": "quartermaster"}
+    assert "authorization" not in request.headers

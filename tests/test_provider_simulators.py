@@ -23,7 +23,7 @@ from models.secret import Secret
 from providers.errors import PermanentProviderError, RetryableProviderError
 from providers.http_provider import HttpProvider
 from simulators.provider.catalogs import CATALOGS
-from tests.fixtures.providers import DECLINED_TOKEN, ProviderSims, running_simulator
+from tests.fixtures.providers import DECLINED_TOKEN, ProviderSims, running_simulator, sim_client_secret
 from tests.fixtures.servers import free_port
 
 PAID = {"cloud": "cloud/r2", "db": "db/postgres:free", "mail": "mail/send:starter"}
@@ -49,6 +49,7 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def _adapter(sims: ProviderSims, name: str, http: httpx.AsyncClient, **kw: Any) -> HttpProvider:
+    kw.setdefault("client_secret", sims.client_secret(name))
     return HttpProvider(name=name, base_url=sims.urls[name], http_client=http, **kw)
 
 
@@ -128,9 +129,15 @@ async def test_account_resource_credential_lifecycle(
     assert info.value.code == "insufficient_scope"
     await p.revoke_credential(account=account.credential, credential_id=cred.credential_id)
     await p.revoke_credential(account=account.credential, credential_id=cred.credential_id)  # RFC 7009
-    raw = await http.post(f"{provider_sims.urls[name]}/introspect", data={"token": cred.token.reveal()})
+    raw = await http.post(
+        f"{provider_sims.urls[name]}/introspect",
+        data={"token": cred.token.reveal()},
+        auth=provider_sims.auth(name),
+    )
     assert raw.status_code == 200 and raw.json() == {"active": False}
-    unknown = await http.post(f"{provider_sims.urls[name]}/introspect", data={"token": "nope"})
+    unknown = await http.post(
+        f"{provider_sims.urls[name]}/introspect", data={"token": "nope"}, auth=provider_sims.auth(name)
+    )
     assert unknown.json() == {"active": False}
     state = await _state(http, provider_sims.urls[name])
     [tok] = [t for t in state["tokens"] if t["token_id"] == cred.credential_id]
@@ -265,7 +272,8 @@ async def test_oauth_links_an_existing_account(provider_sims: ProviderSims, http
         scopes=["account:manage"],
         login_hint=email,
     )
-    assert await _consent(http, url, "deny") == {"error": "access_denied", "state": "s2"}
+    denied = await _consent(http, url, "deny")
+    assert (denied["error"], denied["state"], "code" in denied) == ("access_denied", "s2", False)
 
 
 async def test_pkce_misuse_is_refused(provider_sims: ProviderSims, http: httpx.AsyncClient) -> None:
@@ -486,7 +494,12 @@ async def test_restarted_simulator_keeps_its_state(
         config = provider_sims.config("db", data_dir=Path(tmp))
         port = free_port()
         with running_simulator(config, port=port) as url:
-            p = HttpProvider(name="db", base_url=url, http_client=http)
+            p = HttpProvider(
+                name="db",
+                base_url=url,
+                http_client=http,
+                client_secret=Secret(sim_client_secret(Path(tmp), "db")),
+            )
             account = await _new_account(provider_sims, p)
             resource = await p.create_resource(
                 account=account.credential,

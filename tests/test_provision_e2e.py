@@ -21,6 +21,7 @@ from models.request import Actor
 from providers.stripe_adapter import StripeAdapter
 from quartermaster.config import LOCAL_STRIPE_KEY
 from tests.fixtures.history_recorder import maybe_record
+from tests.fixtures.providers import client_auth
 from tests.fixtures.stack import Stack, new_email
 
 
@@ -31,7 +32,11 @@ async def result_of(stack: Stack, request_id: str, timeout: float = 60) -> Provi
 
 async def introspect(stack: Stack, provider: str, token: str) -> dict:
     async with httpx.AsyncClient() as http:
-        r = await http.post(f"{stack.provider_urls[provider]}/introspect", data={"token": token})
+        r = await http.post(
+            f"{stack.provider_urls[provider]}/introspect",
+            data={"token": token},
+            auth=client_auth(stack.data_dir, provider),
+        )
         return dict(r.json())
 
 

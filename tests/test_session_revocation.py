@@ -66,7 +66,9 @@ async def _mint(stack: IdentityStack, provider: str, account: Secret, ttl: int) 
 
 async def _introspect(sims: ProviderSims, provider: str, token: Secret) -> dict[str, object]:
     async with httpx.AsyncClient(timeout=10) as http:
-        resp = await http.post(f"{sims.urls[provider]}/introspect", data={"token": token.reveal()})
+        resp = await http.post(
+            f"{sims.urls[provider]}/introspect", data={"token": token.reveal()}, auth=sims.auth(provider)
+        )
         resp.raise_for_status()
         body: dict[str, object] = resp.json()
         return body

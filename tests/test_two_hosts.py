@@ -50,6 +50,7 @@ from tests.fixtures.hosts import (
     start_worker,
     wait_until_ready,
 )
+from tests.fixtures.providers import client_auth
 from tests.fixtures.servers import free_port, serve_asgi
 from tests.fixtures.stack import new_email, open_stack, serve_simulators
 from tests.test_provision_e2e import introspect, result_of
@@ -183,6 +184,8 @@ class Deployment:
     workers: dict[str, HostProcess]
     apis: dict[str, HostProcess]
     balancer: RoundRobin
+    #: the simulators' data directory (their client secret: introspection authenticates)
+    simulators_dir: Path
 
     def inbox(self, email: str) -> list[dict[str, Any]]:
         """Everything the human's channel received, on every host (each writes its own dev inbox)."""
@@ -206,7 +209,11 @@ class Deployment:
 
     async def active(self, provider: str, token: str) -> bool:
         async with httpx.AsyncClient() as http:
-            r = await http.post(f"{self.provider_urls[provider]}/introspect", data={"token": token})
+            r = await http.post(
+                f"{self.provider_urls[provider]}/introspect",
+                data={"token": token},
+                auth=client_auth(self.simulators_dir, provider),
+            )
             return bool(r.json()["active"])
 
     async def identities(self) -> dict[str, set[str]]:
@@ -316,6 +323,7 @@ async def deployment(
                 workers=workers,
                 apis=apis,
                 balancer=balancer,
+                simulators_dir=base / "simulators",
             )
         finally:
             for h in (*workers.values(), *apis.values()):

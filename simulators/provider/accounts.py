@@ -65,7 +65,7 @@ async def create_account(request: Request) -> JSONResponse:
     async def work(key: str) -> Outcome:
         ctx.identity.consume(claims)
         if body.terms.accepted_at > datetime.now(body.terms.accepted_at.tzinfo):
-            raise ContractError(400, "invalid_request", "terms.accepted_at is in the future")
+            raise ContractError(400, "invalid_terms", "terms.accepted_at is in the future")
         current = ctx.catalog.provider.terms_version
         if body.terms.terms_version != current:
             raise ContractError(

@@ -10,14 +10,22 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from simulators.provider import accounts, admin, credentials, oauth, resources
 from simulators.provider.catalogs import catalog_for
 from simulators.provider.config import SimulatorConfig
-from simulators.provider.context import ContractError, SimulatorContext, context_of, error_response
+from simulators.provider.context import (
+    ContractError,
+    SimulatorContext,
+    client_secret,
+    context_of,
+    error_response,
+)
 from simulators.provider.faults import FaultMiddleware
 from simulators.provider.identity import IdentityError, IdentityVerifier
+from simulators.provider.oauth_server import SimClient, new_server
 from simulators.provider.store import SimulatorStore
 
 
@@ -32,6 +40,13 @@ ROUTES = [
     Route("/oauth/authorize", oauth.authorize_page, methods=["GET"], name="authorize"),
     Route("/oauth/authorize", oauth.authorize_decision, methods=["POST"], name="authorize_decision"),
     Route("/oauth/token", oauth.token, methods=["POST"], name="token"),
+    Route("/oauth/revoke", oauth.revoke, methods=["POST"], name="revoke_token"),
+    Route(
+        "/.well-known/oauth-authorization-server",
+        oauth.server_metadata,
+        methods=["GET"],
+        name="authorization_server_metadata",
+    ),
     Route("/resources", resources.create_resource, methods=["POST"], name="create_resource"),
     Route("/resources/{resource_id}", resources.get_resource, methods=["GET"], name="get_resource"),
     Route(
@@ -54,7 +69,7 @@ ROUTES = [
         methods=["POST"],
         name="revoke_credential",
     ),
-    Route("/introspect", credentials.introspect, methods=["POST"], name="introspect"),
+    Route("/introspect", oauth.introspect, methods=["POST"], name="introspect"),
     Route("/_sim/accounts", admin.seed_account, methods=["POST"]),
     Route("/_sim/state", admin.state, methods=["GET"]),
     Route("/_sim/faults", admin.add_fault, methods=["POST"]),
@@ -72,10 +87,20 @@ async def _identity_error(request: Request, exc: Exception) -> Response:
     return error_response(ContractError(exc.status, exc.code, exc.message))
 
 
+def allowed_methods(scope: Scope) -> str:
+    """Every method some route serves at this path (a path can be split over several routes)."""
+    methods: set[str] = set()
+    for route in ROUTES:
+        if isinstance(route, Route) and route.methods and route.matches(scope)[0] != Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
-    return error_response(ContractError(exc.status_code, code, "no such operation"))
+    headers = {"Allow": allowed_methods(request.scope)} if exc.status_code == 405 else None
+    return error_response(ContractError(exc.status_code, code, "no such operation", headers))
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
@@ -96,6 +121,13 @@ def create_app(config: SimulatorConfig) -> Starlette:
         store=store,
     )
     ctx = SimulatorContext(config=config, store=store, catalog=catalog, identity=identity)
+    client = SimClient(
+        client_id=config.client_id, client_secret=client_secret(config), redirect_uri=config.redirect_uri
+    )
+    ctx.oauth = new_server(
+        store=store, client=client, provider=config.provider, catalog=catalog,
+        access_ttl=config.access_token_ttl_seconds,
+    )  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

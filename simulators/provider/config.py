@@ -35,6 +35,8 @@ class SimulatorConfig:
     public_url: str
     jwks_url: str | None = None
     client_id: str = "quartermaster"
+    #: the registered client's secret (introspection needs it); None: made once, kept in the data dir
+    client_secret: str | None = None
     charger: PaymentCharger | None = None
     #: the longest TTL a minted API credential gets, whatever is asked
     max_credential_ttl_seconds: int = 86_400
@@ -57,6 +59,10 @@ class SimulatorConfig:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "providers" / f"{self.provider}.sqlite"
+
+    @property
+    def client_secret_path(self) -> Path:
+        return self.data_dir / "providers" / f"{self.provider}.client-secret"
 
     @property
     def seal_key_path(self) -> Path:

@@ -8,12 +8,14 @@ import asyncio
 import hashlib
 import json
 import os
+import re
+import secrets
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
-from urllib.parse import parse_qsl
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cryptography.fernet import Fernet
 from pydantic import BaseModel, ValidationError
@@ -27,11 +29,16 @@ from simulators.provider.faults import FaultBook
 from simulators.provider.identity import IdentityVerifier
 from simulators.provider.store import SimulatorStore
 
+if TYPE_CHECKING:
+    from simulators.provider.oauth_server import OAuthServer
+
 M = TypeVar("M", bound=BaseModel)
 #: an applied write: the handler's rows go into the same transaction as the idempotency record
 Apply = Callable[[sqlite3.Connection], None]
 Outcome = tuple[int, dict[str, Any], Apply | None]
 IDEMPOTENCY_TTL_SECONDS = 86_400
+#: 1-255 printable ASCII characters (the contract's pattern)
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,255}")
 
 
 class ContractError(Exception):
@@ -52,15 +59,26 @@ def error_response(err: ContractError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
 
-def _sealer(config: SimulatorConfig) -> Fernet:
-    """The key that seals stored idempotent responses (they may hold a freshly minted token)."""
-    path = config.seal_key_path
+def _private_file(path: Path, make: Callable[[], bytes]) -> bytes:
+    """The file's bytes, writing `make()` there first (mode 0600) if it does not exist."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(Fernet.generate_key())
-    return Fernet(path.read_bytes().strip())
+            fh.write(make())
+    return path.read_bytes().strip()
+
+
+def _sealer(config: SimulatorConfig) -> Fernet:
+    """The key that seals stored idempotent responses (they may hold a freshly minted token)."""
+    return Fernet(_private_file(config.seal_key_path, Fernet.generate_key))
+
+
+def client_secret(config: SimulatorConfig) -> str:
+    """The registered client's secret: the configured one, or one made once for this data dir."""
+    if config.client_secret is not None:
+        return config.client_secret
+    return _private_file(config.client_secret_path, lambda: secrets.token_urlsafe(32).encode()).decode()
 
 
 @dataclass
@@ -73,6 +91,8 @@ class SimulatorContext:
     #: writes are serialized: a simulator favours obviously-correct over concurrent
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     sealer: Fernet | None = None
+    #: the OAuth authorization server (set by create_app)
+    oauth: OAuthServer | None = None
 
     def __post_init__(self) -> None:
         if self.sealer is None:
@@ -114,7 +134,7 @@ class SimulatorContext:
     ) -> JSONResponse:
         """Run `work(key)` once per `Idempotency-Key` in `scope`; replay its outcome afterwards."""
         key = request.headers.get("idempotency-key", "")
-        if not key or len(key) > 255 or not key.isprintable():
+        if not IDEMPOTENCY_KEY.fullmatch(key):
             raise ContractError(
                 400, "idempotency_key_required", "send an Idempotency-Key of 1-255 characters"
             )
@@ -172,14 +192,29 @@ async def parse_json(request: Request, model: type[M]) -> M:
         raise ContractError(400, "invalid_request", "invalid field(s): " + ", ".join(fields)) from exc
 
 
-async def read_form(request: Request) -> dict[str, str]:
-    """An `application/x-www-form-urlencoded` body (OAuth and RFC 7662 use forms); last value wins."""
-    if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
-        raise ContractError(400, "invalid_request", "send application/x-www-form-urlencoded")
+#: a resource or credential id in a path (the contract's pattern)
+PATH_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def path_id(request: Request, name: str) -> str:
+    """A path id matching the contract's pattern, or 400 `invalid_request`."""
+    value: str = request.path_params[name]
+    if not PATH_ID.fullmatch(value):
+        raise ContractError(400, "invalid_request", f"{name} must be 1-64 of A-Za-z0-9_-")
+    return value
+
+
+async def parse_empty(request: Request) -> None:
+    """An optional body that, when sent, is the empty JSON object `{}` (anything else: 400)."""
+    raw = await request.body()
+    if not raw.strip():
+        return
     try:
-        return dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ContractError(400, "invalid_request", "the form is not valid") from exc
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ContractError(400, "invalid_request", "the body is not JSON") from exc
+    if data != {}:
+        raise ContractError(400, "invalid_request", "the body must be {} or empty")
 
 
 def context_of(request: Request) -> SimulatorContext:

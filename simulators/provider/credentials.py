@@ -1,5 +1,6 @@
-"""API credentials for agents: mint (scopes within the service's, TTL capped), revoke (RFC 7009) and
-introspect (RFC 7662: anything not active is exactly `{"active": false}`)."""
+"""API credentials for agents: mint (scopes within the service's, TTL capped) and revoke by id (like
+RFC 7009: 200 whatever the state). Introspection (RFC 7662) is the authorization server's
+(simulators.provider.oauth_server)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from simulators.provider.context import ContractError, Outcome, context_of, parse_json, read_form
+from simulators.provider.context import (
+    ContractError,
+    Outcome,
+    context_of,
+    parse_empty,
+    parse_json,
+    path_id,
+)
 from simulators.provider.resources import owned_resource
 from simulators.provider.store import token_hash
 
@@ -74,7 +82,8 @@ async def revoke_credential(request: Request) -> JSONResponse:
     """RFC 7009: 200 whether the credential was active, already revoked or unknown to this account."""
     ctx = context_of(request)
     account_id = ctx.authenticate(request)["account_id"]
-    credential_id = request.path_params["credential_id"]
+    credential_id = path_id(request, "credential_id")
+    await parse_empty(request)
     async with ctx.write_lock:
         with ctx.store.transaction():
             ctx.store.execute(
@@ -83,26 +92,3 @@ async def revoke_credential(request: Request) -> JSONResponse:
                 int(time.time()), credential_id, account_id,
             )  # fmt: skip
     return JSONResponse({"credential_id": credential_id, "revoked": True})
-
-
-async def introspect(request: Request) -> JSONResponse:
-    """RFC 7662 (form-encoded `token`). Inactive, revoked, expired or unknown: exactly `{"active": false}`."""
-    ctx = context_of(request)
-    token = (await read_form(request)).get("token")
-    if not token:
-        raise ContractError(400, "invalid_request", "form field `token` is required")
-    row = ctx.store.active_token(token)
-    if row is None or row["kind"] == "refresh":
-        return JSONResponse({"active": False}, headers={"Cache-Control": "no-store"})
-    answer: dict[str, object] = {
-        "active": True,
-        "scope": row["scopes"],
-        "sub": row["account_id"],
-        "aud": ctx.provider,
-        "client_id": row["client_id"],
-        "token_type": "Bearer",
-        "iat": row["created_at"],
-    }
-    if row["expires_at"] is not None:
-        answer["exp"] = row["expires_at"]
-    return JSONResponse(answer, headers={"Cache-Control": "no-store"})

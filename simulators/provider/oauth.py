@@ -1,30 +1,24 @@
-"""Linking an existing account: OAuth 2.0 authorization code with PKCE S256 only (RFC 6749, 7636,
-9700): a consent page for the human, exact redirect URI, single-use codes, refresh-token rotation."""
+"""Linking an existing account over OAuth 2.0: the Starlette handlers in front of the authlib
+authorization server (simulators.provider.oauth_server): the consent page for the human, the token,
+revocation and introspection endpoints and the RFC 8414 metadata document."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import html
 import json
-import re
 import secrets
 import time
-from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl
 
+from authlib.oauth2.rfc6749 import OAuth2Error
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from simulators.provider.catalogs import ACCOUNT_SCOPE, all_scopes
-from simulators.provider.context import ContractError, SimulatorContext, context_of, read_form
-from simulators.provider.store import token_hash
+from simulators.provider.context import SimulatorContext, context_of
+from simulators.provider.oauth_server import FormRequest, OAuthServer, metadata
 
-CODE_TTL_SECONDS = 60
 CONSENT_TTL_SECONDS = 600
-VERIFIER = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
-CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+FORM = "application/x-www-form-urlencoded"
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -37,42 +31,70 @@ def _page(title: str, content: str, status: int = 200) -> HTMLResponse:
     return HTMLResponse(_PAGE.format(title=html.escape(title), content=content), status_code=status)
 
 
-def _redirect(redirect_uri: str, **params: str) -> RedirectResponse:
-    return RedirectResponse(f"{redirect_uri}?{urlencode(params)}", status_code=303)
+def oauth_error(status: int, error: str, description: str) -> JSONResponse:
+    """An RFC 6749 §5.2 error for what happens before authlib sees the request."""
+    return JSONResponse({"error": error, "error_description": description}, status_code=status,
+                        headers={"Cache-Control": "no-store"})  # fmt: skip
+
+
+def _server(ctx: SimulatorContext) -> OAuthServer:
+    assert ctx.oauth is not None
+    return ctx.oauth
+
+
+async def _form_request(request: Request) -> FormRequest | JSONResponse:
+    """The POSTed form as authlib's request, or `invalid_request` (not a form, not UTF-8)."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != FORM:
+        return oauth_error(400, "invalid_request", f"send {FORM}")
+    try:
+        pairs = parse_qsl((await request.body()).decode(), keep_blank_values=True)
+    except (UnicodeDecodeError, ValueError):
+        return oauth_error(400, "invalid_request", "the form is not valid")
+    secret = [value for key, value in pairs if key == "client_secret"]
+    if secret and ("authorization" in request.headers or not all(secret)):
+        # one authentication method per request (RFC 6749 §2.3), and a secret is never empty
+        return oauth_error(
+            400, "invalid_request", "authenticate with HTTP Basic or a non-empty client_secret"
+        )
+    return FormRequest("POST", str(request.url), request.headers, pairs)
+
+
+def _authorization_request(request: Request, pairs: list[tuple[str, str]]) -> FormRequest:
+    return FormRequest("GET", str(request.url.replace(query="")), request.headers, pairs)
+
+
+def _unredirectable(error: OAuth2Error) -> HTMLResponse:
+    """An authorization error whose client or redirect URI is not verified: never redirect."""
+    title = "Unknown application" if error.error == "invalid_client" else "Invalid request"
+    return _page(title, f"<p>{html.escape(error.get_error_description() or error.error)}</p>", 400)
 
 
 async def authorize_page(request: Request) -> Response:
-    """`GET /oauth/authorize`: checks client and redirect URI first (never redirect to an unchecked URI),
-    then shows the consent page for the account named by `login_hint`."""
+    """`GET /oauth/authorize`: authlib checks client, redirect URI (first: an unchecked URI is never
+    redirected to), response type, scope and PKCE S256; then the consent page for the account named
+    by `login_hint`."""
     ctx = context_of(request)
-    q = request.query_params
+    server = _server(ctx)
+    pairs = list(request.query_params.multi_items())
+    req = _authorization_request(request, pairs)
+    try:
+        server.get_consent_grant(req)
+    except OAuth2Error as error:
+        if error.redirect_uri:
+            redirect: Response = server.handle_error_response(req, error)
+            return redirect
+        return _unredirectable(error)
     provider = html.escape(ctx.provider)
-    if q.get("client_id") != ctx.config.client_id:
-        return _page("Unknown application", "<p>This client is not registered.</p>", 400)
-    redirect_uri = q.get("redirect_uri", "")
-    if redirect_uri != ctx.config.redirect_uri:
-        return _page("Invalid redirect", "<p>The redirect URI is not registered for this client.</p>", 400)
-    state = q.get("state", "")
-    if q.get("response_type") != "code":
-        return _redirect(redirect_uri, error="unsupported_response_type", state=state)
-    if q.get("code_challenge_method") != "S256" or not CHALLENGE.match(q.get("code_challenge", "")):
-        return _redirect(
-            redirect_uri, error="invalid_request", error_description="PKCE S256 is required", state=state
-        )
-    scopes = q.get("scope", "").split() or [ACCOUNT_SCOPE]
-    if not set(scopes) <= all_scopes(ctx.catalog):
-        return _redirect(redirect_uri, error="invalid_scope", state=state)
-    account = ctx.store.account_by_email(q.get("login_hint", ""))
+    account = ctx.store.account_by_email(req.payload.data.get("login_hint", ""))
     if account is None:
         return _page("No account", f"<p>There is no {provider} account for this email.</p>", 404)
     request_id = secrets.token_urlsafe(24)
-    params = {"redirect_uri": redirect_uri, "state": state, "scopes": scopes,
-              "code_challenge": q["code_challenge"], "client_id": ctx.config.client_id}  # fmt: skip
     with ctx.store.transaction() as db:
         db.execute(
             "INSERT INTO oauth_requests (request_id, params, account_id, created_at) VALUES (?, ?, ?, ?)",
-            (request_id, json.dumps(params), account["account_id"], int(time.time())),
+            (request_id, json.dumps(pairs), account["account_id"], int(time.time())),
         )
+    scopes = (req.scope or "").split() or [server.client.get_allowed_scope(None)]
     scope_items = "".join(f"<li><code>{html.escape(s)}</code></li>" for s in scopes)
     content = (
         f"<p><strong>Quartermaster</strong> asks to act on your {provider} account "
@@ -86,112 +108,65 @@ async def authorize_page(request: Request) -> Response:
 
 
 async def authorize_decision(request: Request) -> Response:
-    """`POST /oauth/authorize`: the human's Approve / Deny; redirects to the registered URI."""
+    """`POST /oauth/authorize`: the human's Approve / Deny; authlib redirects to the registered URI
+    with a code or `error=access_denied`."""
     ctx = context_of(request)
-    form = await read_form(request)
-    request_id, decision = form.get("request_id", ""), form.get("decision", "")
+    server = _server(ctx)
+    form = await _form_request(request)
+    if isinstance(form, JSONResponse):
+        return _page("Request expired", "<p>Start the link again from your agent.</p>", 400)
+    request_id, decision = form.form.get("request_id", ""), form.form.get("decision", "")
     now = int(time.time())
     with ctx.store.transaction() as db:
         row = db.execute("SELECT * FROM oauth_requests WHERE request_id = ?", (request_id,)).fetchone()
         if row is None or row["decided"] or row["created_at"] < now - CONSENT_TTL_SECONDS:
             return _page("Request expired", "<p>Start the link again from your agent.</p>", 400)
         db.execute("UPDATE oauth_requests SET decided = 1 WHERE request_id = ?", (request_id,))
-        params = json.loads(row["params"])
-        if decision != "approve":
-            return _redirect(params["redirect_uri"], error="access_denied", state=params["state"])
-        code = secrets.token_urlsafe(32)
-        db.execute(
-            "INSERT INTO oauth_codes (code_hash, account_id, client_id, redirect_uri, code_challenge, "
-            "scopes, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (token_hash(code), row["account_id"], params["client_id"], params["redirect_uri"],
-             params["code_challenge"], " ".join(params["scopes"]), now + CODE_TTL_SECONDS),
-        )  # fmt: skip
-    return _redirect(params["redirect_uri"], code=code, state=params["state"])
-
-
-def _s256(verifier: str) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
-
-
-def _grant_error(message: str) -> ContractError:
-    return ContractError(400, "invalid_grant", message)
-
-
-def _issue(ctx: SimulatorContext, *, account_id: str, scopes: str, source: str) -> dict[str, Any]:
-    """A new access + refresh token pair (inside the caller's transaction)."""
-    access = f"{ctx.provider}_at_{secrets.token_urlsafe(32)}"
-    refresh = f"{ctx.provider}_rt_{secrets.token_urlsafe(32)}"
-    now, ttl = int(time.time()), ctx.config.access_token_ttl_seconds
-    for token, kind, expires in ((access, "access", now + ttl), (refresh, "refresh", None)):
-        ctx.store.execute(
-            "INSERT INTO tokens (token_hash, token_id, kind, account_id, client_id, scopes, source, "
-            "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            token_hash(token), f"tok_{secrets.token_hex(8)}", kind, account_id, ctx.config.client_id,
-            scopes, source, now, expires,
-        )  # fmt: skip
-    account = ctx.store.account(account_id) or {}
-    return {
-        "access_token": access,
-        "token_type": "Bearer",
-        "expires_in": ttl,
-        "refresh_token": refresh,
-        "scope": scopes,
-        "account_id": account_id,
-        "link_action": "linked_existing",
-        # whose account this is: the client checks it is the person it asked for (login_hint is a hint)
-        "primary_email": account.get("email", ""),
-        "email_verified": True,
-    }
+        req = _authorization_request(request, [tuple(p) for p in json.loads(row["params"])])
+        try:
+            grant = server.get_consent_grant(req)
+        except OAuth2Error as error:  # the client's registration changed since the page was shown
+            return _unredirectable(error)
+        user = ctx.store.account(row["account_id"]) if decision == "approve" else None
+        response: Response = server.create_authorization_response(req, grant_user=user, grant=grant)
+    return response
 
 
 async def token(request: Request) -> Response:
-    """`POST /oauth/token` (form): `authorization_code` with `code_verifier`, or `refresh_token`."""
+    """`POST /oauth/token`: `authorization_code` (with `code_verifier`) or `refresh_token`."""
     ctx = context_of(request)
-    field = await read_form(request)
-    if field.get("client_id") != ctx.config.client_id:
-        raise ContractError(401, "invalid_client", "unknown client")
-    grant = field.get("grant_type")
-    now = int(time.time())
-    if grant not in ("authorization_code", "refresh_token"):
-        raise ContractError(400, "unsupported_grant_type", "authorization_code or refresh_token only")
-    # the refusals are returned, not raised, so that burning a code or revoking tokens still commits
-    with ctx.store.transaction():
-        if grant == "authorization_code":
-            result = _redeem_code(ctx, field, now)
-        else:
-            result = _refresh(ctx, field, now)
-    if isinstance(result, ContractError):
-        raise result
-    return JSONResponse(result, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+    form = await _form_request(request)
+    if isinstance(form, JSONResponse):
+        return form
+    # refusals are responses, not exceptions: burning a code or revoking a grant still commits
+    async with ctx.write_lock:
+        with ctx.store.transaction():
+            response: Response = _server(ctx).create_token_response(form)
+    return response
 
 
-def _refresh(ctx: SimulatorContext, field: dict[str, str], now: int) -> dict[str, Any] | ContractError:
-    row = ctx.store.active_token(field.get("refresh_token", ""))
-    if row is None or row["kind"] != "refresh" or row["client_id"] != ctx.config.client_id:
-        return _grant_error("the refresh token is unknown, revoked or expired")
-    # rotation: a refresh token works once (RFC 9700 section 4.14)
-    ctx.store.execute("UPDATE tokens SET revoked_at = ? WHERE token_id = ?", now, row["token_id"])
-    return _issue(ctx, account_id=row["account_id"], scopes=row["scopes"], source=row["source"])
+async def _endpoint(request: Request, name: str) -> Response:
+    ctx = context_of(request)
+    form = await _form_request(request)
+    if isinstance(form, JSONResponse):
+        return form
+    async with ctx.write_lock:
+        with ctx.store.transaction():
+            response: Response = _server(ctx).create_endpoint_response(name, form)
+    return response
 
 
-def _redeem_code(ctx: SimulatorContext, field: dict[str, str], now: int) -> dict[str, Any] | ContractError:
-    code_hash = token_hash(field.get("code", ""))
-    row = ctx.store.one("SELECT * FROM oauth_codes WHERE code_hash = ?", code_hash)
-    if row is None:
-        return _grant_error("unknown authorization code")
-    if row["used_at"] is not None:
-        # a second use means the code leaked: revoke what the first use issued (RFC 6749 §4.1.2)
-        ctx.store.execute(
-            "UPDATE tokens SET revoked_at = ? WHERE source = ? AND revoked_at IS NULL",
-            now, f"code:{code_hash}",
-        )  # fmt: skip
-        return _grant_error("the authorization code was already used")
-    ctx.store.execute("UPDATE oauth_codes SET used_at = ? WHERE code_hash = ?", now, code_hash)
-    if row["expires_at"] <= now:
-        return _grant_error("the authorization code has expired")
-    if field.get("redirect_uri") != row["redirect_uri"] or field.get("client_id") != row["client_id"]:
-        return _grant_error("redirect_uri or client_id differs from the authorization request")
-    verifier = field.get("code_verifier", "")
-    if not VERIFIER.match(verifier) or not hmac.compare_digest(_s256(verifier), row["code_challenge"]):
-        return _grant_error("the code_verifier does not match the code_challenge")
-    return _issue(ctx, account_id=row["account_id"], scopes=row["scopes"], source=f"code:{code_hash}")
+async def revoke(request: Request) -> Response:
+    """`POST /oauth/revoke` (RFC 7009)."""
+    return await _endpoint(request, "revocation")
+
+
+async def introspect(request: Request) -> Response:
+    """`POST /introspect` (RFC 7662): the registered client, authenticated with its secret."""
+    return await _endpoint(request, "introspection")
+
+
+async def server_metadata(request: Request) -> JSONResponse:
+    """`GET /.well-known/oauth-authorization-server` (RFC 8414)."""
+    issuer = str(request.base_url).rstrip("/")
+    return JSONResponse(metadata(_server(context_of(request)), issuer))

@@ -18,7 +18,15 @@ from models.catalog import ServiceEntry
 from models.secret import Secret
 from providers.errors import PermanentProviderError, RetryableProviderError
 from simulators.provider.catalogs import PENDING_POLLS, PENDING_SECONDS, REGISTRANT_NEEDED_SCHEMA
-from simulators.provider.context import ContractError, Outcome, SimulatorContext, context_of, parse_json
+from simulators.provider.context import (
+    ContractError,
+    Outcome,
+    SimulatorContext,
+    context_of,
+    parse_empty,
+    parse_json,
+    path_id,
+)
 
 
 class CreateResourceBody(BaseModel):
@@ -175,7 +183,7 @@ async def get_resource(request: Request) -> JSONResponse:
     """Read a resource; a pending one completes after PENDING_SECONDS or PENDING_POLLS reads."""
     ctx = context_of(request)
     account_id = ctx.authenticate(request)["account_id"]
-    row = owned_resource(ctx, account_id, request.path_params["resource_id"])
+    row = owned_resource(ctx, account_id, path_id(request, "resource_id"))
     if row["status"] == "pending":
         polls = row["polls"] + 1
         done = polls >= PENDING_POLLS or time.time() >= (row["ready_at"] or 0)
@@ -191,8 +199,8 @@ async def get_resource(request: Request) -> JSONResponse:
 async def submit_information(request: Request) -> JSONResponse:
     ctx = context_of(request)
     account_id = ctx.authenticate(request)["account_id"]
+    resource_id = path_id(request, "resource_id")
     body = await parse_json(request, SubmitInformationBody)
-    resource_id = request.path_params["resource_id"]
 
     async def work(key: str) -> Outcome:
         row = owned_resource(ctx, account_id, resource_id)
@@ -220,7 +228,8 @@ async def remove_resource(request: Request) -> JSONResponse:
     """Remove a reversible resource and revoke its credentials; removing twice is not an error."""
     ctx = context_of(request)
     account_id = ctx.authenticate(request)["account_id"]
-    resource_id = request.path_params["resource_id"]
+    resource_id = path_id(request, "resource_id")
+    await parse_empty(request)
 
     async def work(key: str) -> Outcome:
         row = owned_resource(ctx, account_id, resource_id)
