@@ -256,7 +256,7 @@ async def renew_resource(request: Request) -> JSONResponse:
     ctx = context_of(request)
     account_id = ctx.authenticate(request)["account_id"]
     body = await parse_json(request, RenewBody)
-    resource_id = request.path_params["resource_id"]
+    resource_id = path_id(request, "resource_id")
 
     async def work(key: str) -> Outcome:
         row = owned_resource(ctx, account_id, resource_id)
@@ -296,7 +296,7 @@ async def change_plan(request: Request) -> JSONResponse:
     ctx = context_of(request)
     account_id = ctx.authenticate(request)["account_id"]
     body = await parse_json(request, ChangePlanBody)
-    resource_id = request.path_params["resource_id"]
+    resource_id = path_id(request, "resource_id")
 
     async def work(key: str) -> Outcome:
         row = owned_resource(ctx, account_id, resource_id)
