@@ -101,6 +101,11 @@ POLL: dict[str, Any] = {
 }
 #: how long a payment token lives (from workflow time): long enough for the create call and its retries
 PAYMENT_TOKEN_LIFETIME = timedelta(hours=1)
+#: the payment-method poll (a fallback for a lost webhook) doubles its interval after each poll up to
+#: an hour, or the wait's timeout / PAYMENT_POLLS_PER_WAIT when that is longer: ~31 polls over 24 h
+PAYMENT_POLL_BACKOFF = 2.0
+PAYMENT_POLL_MAX_EVERY = timedelta(hours=1)
+PAYMENT_POLLS_PER_WAIT = 24
 #: after the reservation, at most this many `information` rounds wait for the human
 INFORMATION_ROUNDS = 3
 WAITING_CODES: dict[str, ErrorCode] = {
@@ -593,6 +598,10 @@ class ProvisionWorkflow:
                 latest.append(status)
                 return status.has_payment_method
 
+            # the Stripe webhook signals `payment_method_ready`; the poll is only a fallback for a lost
+            # webhook, backing off to a bounded number of polls however long the human takes
+            backoff = workflow.patched("payment-wait-backoff")
+            timeout = timedelta(seconds=self.policy.approval_timeout_seconds)
             await self._ask(
                 "payment_method",
                 "add a payment method (the agent never sees it)",
@@ -600,6 +609,8 @@ class ProvisionWorkflow:
                 satisfied_by=lambda: self.payment_method_ready,
                 poll=poll,
                 poll_every=timedelta(seconds=self.policy.payment_poll_seconds),
+                poll_backoff=PAYMENT_POLL_BACKOFF if backoff else 1.0,
+                poll_max_every=max(PAYMENT_POLL_MAX_EVERY, timeout / PAYMENT_POLLS_PER_WAIT),
             )
             pm = await self._call(
                 "payment_method_status", customer.customer_id, PaymentMethodStatus, "payment method attached"
