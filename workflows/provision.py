@@ -108,6 +108,15 @@ PAYMENT_POLL_MAX_EVERY = timedelta(hours=1)
 PAYMENT_POLLS_PER_WAIT = 24
 #: after the reservation, at most this many `information` rounds wait for the human
 INFORMATION_ROUNDS = 3
+#: what the Temporal UI's current details say at each step (gates say what they wait for themselves)
+STEP_DETAILS = {
+    "discover": "discovering the service and its price at the provider",
+    "account": "finding, linking or creating the principal's provider account",
+    "identity": "resolving the principal's Stripe customer",
+    "payment": "payment: card on file, spend reservation, payment token",
+    "create": "creating the resource at the provider",
+    "credential": "minting the scoped credential",
+}
 WAITING_CODES: dict[str, ErrorCode] = {
     "terms": ErrorCode.TERMS_ACCEPTANCE_REQUIRED,
     "payment_method": ErrorCode.PAYMENT_METHOD_REQUIRED,
@@ -138,7 +147,7 @@ def stop_from(err: ActivityError) -> Stop:
 class ProvisionWorkflow:
     def __init__(self) -> None:
         self.gate = ApprovalGate()
-        self.step = "received"
+        self._step = "received"
         self.oauth: OAuthCallback | None = None
         #: the pending OAuth state; only a callback carrying exactly this state is accepted
         self.oauth_state: str | None = None
@@ -155,6 +164,30 @@ class ProvisionWorkflow:
         self.result = ProvisionResult(request_id="", outcome="rejected", service_id="")
         self.audit: AuditTrail | None = None
         self.audited_attempts = 0
+
+    @property
+    def step(self) -> str:
+        return self._step
+
+    @step.setter
+    def step(self, value: str) -> None:
+        """Every step shows in the Temporal UI's current details (a gate shows what it waits for)."""
+        self._step = value
+        if value in STEP_DETAILS:
+            workflow.set_current_details(STEP_DETAILS[value])
+
+    def _show_outcome(self) -> None:
+        """The end, as an operator reads it in the UI: outcome, code, reason and what was undone."""
+        r = self.result
+        if r.outcome == "completed":
+            text = f"COMPLETED: {r.service_id} {r.resource_id or ''}".rstrip()
+            text += f", charged {r.charge.amount}" if r.charge is not None else ""
+        else:
+            text = f"{r.outcome.upper()}: {r.error_code}: {r.error_message or ''}".rstrip()
+            text += f"; undone: {', '.join(r.compensations)}" if r.compensations else "; nothing had moved"
+        workflow.set_current_details(text)
+        if workflow.patched("outcome-memo"):
+            workflow.upsert_memo({"outcome": r.outcome, "error_code": r.error_code})
 
     # -- handlers ---------------------------------------------------------------------------------
     @workflow.update(name="submit_decision")
@@ -202,13 +235,15 @@ class ProvisionWorkflow:
         parsed = parse_input(ProvisionRequest, raw)
         if isinstance(parsed, str):
             workflow.upsert_search_attributes([QM_STATE.value_set(State.FAILED)])
-            return ProvisionResult(
+            self.result = ProvisionResult(
                 request_id=raw_str(raw, "request_id"),
                 outcome="rejected",
                 service_id=raw_str(raw, "service_id"),
                 error_code=ErrorCode.INVALID_REQUEST,
                 error_message=parsed,
             )
+            self._show_outcome()
+            return self.result
         req = parsed
         self.req = req
         self.wid = workflow.info().workflow_id
@@ -230,6 +265,7 @@ class ProvisionWorkflow:
             workflow.upsert_search_attributes(
                 [QM_STATE.value_set(State.COMPENSATED if moved else State.FAILED)]
             )
+        self._show_outcome()
         if self.audit is not None:
             await self._audit_rejected(self.gate.attempts[self.audited_attempts :])  # late or replayed codes
             await self._audit_ignored_callbacks()
@@ -267,7 +303,7 @@ class ProvisionWorkflow:
         if n:
             approval_id = f"{approval_id}-{n + 1}"
         assert self.audit is not None
-        self.step = f"awaiting {kind} approval"
+        before, self.step = self.step, f"awaiting {kind} approval"
         await self.audit.record("approval.requested", details={"approval_id": approval_id, "kind": kind})
         await self.audit.flush()  # the trail is complete up to the wait
         res = await self.gate.ask(
@@ -281,6 +317,7 @@ class ProvisionWorkflow:
             on_rejected=self._audit_rejected,
             **wait,
         )
+        self.step = before  # the gate cleared its details: show the step again
         if res.status == "approved":
             await self.audit.record(
                 "approval.granted",

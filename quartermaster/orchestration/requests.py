@@ -139,6 +139,22 @@ class RequestOwner:
     fingerprint: str | None
 
 
+def request_details(req: ProvisionRequest) -> str:
+    """The Temporal UI's details of a request (Markdown; no email, no secret): what it is, and where
+    its outcome shows (rejected, denied and undone requests also end as a "completed" run)."""
+    session = _session_of(req)
+    return "\n".join(
+        [
+            f"**request** `{req.request_id}`: provision `{req.service_id}` named `{req.name}`",
+            f"**agent** `{req.actor.agent}`" + (f" under session `{session}`" if session else " (the human)"),
+            f"**at most** {req.max_price} now" if req.max_price is not None else "**price** as quoted",
+            "**outcome**: the current details (`COMPLETED`, `REJECTED: CODE: reason` or"
+            " `UNDONE: CODE: reason; undone: ...`), the memo's `outcome` and `error_code`, and `QmState`"
+            " (`COMPLETED`, `FAILED` = rejected, nothing moved, `COMPENSATED` = undone)",
+        ]
+    )
+
+
 class Orchestrator:
     def __init__(
         self, *, temporal: Client, settings: Settings, keyring: Keyring, registry: ProviderRegistry
@@ -224,6 +240,7 @@ class Orchestrator:
                 search_attributes=attrs,
                 memo={"fingerprint": fp},
                 static_summary=f"provision {req.service_id} '{req.name}' for agent {req.actor.agent}",
+                static_details=request_details(req),
                 execution_timeout=provision_execution_timeout(self.settings.approval_timeout_seconds),
             )
         except WorkflowAlreadyStartedError:
