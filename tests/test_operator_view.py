@@ -18,8 +18,8 @@ from workflows.search_attributes import QM_STATE
 
 
 async def current_details(handle: WorkflowHandle[object, object]) -> str:
-    meta = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
-    return meta.current_details
+    meta: WorkflowMetadata = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+    return str(meta.current_details)
 
 
 async def details_until(handle: WorkflowHandle[object, object], prefix: str, timeout: float = 20) -> str:
