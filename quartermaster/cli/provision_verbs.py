@@ -193,28 +193,52 @@ async def provision(args: argparse.Namespace) -> int:
             scopes=args.scope,
             credential_ttl_seconds=args.ttl,
         )
-        if view.state == "running" and args.wait > 0:
-            view = await qm.provisions.wait(view.request_id, timeout=args.wait, on_progress=_progress(args))
+        progress = _progress(args)
+        if progress is not None:
+            progress(view)
+        if args.wait > 0 and (view.state == "running" or progress is not None):
+            view = await qm.provisions.wait(
+                view.request_id, timeout=args.wait, on_progress=progress, through_humans=progress is not None
+            )
     return print_view(args, view)
 
 
+def interactive(args: argparse.Namespace) -> bool:
+    """A person at a terminal (not --json, stderr a tty): show progress, follow through human gates."""
+    return not getattr(args, "json", False) and sys.stderr.isatty()
+
+
 def _progress(args: argparse.Namespace) -> Any:
-    """On a terminal, show the current step while waiting; quiet with --json."""
-    if args.json or not sys.stderr.isatty():
+    """On a terminal, show each new step and what the human must do while waiting; quiet with --json
+    (an agent gets one answer, and exit code 3 at the first human gate)."""
+    if not interactive(args):
         return None
     seen: set[str] = set()
 
     def show(view: ProvisionView) -> None:
-        if view.step and view.step not in seen:
+        if view.step and view.step not in seen and not view.step.startswith("awaiting"):
             seen.add(view.step)
             print(f"  ... {view.step}", file=sys.stderr, flush=True)
+        for w in view.waiting_for:
+            if w.approval_id not in seen:
+                seen.add(w.approval_id)
+                print(
+                    f"  ... waiting for you ({w.kind}): {w.summary}\n"
+                    f"      the code is on {w.asked_via}: qm approvals, then qm approve {w.approval_id}"
+                    " --code CODE (or open the link in the notification)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     return show
 
 
 async def status(args: argparse.Namespace) -> int:
     async with QuartermasterClient.from_env() as qm:
-        view = await qm.provisions.wait(args.request_id, timeout=args.wait, on_progress=_progress(args))
+        progress = _progress(args)
+        view = await qm.provisions.wait(
+            args.request_id, timeout=args.wait, on_progress=progress, through_humans=progress is not None
+        )
     return print_view(args, view)
 
 

@@ -120,9 +120,15 @@ class Provisions(_Resource):
         )
 
     async def wait(
-        self, request_id: str, *, timeout: float, on_progress: Callable[[ProvisionView], None] | None = None
+        self,
+        request_id: str,
+        *,
+        timeout: float,
+        on_progress: Callable[[ProvisionView], None] | None = None,
+        through_humans: bool = False,
     ) -> ProvisionView:
-        """Follow a request until it finishes, waits for a human, or `timeout` seconds pass."""
+        """Follow a request until it finishes, waits for a human, or `timeout` seconds pass. With
+        `through_humans` (a person at a terminal), keep following while a human decides."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -130,7 +136,12 @@ class Provisions(_Resource):
             view = await self.get(request_id, wait=max(0.0, min(left, LONG_POLL_SECONDS)))
             if on_progress is not None:
                 on_progress(view)
-            if view.state != "running" or loop.time() >= deadline:
+            if loop.time() >= deadline:
+                return view
+            if view.state == "waiting_for_human" and through_humans:
+                await asyncio.sleep(min(1.0, max(0.0, deadline - loop.time())))  # the API answers at once
+                continue
+            if view.state != "running":
                 return view
 
 
