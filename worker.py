@@ -58,6 +58,7 @@ from workflows import authority as workflow_authority
 from workflows.agent_freeze import AgentWorkflow
 from workflows.ledger import SpendLedgerWorkflow
 from workflows.limits import LimitChangeWorkflow, PrincipalLimitsWorkflow
+from workflows.link import LinkAccountWorkflow
 from workflows.provision import ProvisionWorkflow
 from workflows.resource_actions import RemoveResourceWorkflow, RotateCredentialWorkflow
 from workflows.session import SessionWorkflow
@@ -197,6 +198,7 @@ def build_activities(
 def workflow_classes() -> Sequence[type]:
     return [
         ProvisionWorkflow,
+        LinkAccountWorkflow,
         RemoveResourceWorkflow,
         RotateCredentialWorkflow,
         SpendLedgerWorkflow,

@@ -42,3 +42,7 @@ REGISTRY.append(doctor_verbs.register)
 from quartermaster.cli import mcp_verbs  # noqa: E402
 
 REGISTRY.append(mcp_verbs.register)
+
+from quartermaster.cli import link_verbs  # noqa: E402
+
+REGISTRY.append(link_verbs.register)

@@ -35,6 +35,7 @@ from models.approval import ApprovalRequest, DecisionOutcome
 from models.catalog import Catalog
 from models.errors import ErrorCode
 from models.limits import SpendSummary
+from models.link import LinkView
 from models.money import Money
 from models.provisioning import Quote
 from models.session import AgentStatus, CloseSummary, FreezeResult, SessionState
@@ -177,6 +178,15 @@ class Approvals(_Resource):
         return await self._c.request(
             "POST", f"/v1/approvals/{_seg(approval_id)}/decision", DecisionOutcome, json=body
         )
+
+
+class Links(_Resource):
+    async def start(self, provider: str) -> LinkView:
+        """Link your existing account at `provider` (OAuth consent; nothing is bought)."""
+        return await self._c.request("POST", "/v1/links", LinkView, json={"provider": provider})
+
+    async def get(self, provider: str) -> LinkView:
+        return await self._c.request("GET", f"/v1/links/{_seg(provider)}", LinkView)
 
 
 class Resources(_Resource):
@@ -338,6 +348,7 @@ class QuartermasterClient:
         self.provisions = Provisions(self)
         self.approvals = Approvals(self)
         self.resources = Resources(self)
+        self.links = Links(self)
         self.sessions = Sessions(self)
         self.identities = Identities(self)
         self.agents = Agents(self)
