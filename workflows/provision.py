@@ -657,7 +657,9 @@ class ProvisionWorkflow:
         if not quote.reversible and amount.amount > self.policy.purchase_approval_above:
             await self._ask(
                 "purchase",
-                f"approve an irreversible purchase of {req.service_id} '{req.name}' for {amount}",
+                f"approve an irreversible purchase of {req.service_id} '{req.name}'"
+                + (f" ({domain})" if isinstance(domain := req.configuration.get("domain"), str) else "")
+                + f" for {amount}",
                 {
                     "amount": amount.model_dump(),
                     "service_id": req.service_id,

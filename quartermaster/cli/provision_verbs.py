@@ -296,11 +296,12 @@ async def inbox(args: argparse.Namespace) -> int:
             "approval": m.get("approval_id", m.get("login_id", "-")),
             "kind": m.get("kind", m.get("type")),
             "code": m.get("code", ""),
+            "status": m.get("status", ""),
             "summary": m.get("summary", ""),
         }
         for m in items
     ]
-    emit(args, items, table(rows, ["approval", "kind", "code", "summary"]))
+    emit(args, items, table(rows, ["approval", "kind", "code", "status", "summary"]))
     return 0
 
 

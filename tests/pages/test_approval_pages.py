@@ -132,6 +132,7 @@ async def test_domain_under_a_session_through_every_page(stack: Stack, ctx: Brow
             await stack.attach_card(checkout)
             # the irreversible purchase: amount, domain, chain, cap effect
             msg = await message_for(stack, email, "purchase", rid)
+            assert domain in msg["summary"], msg["summary"]  # the code flow's one line names it too
             text = await open_link(page, msg["link"], "purchase")
             assert "Approve an irreversible purchase" in text and domain in text
             assert "no: this is final" in text and "planner" in text

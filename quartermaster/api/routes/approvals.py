@@ -26,7 +26,11 @@ router = APIRouter(
 async def pending_approval(svc: ApiServices, principal_id: str, approval_id: str) -> ApprovalRequest:
     """The open approval, if it is this principal's; else NOT_FOUND (whether or not it exists)."""
     wid, sep, _kind = approval_id.rpartition(".")
-    missing = QuartermasterError(ErrorCode.NOT_FOUND, f"no open approval {approval_id}")
+    missing = QuartermasterError(
+        ErrorCode.NOT_FOUND,
+        f"no open approval {approval_id}: already decided, expired, its request ended, or not yours"
+        " (qm inbox shows each code's status)",
+    )
     if not sep or not wid or len(approval_id) > 300:
         raise missing
     try:
