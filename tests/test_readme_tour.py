@@ -98,8 +98,8 @@ def start_bootstrap_dev(repo: Path, data_dir: Path, env: dict[str, str]) -> subp
     pytest.fail("bootstrap.py dev did not come up:\n" + "".join(seen[-30:]))
 
 
-def tour_lines() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+def tour_lines(root: Path = ROOT) -> list[str]:
+    text = (root / "README.md").read_text()
     block = text.split("## A tour", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
     lines = []
     for raw in block.splitlines():
@@ -148,7 +148,7 @@ def test_the_readme_tour_works_as_written_on_a_fresh_clone(tmp_path: Path, clone
     shell.env["PYTHONPATH"] = str(clone)
     state: dict[str, str] = {}
     try:
-        for line in tour_lines():
+        for line in tour_lines(clone):  # the clone's README, as the newcomer reads it
             if line.startswith(". "):
                 assert line.endswith("/.venv/bin/activate"), line
                 activate = Path(line.removeprefix(". ").replace("/path/to/quartermaster", str(clone)))
