@@ -60,6 +60,7 @@ from workflows import authority as workflow_authority
 from workflows.agent_freeze import AgentWorkflow
 from workflows.ledger import SpendLedgerWorkflow
 from workflows.limits import LimitChangeWorkflow, PrincipalLimitsWorkflow
+from workflows.link import LinkAccountWorkflow
 from workflows.plan_change import PlanChangeWorkflow
 from workflows.provision import ProvisionWorkflow
 from workflows.renewal import RenewalWorkflow
@@ -219,6 +220,7 @@ def build_activities(
 def workflow_classes() -> Sequence[type]:
     return [
         ProvisionWorkflow,
+        LinkAccountWorkflow,
         RemoveResourceWorkflow,
         RotateCredentialWorkflow,
         SpendLedgerWorkflow,

@@ -23,6 +23,14 @@ ApprovalKind = Literal[
 ]
 
 
+#: kinds a code cannot settle: approving sends the human on, to the page that does it (the `details` key
+#: holding its URL, and what to do there); denying is a decision like any other
+HANDED_ON: dict[str, tuple[str, str]] = {
+    "payment_method": ("checkout_url", "Add the card on the Checkout page"),
+    "oauth_consent": ("authorization_url", "Continue to the provider"),
+}
+
+
 #: `details` keys only the human may see: whoever holds the OAuth authorization URL can consent with
 #: another account; whoever holds the Checkout URL can attach a card to the principal's customer
 HUMAN_ONLY_DETAILS = frozenset({"authorization_url", "checkout_url"})

@@ -36,6 +36,8 @@ class ErrorCode(StrEnum):
     APPROVAL_REJECTED = "APPROVAL_REJECTED"
     #: what the human was shown (price, configuration, cap effect...) is no longer what is pending
     APPROVAL_CHANGED = "APPROVAL_CHANGED"
+    #: approving this kind happens elsewhere (the Checkout page, the provider's consent page)
+    APPROVAL_HANDED_ON = "APPROVAL_HANDED_ON"
     SESSION_INVALID = "SESSION_INVALID"
     SESSION_EXPIRED = "SESSION_EXPIRED"
     SESSION_REVOKED = "SESSION_REVOKED"
@@ -99,6 +101,7 @@ WAITING_FOR_HUMAN = frozenset(
         ErrorCode.LIMIT_CHANGE_APPROVAL_REQUIRED,
         ErrorCode.SESSION_APPROVAL_REQUIRED,
         ErrorCode.UNFREEZE_APPROVAL_REQUIRED,
+        ErrorCode.APPROVAL_HANDED_ON,
     }
 )
 

@@ -220,7 +220,7 @@ class AuthorizationRequest(BaseModel):
     actor: Actor
     service_id: str
     amount: Money | None = None
-    action: Literal["provision", "remove", "rotate"] = "provision"
+    action: Literal["provision", "remove", "rotate", "link"] = "provision"
     #: the request the actor asked for (a human actor's proof names it)
     request_id: str | None = None
 

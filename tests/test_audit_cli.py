@@ -173,6 +173,23 @@ def test_query_table_for_people(capsys: pytest.CaptureFixture[str], story: dict[
     assert len(lines) == 3
 
 
+def test_the_service_column_names_the_provider_once(
+    capsys: pytest.CaptureFixture[str], qm_env: tuple[Path, Keyring]
+) -> None:
+    data_dir, keyring = qm_env
+    store = SqliteAuditStore(data_dir / STORE_FILE)
+    store.append(
+        AuditEvent(
+            event_id="provision-req-r2:0", time=datetime.now(UTC), action="request.received",
+            principal_id=keyring.principal_id("carol@example.com"), request_id="req-r2",
+            provider="cloud", service_id="cloud/r2",
+        )
+    )  # fmt: skip
+    store.close()
+    code, out, _ = run(capsys, "audit", "--principal", "carol@example.com")
+    assert code == 0 and " cloud/r2 " in out and "cloud/cloud" not in out, out
+
+
 @pytest.mark.parametrize(
     ("argv", "code", "error"),
     [

@@ -1,30 +1,105 @@
-"""The README's tour, line by line, as a newcomer runs it: `qm dev --port-offset N` in one shell, every
-line of the tour in another, from a directory outside the repository. Placeholders (CODE, APPROVAL_ID,
-RESOURCE, SESSION) are filled the way a person would, from the inbox and the previous answers. The test
-fails when the README and the CLI disagree (a line that errors, or a different exit code)."""
+"""The README's tour, line by line, as a newcomer runs it on a fresh clone: `git clone` of this
+repository into a temporary directory, the README's `python3 bootstrap.py dev` there (with
+`--port-offset N`) in one shell, every line of the tour in another, from a directory outside the
+clone. Placeholders (CODE, APPROVAL_ID, RESOURCE, SESSION, /path/to/quartermaster) are filled the way
+a person would, from the inbox and the previous answers. Each line's exit code and output are
+checked: the test fails when the README and the CLI disagree.
+
+To avoid reinstalling, the clone's `.venv` links to this checkout's environment (with bootstrap's
+install stamp, so bootstrap installs nothing) and `PYTHONPATH` points at the clone, so the code that
+runs, the stack's processes included, is the clone's (asserted)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from tests.test_devstack import _start, _stop
+import pytest
+
+from tests.test_devstack import _stop
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 OFFSET = 500 + os.getpid() % 200 if (500 + os.getpid() % 200) % 1000 else 510
 #: lines the tour says wait for a human
 WAITING = ("qm provision cloud/workers --name w1", "qm session open")
+#: what each line prints (stdout and stderr together), by the line's beginning; every line has one
+EXPECT = {
+    "qm catalog": r"cloud/workers\s+deployable\s+free",
+    "qm quote": r"cloud/registrar:domain: due now 10\.99 USD, then 10\.99 USD per year; NOT reversible",
+    "qm login --email alice@example.com --code": r"logged in as alice@example\.com until",
+    "qm login --email": r"a login code was sent to alice@example\.com's channel",
+    "qm inbox": r"\blogin\b",
+    "qm provision": r"TERMS_ACCEPTANCE_REQUIRED: accept cloud's terms of service",
+    "qm approvals": r"\.(terms|session_open)\s",
+    "qm approve": r"approved \S+\.(terms|session_open): ",
+    "qm status demo-1": r"cloud/workers res_\w+: complete, account created",
+    "qm resources": r"res_\w+\s+cloud/workers\s+cred_",
+    "qm exec": r"^\d+$",
+    "qm session open": r"session \w+ waits for your approval",
+    "qm run --agent planner --session SESSION -- qm provision": r"cloud/workers res_\w+: complete",
+    "qm run --agent planner --session SESSION -- qm session delegate": r"for helper \(depth 1\)",
+    "qm rotate": r"new credential cred_\w+ expires",
+    "qm remove": r"removed res_\w+",
+    "qm billing show": r"cloud\s+100\.00 USD \(default\)",
+    "qm session revoke": r"session \w+ revoked: 1 descendant session\(s\) closed, \d+ credential\(s\)",
+}
 
 
-def tour_lines() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+WHERE = "import quartermaster, workflows; print(quartermaster.__file__, workflows.__file__)"
+
+
+def expected_output(line: str) -> str:
+    for prefix in sorted(EXPECT, key=len, reverse=True):
+        if line.startswith(prefix):
+            return EXPECT[prefix]
+    raise AssertionError(f"the tour has a line the test does not know: {line}")
+
+
+@pytest.fixture
+def clone(tmp_path: Path) -> Path:
+    """A fresh clone of this repository whose .venv reuses this checkout's installed environment."""
+    target = tmp_path / "quartermaster"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(target)], check=True, timeout=120)
+    venv = target / ".venv"
+    venv.mkdir()
+    for entry in BIN.parent.iterdir():
+        if not entry.name.startswith("."):
+            (venv / entry.name).symlink_to(entry)
+    digest = hashlib.sha256((target / "pyproject.toml").read_bytes()).hexdigest()
+    (venv / ".qm-installed").write_text(digest)  # what bootstrap writes after installing
+    return target
+
+
+def start_bootstrap_dev(repo: Path, data_dir: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """The README's first command, on the clone, with the port offset and a data directory."""
+    argv = [sys.executable, "bootstrap.py", "dev", "--data-dir", str(data_dir), "--port-offset", str(OFFSET)]
+    proc = subprocess.Popen(
+        argv, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.stdout is not None
+    deadline, seen = time.monotonic() + 120, []
+    for line in proc.stdout:
+        seen.append(line)
+        if "Ctrl-C stops everything" in line:
+            assert f"export QM_API_URL=http://127.0.0.1:{8700 + OFFSET}" in "".join(seen), "".join(seen)
+            return proc
+        if time.monotonic() > deadline or proc.poll() is not None:
+            break
+    proc.kill()
+    pytest.fail("bootstrap.py dev did not come up:\n" + "".join(seen[-30:]))
+
+
+def tour_lines(root: Path = ROOT) -> list[str]:
+    text = (root / "README.md").read_text()
     block = text.split("## A tour", 1)[1].split("```sh", 1)[1].split("```", 1)[0]
     lines = []
     for raw in block.splitlines():
@@ -57,18 +132,28 @@ class Shell:
         return str(codes[-1])
 
 
-def test_the_readme_tour_works_as_written(tmp_path: Path) -> None:
+def test_the_readme_tour_works_as_written_on_a_fresh_clone(tmp_path: Path, clone: Path) -> None:
     data_dir = tmp_path / "stack" / ".qm"
     home = tmp_path / "elsewhere"
     home.mkdir()
-    proc = _start(data_dir, offset=OFFSET)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("QM_", "TEMPORAL_"))}
+    base["PYTHONPATH"] = str(clone)  # the clone's code, not this checkout's editable install
+    where = subprocess.run(
+        [str(clone / ".venv" / "bin" / "python"), "-c", WHERE],
+        env=base, cwd=home, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert all(path.startswith(str(clone)) for path in where.stdout.split()), where.stdout
+    proc = start_bootstrap_dev(clone, data_dir, base)
     shell = Shell(home)
+    shell.env["PYTHONPATH"] = str(clone)
     state: dict[str, str] = {}
     try:
-        for line in tour_lines():
+        for line in tour_lines(clone):  # the clone's README, as the newcomer reads it
             if line.startswith(". "):
                 assert line.endswith("/.venv/bin/activate"), line
-                shell.env["PATH"] = f"{BIN}{os.pathsep}{shell.env.get('PATH', '')}"  # what activate does
+                activate = Path(line.removeprefix(". ").replace("/path/to/quartermaster", str(clone)))
+                assert activate.exists(), activate
+                shell.env["PATH"] = f"{activate.parent}{os.pathsep}{shell.env.get('PATH', '')}"
                 continue
             if line.startswith("export "):
                 name, _, value = line.removeprefix("export ").partition("=")
@@ -98,9 +183,9 @@ def test_the_readme_tour_works_as_written(tmp_path: Path) -> None:
                 argv = [state["session"] if a == "SESSION" else a for a in argv]
             done = shell.qm(*argv[1:])
             expected = 3 if line.startswith(WAITING) else 0
-            assert done.returncode == expected, (
-                f"{line}\n-> exit {done.returncode}\n{done.stdout}{done.stderr}"
-            )
+            said = done.stdout + done.stderr
+            assert done.returncode == expected, f"{line}\n-> exit {done.returncode}\n{said}"
+            assert re.search(expected_output(line), said, re.MULTILINE), f"{line}\n-> printed\n{said}"
             if argv[1:3] == ["session", "open"]:
                 state["session"] = re.search(r"session (\w+) waits", done.stdout).group(1)  # type: ignore[union-attr]
             if argv[1] == "exec":

@@ -68,6 +68,25 @@ def test_exec_through_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     assert code == 7
 
 
+@pytest.mark.parametrize(
+    "before, after",
+    [(["--name", "orders-db"], []), ([], ["--name", "orders-db"]), ([], ["--name=orders-db"])],
+    ids=["before-resource", "after-resource", "after-resource-equals"],
+)
+def test_exec_name_sets_the_prefix_wherever_it_is_given(
+    monkeypatch: pytest.MonkeyPatch, before: list[str], after: list[str]
+) -> None:
+    creds = {"CLOUD_API_TOKEN": Secret("tok" + secrets.token_hex(8))}
+
+    async def fake_fetch(resource: str) -> dict[str, Secret]:
+        return creds
+
+    monkeypatch.setattr(secrets_verbs, "fetch_credentials", fake_fetch)
+    probe = "import os, sys; sys.exit(5 if os.environ.get('ORDERS_DB_API_TOKEN') == sys.argv[1] else 1)"
+    argv = ["exec", *before, "res_123", *after, "--", sys.executable, "-c", probe]
+    assert main([*argv, creds["CLOUD_API_TOKEN"].reveal()]) == 5
+
+
 def test_env_pull_writes_0600_file_atomically_and_warns(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -153,12 +153,16 @@ class ApprovalGate:
         satisfied_by: Callable[[], bool] | None = None,
         poll: Callable[[], Awaitable[bool]] | None = None,
         poll_every: timedelta = timedelta(seconds=30),
+        poll_backoff: float = 1.0,
+        poll_max_every: timedelta | None = None,
         on_rejected: Callable[[list[RejectedAttempt]], Awaitable[None]] | None = None,
     ) -> GateResult:
         """Notify the principal and wait for a valid decision, or the timeout.
 
         `satisfied_by` ends the wait as approved when something else settles it (an OAuth callback, a
-        webhook signal); `poll` is awaited every `poll_every` as a fallback for lost signals.
+        webhook signal); `poll` is awaited every `poll_every` as a fallback for lost signals, the
+        interval multiplied by `poll_backoff` after each poll up to `poll_max_every`, so a long wait
+        polls a bounded number of times (its history stays small without continue-as-new).
         """
         now = workflow.now()
         request = ApprovalRequest(
@@ -209,6 +213,9 @@ class ApprovalGate:
                         raise
                     if await poll():
                         break
+                    if poll_backoff > 1.0:
+                        grown = poll_every * poll_backoff
+                        poll_every = min(grown, poll_max_every) if poll_max_every else grown
             if entry.locked_out:
                 result = GateResult("locked_out")
             elif entry.decision is not None:

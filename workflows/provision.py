@@ -103,8 +103,22 @@ POLL: dict[str, Any] = {
 }
 #: how long a payment token lives (from workflow time): long enough for the create call and its retries
 PAYMENT_TOKEN_LIFETIME = timedelta(hours=1)
+#: the payment-method poll (a fallback for a lost webhook) doubles its interval after each poll up to
+#: an hour, or the wait's timeout / PAYMENT_POLLS_PER_WAIT when that is longer: ~31 polls over 24 h
+PAYMENT_POLL_BACKOFF = 2.0
+PAYMENT_POLL_MAX_EVERY = timedelta(hours=1)
+PAYMENT_POLLS_PER_WAIT = 24
 #: after the reservation, at most this many `information` rounds wait for the human
 INFORMATION_ROUNDS = 3
+#: what the Temporal UI's current details say at each step (gates say what they wait for themselves)
+STEP_DETAILS = {
+    "discover": "discovering the service and its price at the provider",
+    "account": "finding, linking or creating the principal's provider account",
+    "identity": "resolving the principal's Stripe customer",
+    "payment": "payment: card on file, spend reservation, payment token",
+    "create": "creating the resource at the provider",
+    "credential": "minting the scoped credential",
+}
 WAITING_CODES: dict[str, ErrorCode] = {
     "terms": ErrorCode.TERMS_ACCEPTANCE_REQUIRED,
     "payment_method": ErrorCode.PAYMENT_METHOD_REQUIRED,
@@ -144,7 +158,7 @@ def stop_from(err: ActivityError) -> Stop:
 class ProvisionWorkflow:
     def __init__(self) -> None:
         self.gate = ApprovalGate()
-        self.step = "received"
+        self._step = "received"
         self.oauth: OAuthCallback | None = None
         #: the pending OAuth state; only a callback carrying exactly this state is accepted
         self.oauth_state: str | None = None
@@ -161,6 +175,30 @@ class ProvisionWorkflow:
         self.result = ProvisionResult(request_id="", outcome="rejected", service_id="")
         self.audit: AuditTrail | None = None
         self.audited_attempts = 0
+
+    @property
+    def step(self) -> str:
+        return self._step
+
+    @step.setter
+    def step(self, value: str) -> None:
+        """Every step shows in the Temporal UI's current details (a gate shows what it waits for)."""
+        self._step = value
+        if value in STEP_DETAILS:
+            workflow.set_current_details(STEP_DETAILS[value])
+
+    def _show_outcome(self) -> None:
+        """The end, as an operator reads it in the UI: outcome, code, reason and what was undone."""
+        r = self.result
+        if r.outcome == "completed":
+            text = f"COMPLETED: {r.service_id} {r.resource_id or ''}".rstrip()
+            text += f", charged {r.charge.amount}" if r.charge is not None else ""
+        else:
+            text = f"{r.outcome.upper()}: {r.error_code}: {r.error_message or ''}".rstrip()
+            text += f"; undone: {', '.join(r.compensations)}" if r.compensations else "; nothing had moved"
+        workflow.set_current_details(text)
+        if workflow.patched("outcome-memo"):
+            workflow.upsert_memo({"outcome": r.outcome, "error_code": r.error_code})
 
     # -- handlers ---------------------------------------------------------------------------------
     @workflow.update(name="submit_decision")
@@ -208,13 +246,15 @@ class ProvisionWorkflow:
         parsed = parse_input(ProvisionRequest, raw)
         if isinstance(parsed, str):
             workflow.upsert_search_attributes([QM_STATE.value_set(State.FAILED)])
-            return ProvisionResult(
+            self.result = ProvisionResult(
                 request_id=raw_str(raw, "request_id"),
                 outcome="rejected",
                 service_id=raw_str(raw, "service_id"),
                 error_code=ErrorCode.INVALID_REQUEST,
                 error_message=parsed,
             )
+            self._show_outcome()
+            return self.result
         req = parsed
         self.req = req
         self.wid = workflow.info().workflow_id
@@ -236,6 +276,7 @@ class ProvisionWorkflow:
             workflow.upsert_search_attributes(
                 [QM_STATE.value_set(State.COMPENSATED if moved else State.FAILED)]
             )
+        self._show_outcome()
         if self.audit is not None:
             await self._audit_rejected(self.gate.attempts[self.audited_attempts :])  # late or replayed codes
             await self._audit_ignored_callbacks()
@@ -273,7 +314,7 @@ class ProvisionWorkflow:
         if n:
             approval_id = f"{approval_id}-{n + 1}"
         assert self.audit is not None
-        self.step = f"awaiting {kind} approval"
+        before, self.step = self.step, f"awaiting {kind} approval"
         await self.audit.record("approval.requested", details={"approval_id": approval_id, "kind": kind})
         await self.audit.flush()  # the trail is complete up to the wait
         res = await self.gate.ask(
@@ -287,6 +328,7 @@ class ProvisionWorkflow:
             on_rejected=self._audit_rejected,
             **wait,
         )
+        self.step = before  # the gate cleared its details: show the step again
         if res.status == "approved":
             await self.audit.record(
                 "approval.granted",
@@ -645,6 +687,10 @@ class ProvisionWorkflow:
                 latest.append(status)
                 return status.has_payment_method
 
+            # the Stripe webhook signals `payment_method_ready`; the poll is only a fallback for a lost
+            # webhook, backing off to a bounded number of polls however long the human takes
+            backoff = workflow.patched("payment-wait-backoff")
+            timeout = timedelta(seconds=self.policy.approval_timeout_seconds)
             await self._ask(
                 "payment_method",
                 "add a payment method (the agent never sees it)",
@@ -652,6 +698,8 @@ class ProvisionWorkflow:
                 satisfied_by=lambda: self.payment_method_ready,
                 poll=poll,
                 poll_every=timedelta(seconds=self.policy.payment_poll_seconds),
+                poll_backoff=PAYMENT_POLL_BACKOFF if backoff else 1.0,
+                poll_max_every=max(PAYMENT_POLL_MAX_EVERY, timeout / PAYMENT_POLLS_PER_WAIT),
             )
             pm = await self._call(
                 "payment_method_status", customer.customer_id, PaymentMethodStatus, "payment method attached"
@@ -661,7 +709,9 @@ class ProvisionWorkflow:
         if not quote.reversible and amount.amount > self.policy.purchase_approval_above:
             await self._ask(
                 "purchase",
-                f"approve an irreversible purchase of {req.service_id} '{req.name}' for {amount}",
+                f"approve an irreversible purchase of {req.service_id} '{req.name}'"
+                + (f" ({domain})" if isinstance(domain := req.configuration.get("domain"), str) else "")
+                + f" for {amount}",
                 {
                     "amount": amount.model_dump(),
                     "service_id": req.service_id,

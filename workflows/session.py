@@ -466,20 +466,23 @@ class SessionWorkflow:
             except Exception:  # the child may have closed already  # noqa: S110
                 pass
         revoked, failed = await self._revoke_credentials()
-        descendants = 0
+        descendants = tree_revoked = tree_failed = 0
         for handle in self._children.values():
             try:
                 child_summary: CloseSummary = await handle
                 descendants += 1 + child_summary.descendants_closed
+                tree_revoked += child_summary.credentials_revoked
+                tree_failed += child_summary.credential_failures
             except Exception:
                 descendants += 1
         action: AuditAction = "session.expired" if s.status == "expired" else "session.revoked"
         self._audit(action, s.status, credentials_revoked=revoked, credential_failures=failed)
+        # the summary counts the whole tree (this session's and every descendant's credentials)
         self._summary = CloseSummary(
             session_id=s.session_id,
             status=s.status,
-            credentials_revoked=revoked,
-            credential_failures=failed,
+            credentials_revoked=revoked + tree_revoked,
+            credential_failures=failed + tree_failed,
             descendants_closed=descendants,
         )
         return self._summary

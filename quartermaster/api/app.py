@@ -22,6 +22,7 @@ from quartermaster.api.routes import (
     catalog,
     dev,
     identities,
+    links,
     login,
     mcp,
     pages,
@@ -44,6 +45,7 @@ PROTECTED_ROUTERS = (
     identities.router,
     agents.router,
     billing.router,
+    links.router,
 )
 
 

@@ -41,6 +41,7 @@ STATUS: dict[ErrorCode, int] = {
     ErrorCode.PLAN_CHANGE_NOT_ALLOWED: 409,
     ErrorCode.APPROVAL_REJECTED: 409,
     ErrorCode.APPROVAL_CHANGED: 409,
+    ErrorCode.APPROVAL_HANDED_ON: 409,
     ErrorCode.BODY_TOO_LARGE: 413,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.TEMPORAL_UNAVAILABLE: 503,

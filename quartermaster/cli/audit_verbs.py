@@ -148,10 +148,18 @@ def _row(r: StoredAuditRecord) -> dict[str, Any]:
         "outcome": e.outcome,
         "principal": e.principal_id or "",
         "agents": " > ".join(e.agent_chain),
-        "provider": "/".join(x for x in (e.provider, e.service_id) if x),
+        "provider": _service_column(e.provider, e.service_id),
         "request": e.request_id or "",
         "detail": _detail(r),
     }
+
+
+def _service_column(provider: str | None, service_id: str | None) -> str:
+    """`cloud/r2` (a service id already names its provider), else the provider alone."""
+    if service_id:
+        named = not provider or service_id.startswith(f"{provider}/")
+        return service_id if named else f"{provider}/{service_id}"
+    return provider or ""
 
 
 def _detail(r: StoredAuditRecord) -> str:

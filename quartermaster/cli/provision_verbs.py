@@ -9,10 +9,12 @@ import sys
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from models.api import ProvisionView
-from models.errors import ErrorCode, QuartermasterError, code_of
+from models.api import ApprovalView, ProvisionView
+from models.approval import HANDED_ON
+from models.errors import ErrorCode, QuartermasterError, code_of, exit_code
 from quartermaster.cli.output import add_common, emit, error_object, report_error, table, usd
 from quartermaster.client import QuartermasterClient
+from quartermaster.client.config import save_shown, shown_hash
 
 if TYPE_CHECKING:
     Sub = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -84,6 +86,10 @@ def register(sub: Sub) -> None:
         p = _parser(sub, verb, f"{verb} a pending approval with its one-time code (human login)", decide)
         p.add_argument("approval_id")
         p.add_argument("--code", required=True, help="the one-time code delivered to you")
+        p.add_argument(
+            "--view-hash",
+            help="bind to this view_hash (default: the one `qm approvals` showed, else the current one)",
+        )
         p.set_defaults(decision=verb)
         if verb == "deny":
             p.add_argument("--reason", required=True)
@@ -199,53 +205,98 @@ async def provision(args: argparse.Namespace) -> int:
             scopes=args.scope,
             credential_ttl_seconds=args.ttl,
         )
-        if view.state == "running" and args.wait > 0:
-            view = await qm.provisions.wait(view.request_id, timeout=args.wait, on_progress=_progress(args))
+        progress = _progress(args)
+        if progress is not None:
+            progress(view)
+        if args.wait > 0 and (view.state == "running" or progress is not None):
+            view = await qm.provisions.wait(
+                view.request_id, timeout=args.wait, on_progress=progress, through_humans=progress is not None
+            )
     return print_view(args, view)
 
 
+def interactive(args: argparse.Namespace) -> bool:
+    """A person at a terminal (not --json, stderr a tty): show progress, follow through human gates."""
+    return not getattr(args, "json", False) and sys.stderr.isatty()
+
+
 def _progress(args: argparse.Namespace) -> Any:
-    """On a terminal, show the current step while waiting; quiet with --json."""
-    if args.json or not sys.stderr.isatty():
+    """On a terminal, show each new step and what the human must do while waiting; quiet with --json
+    (an agent gets one answer, and exit code 3 at the first human gate)."""
+    if not interactive(args):
         return None
     seen: set[str] = set()
 
     def show(view: ProvisionView) -> None:
-        if view.step and view.step not in seen:
+        if view.step and view.step not in seen and not view.step.startswith("awaiting"):
             seen.add(view.step)
             print(f"  ... {view.step}", file=sys.stderr, flush=True)
+        for w in view.waiting_for:
+            if w.approval_id not in seen:
+                seen.add(w.approval_id)
+                print(
+                    f"  ... waiting for you ({w.kind}): {w.summary}\n"
+                    f"      the code is on {w.asked_via}: qm approvals, then qm approve {w.approval_id}"
+                    " --code CODE (or open the link in the notification)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     return show
 
 
 async def status(args: argparse.Namespace) -> int:
     async with QuartermasterClient.from_env() as qm:
-        view = await qm.provisions.wait(args.request_id, timeout=args.wait, on_progress=_progress(args))
+        progress = _progress(args)
+        view = await qm.provisions.wait(
+            args.request_id, timeout=args.wait, on_progress=progress, through_humans=progress is not None
+        )
     return print_view(args, view)
 
 
 async def approvals(args: argparse.Namespace) -> int:
+    """What waits for you, each with the `view_hash` of what is shown: `qm approve` sends it back, so
+    a price, configuration or cap that changes in between voids the code (APPROVAL_CHANGED)."""
     async with QuartermasterClient.from_env() as qm:
         items = await qm.approvals.list()
+        views: list[ApprovalView] = []
+        for a in items:
+            try:
+                views.append(await qm.approvals.get(a.approval_id))
+            except QuartermasterError:
+                continue  # decided or closed since the listing
+    save_shown({v.approval_id: v.view_hash for v in views if v.view_hash})
     rows = [
         {"approval": a.approval_id, "kind": a.kind, "summary": a.summary, "expires": a.expires_at}
-        for a in items
+        for a in views
     ]
-    emit(args, items, table(rows, ["approval", "kind", "summary", "expires"]))
+    emit(args, views, table(rows, ["approval", "kind", "summary", "expires"]))
     return 0
 
 
 async def decide(args: argparse.Namespace) -> int:
     async with QuartermasterClient.from_env() as qm:
+        view = await qm.approvals.get(args.approval_id)
+        if args.decision == "approve" and view.kind in HANDED_ON:
+            key, label = HANDED_ON[view.kind]
+            message = f"{label}: {view.details.get(key, '')} (the request goes on by itself; nothing decided)"
+            if args.json:
+                print(json.dumps({"error": error_object(ErrorCode.APPROVAL_HANDED_ON, message)}))
+            else:
+                print(f"{ErrorCode.APPROVAL_HANDED_ON}: {message}", file=sys.stderr)
+            return exit_code(ErrorCode.APPROVAL_HANDED_ON)
+        # bound to what `qm approvals` showed (else to what the API shows now)
+        bound = args.view_hash or shown_hash(args.approval_id) or view.view_hash
         outcome = await qm.approvals.decide(
             args.approval_id,
             decision=args.decision,
             code=args.code,
             reason=getattr(args, "reason", None),
             information=getattr(args, "info", None),
+            view_hash=bound,
         )
     past = "approved" if args.decision == "approve" else "denied"
-    emit(args, outcome, f"{past} {args.approval_id}")
+    emit(args, outcome, f"{past} {args.approval_id}: {view.summary}")
     return 0
 
 
@@ -257,11 +308,12 @@ async def inbox(args: argparse.Namespace) -> int:
             "approval": m.get("approval_id", m.get("login_id", "-")),
             "kind": m.get("kind", m.get("type")),
             "code": m.get("code", ""),
+            "status": m.get("status", ""),
             "summary": m.get("summary", ""),
         }
         for m in items
     ]
-    emit(args, items, table(rows, ["approval", "kind", "code", "summary"]))
+    emit(args, items, table(rows, ["approval", "kind", "code", "status", "summary"]))
     return 0
 
 

@@ -151,6 +151,14 @@ async def fetch_credentials(resource: str) -> dict[str, Secret]:
 def run_exec(args: argparse.Namespace) -> int:
     # synchronous on purpose: the child runs outside any event loop, so Ctrl-C cannot cancel the wait
     command = list(args.command)
+    # `qm exec RES --name P -- CMD`: options after RESOURCE land in the remainder; take ours out
+    while command[:1] and (command[0] == "--name" or command[0].startswith("--name=")):
+        if command[0] == "--name":
+            if len(command) < 2:
+                raise QuartermasterError(ErrorCode.INVALID_REQUEST, "--name needs a prefix, e.g. ORDERS_DB")
+            args.name, command = command[1], command[2:]
+        else:
+            args.name, command = command[0].partition("=")[2], command[1:]
     if command and command[0] == "--":
         command = command[1:]
     if not command:

@@ -46,3 +46,6 @@ REGISTRY.append(mcp_verbs.register)
 from quartermaster.cli import plan_verbs  # noqa: E402
 
 REGISTRY.append(plan_verbs.register)
+from quartermaster.cli import link_verbs  # noqa: E402
+
+REGISTRY.append(link_verbs.register)

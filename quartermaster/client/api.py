@@ -36,6 +36,7 @@ from models.catalog import Catalog
 from models.errors import ErrorCode
 from models.forecast import Forecast
 from models.limits import LimitKind, SpendSummary
+from models.link import LinkView
 from models.money import Money
 from models.plan_change import PlanChangeQuote, PlanChangeView
 from models.provisioning import Quote
@@ -122,9 +123,15 @@ class Provisions(_Resource):
         )
 
     async def wait(
-        self, request_id: str, *, timeout: float, on_progress: Callable[[ProvisionView], None] | None = None
+        self,
+        request_id: str,
+        *,
+        timeout: float,
+        on_progress: Callable[[ProvisionView], None] | None = None,
+        through_humans: bool = False,
     ) -> ProvisionView:
-        """Follow a request until it finishes, waits for a human, or `timeout` seconds pass."""
+        """Follow a request until it finishes, waits for a human, or `timeout` seconds pass. With
+        `through_humans` (a person at a terminal), keep following while a human decides."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -132,7 +139,12 @@ class Provisions(_Resource):
             view = await self.get(request_id, wait=max(0.0, min(left, LONG_POLL_SECONDS)))
             if on_progress is not None:
                 on_progress(view)
-            if view.state != "running" or loop.time() >= deadline:
+            if loop.time() >= deadline:
+                return view
+            if view.state == "waiting_for_human" and through_humans:
+                await asyncio.sleep(min(1.0, max(0.0, deadline - loop.time())))  # the API answers at once
+                continue
+            if view.state != "running":
                 return view
 
 
@@ -168,6 +180,15 @@ class Approvals(_Resource):
         return await self._c.request(
             "POST", f"/v1/approvals/{_seg(approval_id)}/decision", DecisionOutcome, json=body
         )
+
+
+class Links(_Resource):
+    async def start(self, provider: str) -> LinkView:
+        """Link your existing account at `provider` (OAuth consent; nothing is bought)."""
+        return await self._c.request("POST", "/v1/links", LinkView, json={"provider": provider})
+
+    async def get(self, provider: str) -> LinkView:
+        return await self._c.request("GET", f"/v1/links/{_seg(provider)}", LinkView)
 
 
 class Resources(_Resource):
@@ -381,6 +402,7 @@ class QuartermasterClient:
         self.provisions = Provisions(self)
         self.approvals = Approvals(self)
         self.resources = Resources(self)
+        self.links = Links(self)
         self.sessions = Sessions(self)
         self.identities = Identities(self)
         self.agents = Agents(self)

@@ -91,7 +91,8 @@ def attenuate(
     if depth > parent.max_depth:
         raise AttenuationError(
             ErrorCode.INVALID_REQUEST,
-            f"delegation depth {depth} exceeds the session's limit {parent.max_depth}",
+            f"delegation depth {depth} exceeds the session's limit {parent.max_depth} (the human opens the"
+            f" root session with a deeper limit: qm session open ... --max-depth {depth})",
         )
     services = (
         list(ask.allowed_services) if ask.allowed_services is not None else list(parent.allowed_services)

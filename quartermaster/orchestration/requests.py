@@ -19,7 +19,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
@@ -36,6 +36,7 @@ from models.authority import ProofKind
 from models.catalog import Catalog
 from models.errors import ErrorCode, QuartermasterError
 from models.limits import LimitChangeRequest, LimitKind
+from models.link import LinkRequest, LinkResult, LinkView, link_workflow_id
 from models.money import Money
 from models.provisioning import (
     DiscoverInput,
@@ -139,6 +140,22 @@ class RequestOwner:
     fingerprint: str | None
 
 
+def request_details(req: ProvisionRequest) -> str:
+    """The Temporal UI's details of a request (Markdown; no email, no secret): what it is, and where
+    its outcome shows (rejected, denied and undone requests also end as a "completed" run)."""
+    session = _session_of(req)
+    return "\n".join(
+        [
+            f"**request** `{req.request_id}`: provision `{req.service_id}` named `{req.name}`",
+            f"**agent** `{req.actor.agent}`" + (f" under session `{session}`" if session else " (the human)"),
+            f"**at most** {req.max_price} now" if req.max_price is not None else "**price** as quoted",
+            "**outcome**: the current details (`COMPLETED`, `REJECTED: CODE: reason` or"
+            " `UNDONE: CODE: reason; undone: ...`), the memo's `outcome` and `error_code`, and `QmState`"
+            " (`COMPLETED`, `FAILED` = rejected, nothing moved, `COMPENSATED` = undone)",
+        ]
+    )
+
+
 class Orchestrator:
     def __init__(
         self, *, temporal: Client, settings: Settings, keyring: Keyring, registry: ProviderRegistry
@@ -224,6 +241,7 @@ class Orchestrator:
                 search_attributes=attrs,
                 memo={"fingerprint": fp},
                 static_summary=f"provision {req.service_id} '{req.name}' for agent {req.actor.agent}",
+                static_details=request_details(req),
                 execution_timeout=provision_execution_timeout(self.settings.approval_timeout_seconds),
             )
         except WorkflowAlreadyStartedError:
@@ -524,3 +542,64 @@ class Orchestrator:
             execution_timeout=RESOURCE_ACTION_TIMEOUT,
         )
         return result
+
+    async def link(self, *, email: str, provider: str) -> str:
+        """Start (or join) linking the human's existing account at `provider`; returns the workflow id.
+        Only the API calls this, after verifying the human's login: the actor carries its proof."""
+        if provider not in self.settings.providers:
+            raise QuartermasterError(ErrorCode.UNKNOWN_PROVIDER, f"no provider named {provider!r}")
+        principal_id = self.keyring.principal_id(email)
+        wid = link_workflow_id(principal_id, provider)
+        actor = sign_human_actor(
+            self.keyring, Actor(principal_email=email, agent="human", kind="human"),
+            request_id=wid, service_id=f"{provider}/account",
+        )  # fmt: skip
+        try:
+            await self.temporal.start_workflow(
+                "LinkAccountWorkflow",
+                LinkRequest(link_id=wid, provider=provider, actor=actor),
+                id=wid,
+                task_queue=self.settings.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(QM_STATE, State.RUNNING),
+                        SearchAttributePair(QM_PROVIDER, provider),
+                        SearchAttributePair(QM_AGENT, "human"),
+                        SearchAttributePair(QM_PRINCIPAL, principal_id),
+                    ]
+                ),
+                static_summary=f"link the principal's existing {provider} account (nothing bought)",
+                execution_timeout=provision_execution_timeout(self.settings.approval_timeout_seconds),
+            )
+        except WorkflowAlreadyStartedError:
+            pass
+        return wid
+
+    async def link_view(self, *, principal_id: str, provider: str) -> LinkView:
+        """The principal's latest link at `provider` (NOT_FOUND when there is none: another
+        principal's link has another workflow id)."""
+        handle = self.temporal.get_workflow_handle(link_workflow_id(principal_id, provider))
+        try:
+            desc = await handle.describe()
+            if desc.status == WorkflowExecutionStatus.RUNNING:
+                res: LinkResult = await handle.query("link_status", result_type=LinkResult)
+                pending = await handle.query("pending_approvals", result_type=list[ApprovalRequest])
+                return LinkView(
+                    provider=provider,
+                    state="waiting_for_human" if pending else "running",
+                    approval_id=pending[0].approval_id if pending else None,
+                )
+            res = await self.temporal.get_workflow_handle(handle.id, result_type=LinkResult).result()
+        except (RPCError, WorkflowFailureError):
+            raise QuartermasterError(ErrorCode.NOT_FOUND, f"no link at {provider}") from None
+        return LinkView(
+            provider=provider,
+            state=res.outcome,
+            link_action=res.link_action,
+            already_linked=res.already_linked,
+            error={"code": res.error_code or "UNKNOWN_ERROR", "message": res.error_message or ""}
+            if res.outcome != "completed"
+            else None,
+        )

@@ -132,6 +132,7 @@ async def test_domain_under_a_session_through_every_page(stack: Stack, ctx: Brow
             await stack.attach_card(checkout)
             # the irreversible purchase: amount, domain, chain, cap effect
             msg = await message_for(stack, email, "purchase", rid)
+            assert domain in msg["summary"], msg["summary"]  # the code flow's one line names it too
             text = await open_link(page, msg["link"], "purchase")
             assert "Approve an irreversible purchase" in text and domain in text
             assert "no: this is final" in text and "planner" in text
@@ -285,3 +286,48 @@ async def test_oauth_and_unfreeze_pages(stack: Stack, ctx: BrowserContext) -> No
         assert "Unfreeze an agent" in text and "runaway" in text
         status, text = await press(page, "approve")
         assert status == 200 and "act again" in text
+
+
+async def test_spend_limit_page_shows_the_cap_before_and_after(stack: Stack, ctx: BrowserContext) -> None:
+    """Over this month's cap: the page names the amount, the limit and the cap before and after;
+    approving completes the purchase (charged), denying the next one undoes it (nothing charged)."""
+    from tests.test_provision_gate_timeouts import _lower_cap
+
+    email = new_email()
+    page = await ctx.new_page()
+    await _lower_cap(stack, stack.settings.task_queue, email)  # cloud's cap at USD 1 for this principal
+    async with await stack.login(email) as human:
+        first = await human.provisions.create(service_id="cloud/r2", name="over-1")
+        terms = await message_for(stack, email, "terms", first.request_id)
+        await human.approvals.decide(terms["approval_id"], decision="approve", code=terms["code"])
+        pm = await message_for(stack, email, "payment_method", first.request_id)
+        await stack.attach_card(pm["details"]["checkout_url"])
+        msg = await message_for(stack, email, "spend_limit", first.request_id)
+        text = await open_link(page, msg["link"], "spend_limit")
+        assert "Spend over this month's limit" in text and "cloud/r2" in text and first.request_id in text
+        assert "This purchase\t5.00 USD" in text and "Limit\t1.00 USD" in text, text
+        assert "Spent so far\t0.00 USD of 1.00 USD" in text  # the cap before
+        assert await page.inner_text("#cap-effect") == "5.00 USD of 1.00 USD"  # and after
+        assert "This goes over the monthly limit." in text
+        status, text = await press(page, "approve")
+        assert status == 200 and "Approved" in text and "may go over the limit" in text
+        done = await human.provisions.wait(first.request_id, timeout=40)
+        assert done.state == "completed" and done.charge == Money(amount=500, currency="usd"), done
+
+        second = await human.provisions.create(service_id="cloud/r2", name="over-2")
+        msg = await message_for(stack, email, "spend_limit", second.request_id)
+        text = await open_link(page, msg["link"])
+        assert "Spent so far\t5.00 USD of 1.00 USD" in text, text  # the first purchase counts now
+        assert await page.inner_text("#cap-effect") == "10.00 USD of 1.00 USD"
+        await page.fill("#reason", "enough for this month")
+        status, text = await press(page, "deny")
+        assert status == 200 and "Denied" in text
+        view = await human.provisions.wait(second.request_id, timeout=40)
+        assert view.state in ("rejected", "undone") and view.error is not None, view
+        assert view.error["code"] == "APPROVAL_DENIED"
+        spend = await human.billing.show()
+    cloud = next(p for p in spend.providers if p.provider == "cloud")
+    assert cloud.ledger.committed == Money(amount=500, currency="usd")  # only the approved one
+    assert cloud.ledger.reserved == Money(amount=0, currency="usd")
+    names = [r["name"] for r in (await stack.provider_state("cloud"))["resources"]]
+    assert "over-1" in names and "over-2" not in names

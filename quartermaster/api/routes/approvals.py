@@ -7,7 +7,7 @@ from fastapi import APIRouter, Security
 from temporalio.service import RPCError
 
 from models.api import ApprovalView, DecisionBody
-from models.approval import ApprovalDecision, ApprovalRequest, DecisionOutcome
+from models.approval import HANDED_ON, ApprovalDecision, ApprovalRequest, DecisionOutcome
 from models.errors import ErrorCode, QuartermasterError
 from models.secret import Secret
 from quartermaster.api.approval_facts import approval_facts, view_hash
@@ -26,7 +26,11 @@ router = APIRouter(
 async def pending_approval(svc: ApiServices, principal_id: str, approval_id: str) -> ApprovalRequest:
     """The open approval, if it is this principal's; else NOT_FOUND (whether or not it exists)."""
     wid, sep, _kind = approval_id.rpartition(".")
-    missing = QuartermasterError(ErrorCode.NOT_FOUND, f"no open approval {approval_id}")
+    missing = QuartermasterError(
+        ErrorCode.NOT_FOUND,
+        f"no open approval {approval_id}: already decided, expired, its request ended, or not yours"
+        " (qm inbox shows each code's status)",
+    )
     if not sep or not wid or len(approval_id) > 300:
         raise missing
     try:
@@ -60,6 +64,14 @@ async def get_approval(approval_id: str, caller: HumanCaller, svc: Services) -> 
 async def decide(approval_id: str, body: DecisionBody, caller: HumanCaller, svc: Services) -> DecisionOutcome:
     """Approve or deny with the one-time code you received; anything but ACCEPTED is 409."""
     approval = await pending_approval(svc, caller.principal_id, approval_id)
+    if body.decision == "approve" and approval.kind in HANDED_ON:
+        # a code cannot add a card or consent at the provider: approving it would end the request
+        key, label = HANDED_ON[approval.kind]
+        raise QuartermasterError(
+            ErrorCode.APPROVAL_HANDED_ON,
+            f"{label}: {approval.details.get(key, '(see the approval page)')} (the request goes on by itself"
+            " once that is done; nothing was decided)",
+        )
     if body.view_hash is not None:
         if body.view_hash != view_hash(await approval_facts(svc, approval, caller.email)):
             raise QuartermasterError(

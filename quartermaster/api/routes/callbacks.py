@@ -62,7 +62,7 @@ async def oauth_callback(request: Request, svc: Services) -> Response:
     error = request.query_params.get("error")
     # state = <workflow id>.oauth_consent.<nonce>; the workflow checks the whole state matches
     workflow_id = state.rsplit(".", 2)[0] if state.count(".") >= 2 else ""
-    if not workflow_id.startswith("provision-") or not (code or error):
+    if not workflow_id.startswith(("provision-", "link-")) or not (code or error):
         return _page("Invalid OAuth callback", "This link is not part of a pending request.", 400)
     callback = OAuthCallback(
         state=state, code=Secret(code[:2000]) if code else None, error=(error or "")[:100] or None

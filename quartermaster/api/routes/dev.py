@@ -5,6 +5,7 @@ In dev the channel is a local file anyone on the machine can read; production us
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -21,8 +22,23 @@ router = APIRouter(prefix="/v1/dev", tags=["dev"], dependencies=[Depends(service
 
 @router.get("/inbox", response_model=list[dict[str, Any]])
 async def inbox(email: EmailStr, svc: Services) -> list[dict[str, Any]]:
-    """The dev channel's messages to `email` (login and approval codes)."""
-    return read_inbox(svc.settings.data_dir / "inbox", svc.keyring.principal_id(str(email).strip().lower()))
+    """The dev channel's messages to `email` (login and approval codes), each with its `status`:
+    an approval `open`, `closed` (decided, or its request ended) or `expired`; a login code `valid`
+    or `expired`."""
+    principal_id = svc.keyring.principal_id(str(email).strip().lower())
+    messages = read_inbox(svc.settings.data_dir / "inbox", principal_id)
+    open_ids = {a.approval_id for a in await svc.orchestrator.approvals(principal_id=principal_id)}
+    now = datetime.now(UTC)
+    for m in messages:
+        try:
+            expired = datetime.fromisoformat(str(m.get("expires_at"))) <= now
+        except ValueError:
+            expired = False
+        if "approval_id" in m:
+            m["status"] = "open" if m["approval_id"] in open_ids else "expired" if expired else "closed"
+        else:
+            m["status"] = "expired" if expired else "valid"
+    return messages
 
 
 #: the dev inbox as a page: what each channel (e-mail, webhook) would have sent

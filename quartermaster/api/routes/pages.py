@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, quote
 from fastapi import APIRouter, Cookie, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from models.approval import ApprovalDecision, ApprovalRequest
+from models.approval import HANDED_ON, ApprovalDecision, ApprovalRequest
 from models.errors import ErrorCode, QuartermasterError
 from models.money import Money
 from models.secret import Secret
@@ -43,9 +43,6 @@ HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'",
 }
-#: decisions that are settled elsewhere: approving sends the human on (Checkout, the provider)
-HANDED_ON = {"payment_method": ("checkout_url", "Add the card on the Checkout page"),
-             "oauth_consent": ("authorization_url", "Continue to the provider")}  # fmt: skip
 
 
 def page_store(svc: ApiServices) -> PageSessionStore:

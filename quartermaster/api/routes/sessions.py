@@ -44,11 +44,24 @@ async def visible_session(
     return state
 
 
+def known_providers(svc: ApiServices, patterns: list[str] | None) -> None:
+    """A pattern naming a provider this API does not know grants nothing: refused, not kept."""
+    for pattern in patterns or []:
+        provider = pattern.partition("/")[0]
+        if pattern != "*" and provider not in svc.settings.providers:
+            raise QuartermasterError(
+                ErrorCode.UNKNOWN_PROVIDER,
+                f"no provider named {provider!r} (in {pattern!r}); known: "
+                + ", ".join(sorted(svc.settings.providers)),
+            )
+
+
 @router.post("", response_model=SessionState, status_code=202)
 async def open_session(body: SessionOpenBody, caller: HumanCaller, svc: Services) -> SessionState:
     """Ask to open a session for an agent: it is active once you approve it with the code you receive."""
     if body.agent == HUMAN_AGENT:
         raise QuartermasterError(ErrorCode.INVALID_REQUEST, f"{HUMAN_AGENT!r} is not an agent name")
+    known_providers(svc, body.allowed_services)
     return await svc.sessions.open(
         email=caller.email,
         agent=body.agent,
