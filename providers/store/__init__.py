@@ -12,6 +12,7 @@ migrated on open (`migrations.py`).
     webhooks       WebhookEventStore                 Stripe webhook delivery dedup
     logins         LoginStore                        human login codes and login tokens (hashes)
     freezes        FreezeStore                       agent freezes, session revocations
+    approvals      PendingApprovalStore              the human's pending approvals (sealed), paged
     audit          providers.audit.AuditStore (sync) the hash-chained audit trail
 
 Usage (the API; the worker does the same in `worker.build_activities`):
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from providers.store.accounts import SqlConnections
+from providers.store.approvals import ApprovalPage, InvalidCursorError, SqlPendingApprovals
 from providers.store.database import (
     Database,
     PostgresDatabase,
@@ -58,6 +60,7 @@ from providers.store.interfaces import (
     LoginStore,
     LoginToken,
     OAuthStateStore,
+    PendingApprovalStore,
     PendingOAuth,
     ReplayStore,
     Sealer,
@@ -76,13 +79,16 @@ if TYPE_CHECKING:
 __all__ = [
     "LATEST",
     "AgentFreeze",
+    "ApprovalPage",
     "ConnectionStore",
     "Database",
     "FreezeStore",
+    "InvalidCursorError",
     "LoginCheck",
     "LoginStore",
     "LoginToken",
     "OAuthStateStore",
+    "PendingApprovalStore",
     "PendingOAuth",
     "PostgresDatabase",
     "ReplayStore",
@@ -111,6 +117,7 @@ class Store:
     webhooks: SqlWebhookEvents = field(init=False)
     logins: SqlLogins = field(init=False)
     freezes: SqlFreezes = field(init=False)
+    approvals: SqlPendingApprovals = field(init=False)
     audit: SqlAuditStore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -121,6 +128,7 @@ class Store:
         self.webhooks = SqlWebhookEvents(self.db)
         self.logins = SqlLogins(self.db)
         self.freezes = SqlFreezes(self.db)
+        self.approvals = SqlPendingApprovals(self.db, self.sealer)
         self.audit = SqlAuditStore(self.db, migrated=True)
 
     @property
