@@ -75,7 +75,13 @@ def build_services(
         identity=ids,
         keyring=keyring,
         temporal=temporal,
-        orchestrator=Orchestrator(temporal=temporal, settings=settings, keyring=keyring, registry=registry),
+        orchestrator=Orchestrator(
+            temporal=temporal,
+            settings=settings,
+            keyring=keyring,
+            registry=registry,
+            pending=store.approvals,
+        ),
         sessions=SessionService(temporal=temporal, keyring=keyring, task_queue=settings.task_queue),
         presentations=SessionActivities.from_settings(
             settings, keyring, temporal, identity=ids, replay=store.replay

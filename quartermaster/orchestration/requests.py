@@ -50,6 +50,8 @@ from models.request import Actor, ProvisionRequest
 from models.secret import Secret
 from providers.errors import ProviderError
 from providers.registry import ProviderRegistry, UnknownProviderError
+from providers.store.approvals import ApprovalPage, InvalidCursorError
+from providers.store.interfaces import PendingApprovalStore
 from quartermaster.config import Settings
 from quartermaster.crypto.authority import AuthoritySigner, sign_decision, sign_human_actor
 from quartermaster.keys import Keyring, load_keyring
@@ -141,12 +143,20 @@ class RequestOwner:
 
 class Orchestrator:
     def __init__(
-        self, *, temporal: Client, settings: Settings, keyring: Keyring, registry: ProviderRegistry
+        self,
+        *,
+        temporal: Client,
+        settings: Settings,
+        keyring: Keyring,
+        registry: ProviderRegistry,
+        pending: PendingApprovalStore | None = None,
     ) -> None:
         self.temporal = temporal
         self.settings = settings
         self.keyring = keyring
         self.registry = registry
+        #: the pending-approvals read model; None: the visibility scan of older releases
+        self.pending = pending
 
     @classmethod
     @asynccontextmanager
@@ -291,13 +301,37 @@ class Orchestrator:
             await asyncio.sleep(0.25)
 
     # -- approvals --------------------------------------------------------------------------------
+    async def approvals_page(
+        self, principal_id: str, *, cursor: str | None = None, limit: int = 100
+    ) -> ApprovalPage:
+        """One page of the principal's pending approvals, from the store's read model."""
+        if self.pending is None:
+            return ApprovalPage(items=await self._scan_approvals(principal_id), next_cursor=None)
+        try:
+            return await self.pending.pending(principal_id, cursor=cursor, limit=limit)
+        except InvalidCursorError:
+            raise QuartermasterError(ErrorCode.INVALID_REQUEST, "malformed cursor") from None
+
     async def approvals(
         self, email: str | None = None, *, principal_id: str | None = None
     ) -> list[ApprovalRequest]:
-        """Every pending approval, from one visibility query (the list is in each workflow's memo)."""
+        """Every pending approval of a principal (every page of the read model)."""
+        pid = principal_id or (self.keyring.principal_id(email) if email else None)
+        if self.pending is None or pid is None:
+            return await self._scan_approvals(pid)
+        out: list[ApprovalRequest] = []
+        cursor: str | None = None
+        while True:
+            page = await self.approvals_page(pid, cursor=cursor, limit=200)
+            out += page.items
+            if page.next_cursor is None:
+                return out
+            cursor = page.next_cursor
+
+    async def _scan_approvals(self, pid: str | None) -> list[ApprovalRequest]:
+        """Older releases: one visibility query, the list in each workflow's memo (7 s at 10,000)."""
         # this deployment's workflows only: a namespace may hold others' (other keys, other task queues)
         query = f"{QM_STATE.name} = '{State.AWAITING_APPROVAL}' AND TaskQueue = '{self.settings.task_queue}'"
-        pid = principal_id or (self.keyring.principal_id(email) if email else None)
         if pid:
             query += f" AND {QM_PRINCIPAL.name} = '{pid}'"
         out: list[ApprovalRequest] = []
