@@ -370,6 +370,8 @@ async def test_a_closed_or_expired_approval_is_not_pending_and_stays_closed(stor
     await store.approvals.open_approval(a)
     await store.approvals.open_approval(a)  # a retried notice: still one row
     await store.approvals.open_approval(b)
+    assert await store.approvals.waiting(a.workflow_id) is True
+    assert await store.approvals.waiting("provision-carol-r9") is False
     now = t0 + timedelta(minutes=1)
     assert [x.approval_id for x in (await store.approvals.pending("carol", now=now)).items] == [
         a.approval_id,
@@ -378,6 +380,7 @@ async def test_a_closed_or_expired_approval_is_not_pending_and_stays_closed(stor
     assert await store.approvals.close_approval(a.approval_id) is True
     assert await store.approvals.close_approval(a.approval_id) is False  # a retried close
     await store.approvals.open_approval(a)  # a late retry of the notice cannot reopen it
+    assert await store.approvals.waiting(a.workflow_id) is False
     later = t0 + timedelta(minutes=10)
     assert (await store.approvals.pending("carol", now=now)).items == [b]
     assert (await store.approvals.pending("carol", now=later)).items == []  # b expired

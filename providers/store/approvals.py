@@ -97,6 +97,17 @@ class SqlPendingApprovals:
         )
         return changed > 0
 
+    async def waiting(self, workflow_id: str) -> bool:
+        """Does this workflow have an open approval (is it waiting for a human)? One index lookup,
+        so the API can follow a request without asking Temporal every quarter second."""
+        rows = await self._db.run(
+            lambda tx: tx.execute(
+                "SELECT 1 FROM pending_approvals WHERE workflow_id = ? AND closed_ms IS NULL LIMIT 1",
+                (workflow_id,),
+            )
+        )
+        return bool(rows)
+
     async def pending(
         self,
         principal_id: str,

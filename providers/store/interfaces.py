@@ -216,6 +216,10 @@ class PendingApprovalStore(Protocol):
 
     async def close_approval(self, approval_id: str, *, closed_at: datetime | None = None) -> bool: ...
 
+    async def waiting(self, workflow_id: str) -> bool:
+        """Does the workflow have an open approval?"""
+        ...
+
     async def pending(
         self, principal_id: str, *, cursor: str | None = None, limit: int = 100, now: datetime | None = None
     ) -> ApprovalPage:

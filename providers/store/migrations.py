@@ -125,6 +125,7 @@ V3_TABLES = (
         request TEXT NOT NULL, closed_ms BIGINT)""",
     "CREATE INDEX IF NOT EXISTS pending_approvals_by_principal "
     "ON pending_approvals (principal_id, closed_ms, requested_ms, approval_id)",
+    "CREATE INDEX IF NOT EXISTS pending_approvals_by_workflow ON pending_approvals (workflow_id, closed_ms)",
 )
 
 #: the per-host SQLite files of earlier releases: (file name, [(table there, table here)])

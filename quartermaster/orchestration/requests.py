@@ -291,14 +291,35 @@ class Orchestrator:
     async def wait(
         self, request_id: str, timeout: float, principal_id: str | None = None
     ) -> ProvisionResult | Waiting | ProvisionStatus:
-        """Poll until finished, waiting for a human, or `timeout` seconds passed."""
+        """Until finished, waiting for a human, or `timeout` seconds passed.
+
+        With the read model: one long poll for the result (the server answers when the workflow
+        closes), and a look in the store every quarter second for an open approval; Temporal is
+        asked for the status (describe + a query the worker answers) only to return it. Without it:
+        describe + query every quarter second."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while True:
-            st = await self.status(request_id, principal_id)
-            if isinstance(st, ProvisionResult | Waiting) or loop.time() >= deadline:
-                return st
-            await asyncio.sleep(0.25)
+        if self.pending is None or timeout <= 0:
+            while True:
+                st = await self.status(request_id, principal_id)
+                if isinstance(st, ProvisionResult | Waiting) or loop.time() >= deadline:
+                    return st
+                await asyncio.sleep(0.25)
+        wid = workflow_id_for(request_id, principal_id)
+        handle = self.temporal.get_workflow_handle(wid, result_type=ProvisionResult)
+        result = asyncio.ensure_future(handle.result())
+        try:
+            while not result.done():
+                left = deadline - loop.time()
+                if left <= 0 or await self.pending.waiting(wid):
+                    break
+                await asyncio.wait({result}, timeout=min(0.25, left))
+            if result.done() and result.exception() is None:
+                done: ProvisionResult = result.result()
+                return done
+        finally:
+            result.cancel()
+        return await self.status(request_id, principal_id)  # waiting, still running, or it failed
 
     # -- approvals --------------------------------------------------------------------------------
     async def approvals_page(
