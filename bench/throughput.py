@@ -188,6 +188,8 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
         floor_queue = f"{bench.stack.settings.task_queue}-floor"
         async with floor_worker(bench.client, floor_queue, WORKER_OPTIONS):
             for kind, service in KINDS.items():
+                if args.kind not in ("both", kind):
+                    continue
                 history = await sample_history(bench, service)
                 plan = plan_from_history(history)
                 floor_of = floor_job(bench, service, plan, floor_queue)
@@ -254,6 +256,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=500, help="provisionings per kind (default 500)")
     p.add_argument("--c", type=int, default=50, help="concurrency (default 50)")
     p.add_argument("--n1", type=int, default=20, help="provisionings per kind at C=1 (default 20)")
+    p.add_argument("--kind", choices=["both", "free", "paid"], default="both", help="which kinds")
     p.add_argument("--direct", action="store_true", help="also the Orchestrator in-process (no API)")
     p.add_argument("--principals", type=int, default=0, help="prepared principals (default: C)")
     p.add_argument("--sims", choices=["process", "thread"], default="process",
