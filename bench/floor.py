@@ -37,9 +37,15 @@ class FloorCall(BaseModel):
     activity: str
 
 
+#: how many no-op activities ran in this process (bench.waiting counts parked floor workflows so)
+NOOP_CALLS = 0
+
+
 @activity.defn(name="floor_noop")
 async def floor_noop(call: FloorCall) -> None:
     """Does nothing: the cost of an activity to the engine alone."""
+    global NOOP_CALLS
+    NOOP_CALLS += 1
 
 
 @workflow.defn(name=FLOOR_WORKFLOW)
@@ -58,6 +64,41 @@ class FloorWorkflow:
         for handle in pending:
             await handle
         return len(plan.steps)
+
+
+PARKED_FLOOR_WORKFLOW = "BenchParkedFloor"
+
+
+class ParkedPlan(BaseModel):
+    """No-op activities before the gate, a wait for one signal, no-op activities after it."""
+
+    before: list[str]
+    after: list[str]
+
+
+@workflow.defn(name=PARKED_FLOOR_WORKFLOW)
+class ParkedFloorWorkflow:
+    """The floor of a request parked at a human gate: the engine's cost of waiting and waking."""
+
+    def __init__(self) -> None:
+        self.go = False
+
+    @workflow.signal(name="go")
+    def release(self) -> None:
+        self.go = True
+
+    @workflow.run
+    async def run(self, plan: ParkedPlan) -> int:
+        for name in plan.before:
+            await workflow.execute_activity(
+                floor_noop, FloorCall(activity=name), start_to_close_timeout=timedelta(seconds=30)
+            )
+        await workflow.wait_condition(lambda: self.go)
+        for name in plan.after:
+            await workflow.execute_activity(
+                floor_noop, FloorCall(activity=name), start_to_close_timeout=timedelta(seconds=30)
+            )
+        return len(plan.before) + len(plan.after)
 
 
 def scheduled_activities(history: WorkflowHistory) -> list[str]:
@@ -95,7 +136,7 @@ def floor_worker(client: Any, task_queue: str, options: dict[str, Any]) -> Worke
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[FloorWorkflow],
+        workflows=[FloorWorkflow, ParkedFloorWorkflow],
         activities=[floor_noop],
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
