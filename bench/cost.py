@@ -36,6 +36,7 @@ from bench.stack import (
     quiet_stdout,
     table,
 )
+from bench.floor import scheduled_activities
 from bench.throughput import KINDS
 from models.ledger import monthly_ledger_id
 from models.limits import limits_workflow_id
@@ -97,11 +98,8 @@ def actions(events: list[HistoryEvent]) -> Counter[str]:
 
 
 def activity_types(history: WorkflowHistory) -> list[str]:
-    return [
-        e.activity_task_scheduled_event_attributes.activity_type.name
-        for e in history.events
-        if e.event_type == E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-    ]
+    """Every activity, local ones included, in order."""
+    return scheduled_activities(history)
 
 
 def minimum(history: WorkflowHistory) -> tuple[int, list[str]]:

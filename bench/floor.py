@@ -9,6 +9,7 @@ the floor's workflow tasks group the same activities as the real history's (`wft
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -101,13 +102,27 @@ class ParkedFloorWorkflow:
         return len(plan.before) + len(plan.after)
 
 
+def _local_activity_type(marker: Any) -> str:
+    """The activity type a local-activity marker records (core's JSON; not run through the codec)."""
+    try:
+        data = marker.details["data"].payloads[0].data
+        return str(json.loads(data).get("activity_type") or "local_activity")
+    except (KeyError, IndexError, ValueError, AttributeError):
+        return "local_activity"
+
+
 def scheduled_activities(history: WorkflowHistory) -> list[str]:
-    """Activity types in the order the workflow scheduled them."""
-    return [
-        e.activity_task_scheduled_event_attributes.activity_type.name
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-    ]
+    """Activity types in the order the workflow scheduled them, local activities included: the floor
+    runs each as an ordinary no-op activity, so it stays the same whichever way the real one runs it."""
+    out = []
+    for e in history.events:
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            out.append(e.activity_task_scheduled_event_attributes.activity_type.name)
+        elif e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            marker = e.marker_recorded_event_attributes
+            if marker.marker_name == "core_local_activity":
+                out.append(_local_activity_type(marker))
+    return out
 
 
 def plan_from_history(history: WorkflowHistory) -> FloorPlan:
