@@ -27,6 +27,7 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowHistory
 from temporalio.service import RPCError
 
+from bench.floor import scheduled_activities
 from bench.stack import (
     Bench,
     agent_client,
@@ -36,7 +37,6 @@ from bench.stack import (
     quiet_stdout,
     table,
 )
-from bench.floor import scheduled_activities
 from bench.throughput import KINDS
 from models.ledger import monthly_ledger_id
 from models.limits import limits_workflow_id
