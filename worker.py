@@ -129,15 +129,18 @@ def build_activities(
     """Every activity, bound to adapters built from `settings`. Secrets stay in this process."""
     private_directory(settings.data_dir)
     authority = AuthoritySigner.from_keyring(keyring)
+    store = store or build_store(settings, keyring)
     approvals = ApprovalActivities(
-        build_notifier(settings), authority=authority, link_for=approval_link_builder(settings, keyring)
+        build_notifier(settings),
+        authority=authority,
+        link_for=approval_link_builder(settings, keyring),
+        pending=store.approvals,
     )
     registry = ProviderRegistry.from_settings(settings)
     stripe = StripeAdapter(
         api_key=settings.stripe_api_key,
         base_url=settings.stripe_base_url if settings.stripe_is_local else None,
     )
-    store = store or build_store(settings, keyring)
     policy = Policy(
         approval_timeout_seconds=settings.approval_timeout_seconds,
         purchase_approval_above=settings.purchase_approval_above,
@@ -180,6 +183,7 @@ def build_activities(
         *sessions.all(),
         *session_revocation.all(),
         approvals.notify_approval,
+        approvals.close_approval,
         catalog.discover,
         catalog.load_policy,
         accounts.find_connection,

@@ -1,5 +1,9 @@
 """Approval notices: make a one-time code, deliver it to the principal's channel, return its keyed hash
-(HMAC with the server-side authority key, so the hash in history allows no offline guess)."""
+(HMAC with the server-side authority key, so the hash in history allows no offline guess).
+
+The human's list of pending approvals is a read model in the store (`PendingApprovalStore`): the
+notice writes the row before the code is sent (so the list shows whatever a human was told about),
+and `close_approval` closes it when the gate closes. Both writes are idempotent by approval id."""
 
 from __future__ import annotations
 
@@ -8,8 +12,9 @@ from collections.abc import Callable
 
 from temporalio import activity
 
-from models.approval import ApprovalNotice, ApprovalRequest, ApprovalTicket
+from models.approval import ApprovalClosed, ApprovalNotice, ApprovalRequest, ApprovalTicket
 from providers.notifier import Notifier
+from providers.store.interfaces import PendingApprovalStore
 from quartermaster.crypto.authority import AuthoritySigner
 
 _ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O/1/I: humans type these
@@ -26,11 +31,17 @@ LinkBuilder = Callable[[ApprovalRequest, str], str]
 
 class ApprovalActivities:
     def __init__(
-        self, notifier: Notifier, *, authority: AuthoritySigner, link_for: LinkBuilder | None = None
+        self,
+        notifier: Notifier,
+        *,
+        authority: AuthoritySigner,
+        link_for: LinkBuilder | None = None,
+        pending: PendingApprovalStore | None = None,
     ) -> None:
         self._notifier = notifier
         self._authority = authority
         self._link_for = link_for
+        self._pending = pending
 
     @activity.defn(name="notify_approval")
     async def notify_approval(self, notice: ApprovalNotice) -> ApprovalTicket:
@@ -39,6 +50,8 @@ class ApprovalActivities:
         A retry sends a new code; the workflow keeps the hash of the attempt that returned.
         """
         req = notice.request
+        if self._pending is not None:
+            await self._pending.open_approval(req)
         code = new_code()
         message = {
             "type": "approval_request",
@@ -55,3 +68,9 @@ class ApprovalActivities:
             principal_id=req.principal_id, principal_email=str(notice.principal_email), message=message
         )
         return self._authority.code_ticket(req.approval_id, code)
+
+    @activity.defn(name="close_approval")
+    async def close_approval(self, closed: ApprovalClosed) -> None:
+        """The gate closed: the approval leaves the human's list (idempotent)."""
+        if self._pending is not None:
+            await self._pending.close_approval(closed.approval_id)

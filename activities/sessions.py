@@ -13,10 +13,12 @@ ErrorCode), not exceptions. The signing and verification keys all come from the 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from temporalio import activity
 from temporalio.client import Client, WorkflowUpdateFailedError
@@ -54,6 +56,8 @@ from quartermaster.identity.tokens import SessionClaims, SessionTokens
 from quartermaster.identity.verification import IdentityVerifier, ReplayGuard, VerifiedIdentity
 from quartermaster.keys import Keyring
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class VerifiedPresentation:
@@ -83,6 +87,7 @@ class SessionActivities:
         verifier: IdentityVerifier,
         tokens: SessionTokens,
         revoker: CredentialRevoker | None = None,
+        entity_ttl_seconds: float = 0.0,
     ) -> None:
         self._client = client
         self._keyring = keyring
@@ -90,6 +95,10 @@ class SessionActivities:
         self._tokens = tokens
         self._revoker = revoker
         self._authority = AuthoritySigner.from_keyring(keyring)
+        #: the API only (0 in the worker): reuse a session's / agent's state for this long; the kill
+        #: switch stays immediate because the API reads the store's freezes and revocations each call
+        self._entity_ttl = entity_ttl_seconds
+        self._entities: dict[str, tuple[float, Any]] = {}
 
     def identity_jwks(self) -> dict[str, Any]:
         """The public keys agent identity tokens of the local attestor are verified with."""
@@ -109,6 +118,7 @@ class SessionActivities:
         revoker: CredentialRevoker | None = None,
         identity: IdentitySettings | None = None,
         replay: ReplayStore | None = None,
+        entity_ttl_seconds: float = 0.0,
     ) -> SessionActivities:
         """Keys from the key file (attestor and session sections), trust from the environment (see
         quartermaster.identity.settings): every replica given the same key file verifies the same.
@@ -129,13 +139,35 @@ class SessionActivities:
             replay=replay if replay is not None else ReplayGuard(ids.replay_db),
         )
         tokens = SessionTokens(keys=keyring.signing_keys("session"), issuer=ids.session_issuer)
-        return cls(client=client, keyring=keyring, verifier=verifier, tokens=tokens, revoker=revoker)
+        return cls(
+            client=client,
+            keyring=keyring,
+            verifier=verifier,
+            tokens=tokens,
+            revoker=revoker,
+            entity_ttl_seconds=entity_ttl_seconds,
+        )
 
     def all(self) -> list[Callable[..., Any]]:
         """Every activity of this class, for the worker."""
         return [self.authorize_actor, self.record_credential, self.sign_session_token, self.check_delegation]
 
     # ---- entity lookups -------------------------------------------------------------------------
+    async def _cached(self, key: str, load: Callable[[], Awaitable[T]]) -> T:
+        """`load()`, or its answer from less than `entity_ttl_seconds` ago."""
+        if self._entity_ttl <= 0:
+            return await load()
+        now = time.monotonic()
+        hit = self._entities.get(key)
+        if hit is not None and now - hit[0] < self._entity_ttl:
+            value: T = hit[1]
+            return value
+        fresh = await load()
+        if len(self._entities) > 10_000:  # bounded: drop what is stale
+            self._entities = {k: v for k, v in self._entities.items() if now - v[0] < self._entity_ttl}
+        self._entities[key] = (now, fresh)
+        return fresh
+
     async def session_state(self, session_id: str) -> SessionState | None:
         """The session entity's state, or None when there is no such session."""
         handle = self._client.get_workflow_handle(session_workflow_id(session_id))
@@ -148,6 +180,12 @@ class SessionActivities:
             raise
 
     async def agent_status(self, principal_id: str, agent: str) -> AgentStatus:
+        """The agent entity's status (never registered: not frozen)."""
+        return await self._cached(
+            f"a:{principal_id}:{agent}", lambda: self._agent_status(principal_id, agent)
+        )
+
+    async def _agent_status(self, principal_id: str, agent: str) -> AgentStatus:
         handle = self._client.get_workflow_handle(agent_workflow_id(principal_id, agent))
         try:
             status: AgentStatus = await handle.query("status", result_type=AgentStatus)
@@ -184,7 +222,9 @@ class SessionActivities:
                 ErrorCode.SESSION_INVALID, "the identity was attested for another session"
             )
         ids = [*claims.ancestors, claims.session_id]
-        found = await asyncio.gather(*(self.session_state(sid) for sid in ids))
+        found = await asyncio.gather(
+            *(self._cached(f"s:{sid}", partial(self.session_state, sid)) for sid in ids)
+        )
         if any(state is None or state.session_id != sid for sid, state in zip(ids, found, strict=True)):
             raise QuartermasterError(ErrorCode.SESSION_INVALID, "unknown session")
         states = [s for s in found if s is not None]
@@ -195,7 +235,10 @@ class SessionActivities:
             raise QuartermasterError(ErrorCode.SESSION_INVALID, "the token does not match the session")
         # the kill switch first: a frozen agent's sessions are also revoked, but the cause is the freeze
         agents = await asyncio.gather(
-            *(self.agent_status(leaf.principal_id, a) for a in dict.fromkeys(leaf.chain))
+            *(
+                self._cached(f"a:{leaf.principal_id}:{a}", partial(self.agent_status, leaf.principal_id, a))
+                for a in dict.fromkeys(leaf.chain)
+            )
         )
         for status in agents:
             if status.frozen:

@@ -9,6 +9,7 @@ the floor's workflow tasks group the same activities as the real history's (`wft
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -37,9 +38,15 @@ class FloorCall(BaseModel):
     activity: str
 
 
+#: how many no-op activities ran in this process (bench.waiting counts parked floor workflows so)
+NOOP_CALLS = 0
+
+
 @activity.defn(name="floor_noop")
 async def floor_noop(call: FloorCall) -> None:
     """Does nothing: the cost of an activity to the engine alone."""
+    global NOOP_CALLS
+    NOOP_CALLS += 1
 
 
 @workflow.defn(name=FLOOR_WORKFLOW)
@@ -60,13 +67,62 @@ class FloorWorkflow:
         return len(plan.steps)
 
 
+PARKED_FLOOR_WORKFLOW = "BenchParkedFloor"
+
+
+class ParkedPlan(BaseModel):
+    """No-op activities before the gate, a wait for one signal, no-op activities after it."""
+
+    before: list[str]
+    after: list[str]
+
+
+@workflow.defn(name=PARKED_FLOOR_WORKFLOW)
+class ParkedFloorWorkflow:
+    """The floor of a request parked at a human gate: the engine's cost of waiting and waking."""
+
+    def __init__(self) -> None:
+        self.go = False
+
+    @workflow.signal(name="go")
+    def release(self) -> None:
+        self.go = True
+
+    @workflow.run
+    async def run(self, plan: ParkedPlan) -> int:
+        for name in plan.before:
+            await workflow.execute_activity(
+                floor_noop, FloorCall(activity=name), start_to_close_timeout=timedelta(seconds=30)
+            )
+        await workflow.wait_condition(lambda: self.go)
+        for name in plan.after:
+            await workflow.execute_activity(
+                floor_noop, FloorCall(activity=name), start_to_close_timeout=timedelta(seconds=30)
+            )
+        return len(plan.before) + len(plan.after)
+
+
+def _local_activity_type(marker: Any) -> str:
+    """The activity type a local-activity marker records (core's JSON; not run through the codec)."""
+    try:
+        data = marker.details["data"].payloads[0].data
+        return str(json.loads(data).get("activity_type") or "local_activity")
+    except (KeyError, IndexError, ValueError, AttributeError):
+        return "local_activity"
+
+
 def scheduled_activities(history: WorkflowHistory) -> list[str]:
-    """Activity types in the order the workflow scheduled them."""
-    return [
-        e.activity_task_scheduled_event_attributes.activity_type.name
-        for e in history.events
-        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
-    ]
+    """Activity types in the order the workflow scheduled them, local activities included: the floor
+    runs each as an ordinary no-op activity, so it stays the same whichever way the real one runs it."""
+    out = []
+    for e in history.events:
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            out.append(e.activity_task_scheduled_event_attributes.activity_type.name)
+        elif e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            marker = e.marker_recorded_event_attributes
+            if marker.marker_name == "core_local_activity":
+                out.append(_local_activity_type(marker))
+    return out
 
 
 def plan_from_history(history: WorkflowHistory) -> FloorPlan:
@@ -95,7 +151,7 @@ def floor_worker(client: Any, task_queue: str, options: dict[str, Any]) -> Worke
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[FloorWorkflow],
+        workflows=[FloorWorkflow, ParkedFloorWorkflow],
         activities=[floor_noop],
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)

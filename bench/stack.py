@@ -19,6 +19,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -34,6 +35,7 @@ from temporalio.testing import WorkflowEnvironment
 from models.limits import LimitChangeResult
 from models.money import Money
 from models.provisioning import ProvisionResult
+from quartermaster.client import QuartermasterClient
 from quartermaster.codec import EncryptionCodec
 from quartermaster.config import Settings
 from quartermaster.converter import data_converter
@@ -86,6 +88,16 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def thread_cpu_seconds(native_ids: Sequence[int]) -> float:
+    """User + system CPU time of some threads of this process, from /proc/self/task."""
+    total = 0.0
+    for tid in native_ids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
 
 
 def rss_bytes(pid: int | str = "self") -> int:
@@ -189,10 +201,17 @@ class Bench:
     server_pid: int | None
     sims_pid: int | None
     principals: list[str] = field(default_factory=list)
+    #: native thread ids of the API's uvicorn thread (its event loop: routes, auth, Temporal calls)
+    api_threads: list[int] = field(default_factory=list)
+    #: one agent client per principal (session + identity tokens, as `qm run` injects them)
+    agents: list[QuartermasterClient] = field(default_factory=list)
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds so far: this process (worker, gateway, bench client), the server, the simulators."""
+        """CPU seconds so far: this process (worker, gateway, bench client), the server, the simulators,
+        and the API's thread (part of this process's figure)."""
         out = {"worker process": cpu_seconds(os.getpid())}
+        if self.api_threads:
+            out["api thread"] = thread_cpu_seconds(self.api_threads)
         if self.server_pid:
             out["temporal server"] = cpu_seconds(self.server_pid)
         if self.sims_pid:
@@ -242,14 +261,25 @@ async def bench_stack(
                         simulators_in_child(data_dir, f"http://127.0.0.1:{gateway_port}", webhook_secret)
                     )
                 options = worker_options if worker_options is not None else WORKER_OPTIONS
+                before = {t.ident for t in threading.enumerate()}
                 async with open_stack(
                     client, keyring, data_dir, gateway_port=gateway_port, webhook_secret=webhook_secret,
                     simulators=urls, worker_options=options,
                     approval_timeout_seconds=approval_timeout_seconds,
                 ) as stack:  # fmt: skip
-                    yield Bench(
-                        stack=stack, client=client, keyring=keyring, server_pid=server_pid, sims_pid=sims_pid
-                    )
+                    api = [
+                        t.native_id for t in threading.enumerate()
+                        if t.ident not in before and t.name.endswith("(run)") and t.native_id
+                    ]  # fmt: skip
+                    bench = Bench(
+                        stack=stack, client=client, keyring=keyring, server_pid=server_pid,
+                        sims_pid=sims_pid, api_threads=api,
+                    )  # fmt: skip
+                    try:
+                        yield bench
+                    finally:
+                        for agent in bench.agents:
+                            await agent.aclose()
 
 
 # -- principals ---------------------------------------------------------------------------------------
@@ -318,3 +348,28 @@ async def prepare_principals(
 
     bench.principals = list(await asyncio.gather(*(one() for _ in range(count))))
     return bench.principals
+
+
+async def agent_client(stack: Stack, email: str, agent: str = "planner") -> QuartermasterClient:
+    """What `qm run` gives an agent: a session the human approved through the API (any service, a
+    budget no benchmark reaches) and an attested identity; the client holds only those two tokens."""
+    human = await stack.login(email)
+    try:
+        sid = await stack.open_session(
+            human, email, agent, allowed_services=["*"], budget=Money(amount=10**8, currency="usd")
+        )
+        return await stack.agent(human, agent, sid)
+    finally:
+        await human.aclose()
+
+
+async def prepare_agents(bench: Bench) -> list[QuartermasterClient]:
+    """An agent client for every prepared principal (at most 10 prepared at a time)."""
+    gate = asyncio.Semaphore(10)
+
+    async def one(email: str) -> QuartermasterClient:
+        async with gate:
+            return await agent_client(bench.stack, email)
+
+    bench.agents = list(await asyncio.gather(*(one(e) for e in bench.principals)))
+    return bench.agents

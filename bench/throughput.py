@@ -1,7 +1,13 @@
-"""Throughput and latency of unattended provisionings, against the engine's floor.
+"""Throughput and latency of unattended provisionings through the API, as an agent sees it, against
+the engine's floor.
 
-    .venv/bin/python -m bench.throughput              # N=500 per kind, C=50
+    .venv/bin/python -m bench.throughput              # N=500 per kind, C=50; then N=20 at C=1
+    .venv/bin/python -m bench.throughput --direct     # also the Orchestrator called in-process
     .venv/bin/python -m bench.throughput --quick      # a tiny N, to check it runs
+
+The subject is an agent under `qm run`: a `QuartermasterClient` holding only its session and identity
+tokens (a session the human approved through the API), calling `POST /v1/provisions?wait=25` over
+real HTTP and following with `GET /v1/provisions/{id}?wait=25` until the request is finished.
 
 Principals are prepared first through the real human steps (terms by inbox code, a card on the local
 Checkout page, the paid provider's limit raised by an approved limit change), so the measured
@@ -29,6 +35,7 @@ from bench.stack import (
     Bench,
     bench_stack,
     percentile,
+    prepare_agents,
     prepare_principals,
     print_machine,
     quiet_stdout,
@@ -40,9 +47,12 @@ from workflows.search_attributes import QM_AGENT, QM_PRINCIPAL, QM_PROVIDER, QM_
 FREE = "cloud/workers"
 PAID = "mail/send:starter"
 KINDS = {"free": FREE, "paid": PAID}
-COLUMNS = ["kind", "workflow", "n", "c", "wall s", "prov/s", "p50 ms", "p95 ms", "p99 ms", "failed",
-           "worker cpu ms", "server cpu ms", "sims cpu ms"]  # fmt: skip
-RATIO_COLUMNS = ["kind", "real prov/s", "floor wf/s", "real/floor", "goal", "activities", "wft shape same"]
+COLUMNS = ["kind", "path", "n", "c", "wall s", "prov/s", "p50 ms", "p95 ms", "p99 ms", "failed",
+           "process cpu ms", "of which api ms", "server cpu ms", "sims cpu ms"]  # fmt: skip
+RATIO_COLUMNS = ["kind", "figure", "subject", "floor", "ratio", "goal", "met"]
+#: the issue's goals (issue 21)
+THROUGHPUT_GOAL = 0.8
+LATENCY_GOAL = 1.5
 
 
 @dataclass
@@ -62,7 +72,7 @@ class Phase:
         ms = [f"{percentile(self.latencies, p) * 1000:.0f}" for p in (50, 95, 99)]
         per = [
             f"{self.cpu.get(k, 0.0) / self.n * 1000:.1f}"
-            for k in ("worker process", "temporal server", "simulators")
+            for k in ("worker process", "api thread", "temporal server", "simulators")
         ]
         return [
             kind,
@@ -113,6 +123,24 @@ def real_job(bench: Bench, service: str) -> Callable[[int], Awaitable[str | None
     return job
 
 
+def api_job(bench: Bench, service: str) -> Callable[[int], Awaitable[str | None]]:
+    """An agent's provisioning through the API: create with a long poll, follow until finished."""
+
+    async def job(i: int) -> str | None:
+        agent = bench.agents[i % len(bench.agents)]
+        request_id = uuid.uuid4().hex[:16]
+        view = await agent.provisions.create(
+            service_id=service, name=f"b{request_id[:8]}", request_id=request_id, wait=25
+        )
+        if view.state == "running":
+            view = await agent.provisions.wait(request_id, timeout=600)
+        if view.state == "completed":
+            return None
+        return (view.error or {}).get("code") or view.state
+
+    return job
+
+
 def floor_job(
     bench: Bench, service: str, plan: FloorPlan, task_queue: str
 ) -> Callable[[int], Awaitable[str | None]]:
@@ -151,35 +179,58 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
         t0 = time.perf_counter()
         principals = args.principals or min(args.c, args.n)
         await prepare_principals(bench, principals, paid=PAID, free=FREE)
+        await prepare_agents(bench)
         print(f"\nprepared {principals} principals in {time.perf_counter() - t0:.1f} s "
-              "(terms + card + limit, through the human steps)", file=out)  # fmt: skip
+              "(terms + card + limit through the human steps; a session and an attested agent each)",
+              file=out)  # fmt: skip
         rows: list[list[object]] = []
         ratios: list[list[object]] = []
         floor_queue = f"{bench.stack.settings.task_queue}-floor"
         async with floor_worker(bench.client, floor_queue, WORKER_OPTIONS):
             for kind, service in KINDS.items():
+                if args.kind not in ("both", kind):
+                    continue
                 history = await sample_history(bench, service)
                 plan = plan_from_history(history)
-                floor = await run_phase(bench, 1, 1, floor_job(bench, service, plan, floor_queue))  # warm
-                real = await run_phase(bench, args.n, args.c, real_job(bench, service))
-                floor = await run_phase(bench, args.n, args.c, floor_job(bench, service, plan, floor_queue))
-                rows += [real.row(kind, service), floor.row(kind, "floor")]
+                floor_of = floor_job(bench, service, plan, floor_queue)
+                await run_phase(bench, 1, 1, floor_of)  # warm
+                await run_phase(bench, min(args.c, 10), min(args.c, 10), api_job(bench, service))  # warm
+                real = await run_phase(bench, args.n, args.c, api_job(bench, service))
+                floor = await run_phase(bench, args.n, args.c, floor_of)
+                rows += [real.row(kind, f"{service} via API"), floor.row(kind, "floor")]
+                if args.direct:
+                    direct = await run_phase(bench, args.n, args.c, real_job(bench, service))
+                    rows.append(direct.row(kind, f"{service} direct"))
+                one = await run_phase(bench, args.n1, 1, api_job(bench, service))
+                one_floor = await run_phase(bench, args.n1, 1, floor_of)
+                rows += [one.row(kind, f"{service} via API"), one_floor.row(kind, "floor")]
                 same = await _same_shape(bench, history, plan, floor_queue)
                 ratio = real.rate / floor.rate if floor.rate else 0.0
-                ratios.append([kind, f"{real.rate:.1f}", f"{floor.rate:.1f}", f"{ratio:.2f}", ">= 0.80",
-                               len(plan.steps), "yes" if same else "no"])  # fmt: skip
-                for phase, name in ((real, service), (floor, "floor")):
+                p50 = percentile(one.latencies, 50) / percentile(one_floor.latencies, 50)
+                ratios += [
+                    [kind, f"prov/s at C={args.c}", f"{real.rate:.1f}", f"{floor.rate:.1f}", f"{ratio:.2f}",
+                     f">= {THROUGHPUT_GOAL:.2f}", "yes" if ratio >= THROUGHPUT_GOAL else "no"],
+                    [kind, "p50 ms at C=1", f"{percentile(one.latencies, 50) * 1000:.0f}",
+                     f"{percentile(one_floor.latencies, 50) * 1000:.0f}", f"{p50:.2f}",
+                     f"<= {LATENCY_GOAL:.2f}", "yes" if p50 <= LATENCY_GOAL else "no"],
+                ]  # fmt: skip
+                print(f"{kind}: floor has {len(plan.steps)} activities, wft shape same: "
+                      f"{'yes' if same else 'no'}", file=out)  # fmt: skip
+                for phase, name in ((real, service), (floor, "floor"), (one, f"{service} C=1")):
                     if phase.failed:
                         print(f"{kind} {name}: failures {sorted(set(phase.failed))}", file=out)
         table(
-            f"throughput and end-to-end latency (submit -> result), N={args.n}, C={args.c}",
+            f"throughput and end-to-end latency (agent: create -> completed), N={args.n} at C={args.c}, "
+            f"N={args.n1} at C=1",
             COLUMNS,
             rows,
             out,
         )
-        print("cpu ms = CPU milliseconds per provisioning, per process, over the phase", file=out)
+        print("cpu ms = CPU milliseconds per provisioning over the phase: this process (worker, API, "
+              "bench client), of which the API's uvicorn thread; the dev server; the simulators",
+              file=out)  # fmt: skip
         table(
-            "real vs floor (same activities as no-ops, same server, same worker options)",
+            "via API vs floor (same activities as no-ops, started directly, same server and worker options)",
             RATIO_COLUMNS,
             ratios,
             out,
@@ -204,13 +255,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=500, help="provisionings per kind (default 500)")
     p.add_argument("--c", type=int, default=50, help="concurrency (default 50)")
+    p.add_argument("--n1", type=int, default=20, help="provisionings per kind at C=1 (default 20)")
+    p.add_argument("--kind", choices=["both", "free", "paid"], default="both", help="which kinds")
+    p.add_argument("--direct", action="store_true", help="also the Orchestrator in-process (no API)")
     p.add_argument("--principals", type=int, default=0, help="prepared principals (default: C)")
     p.add_argument("--sims", choices=["process", "thread"], default="process",
                    help="simulators in a child process (default) or in threads of this process")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="N=4, C=2: a smoke run")
     args = p.parse_args(argv)
     if args.quick:
-        args.n, args.c = 4, 2
+        args.n, args.c, args.n1 = 4, 2, 2
     return args
 
 

@@ -1,13 +1,16 @@
-"""Waiting at scale: N requests parked at an approval gate, then what it costs to hold and to answer them.
+"""Waiting at scale: N requests parked at an approval gate through the API, against the engine's floor
+(the same no-op activities around a workflow parked on a signal), and against unattended throughput.
 
     .venv/bin/python -m bench.waiting                 # N=10,000
-    .venv/bin/python -m bench.waiting --n 2000        # a smaller N
-    .venv/bin/python -m bench.waiting --quick         # N=50
+    .venv/bin/python -m bench.waiting --n 1000        # a smaller N
+    .venv/bin/python -m bench.waiting --quick         # N=20
 
-Each request comes from a new principal, so it stops at the `terms` gate (its code goes to that
-principal's inbox). Measured: how long parking took, resident memory of the worker process, the
-server and the simulators, how long `QuartermasterClient.approvals()` (what `qm approvals` runs) takes
-to list them all, and how long ONE approval takes to complete its request while the rest keep waiting.
+One principal's agent submits every request (`POST /v1/provisions?wait=25`, which answers once the
+request waits for a human); each stops at the `terms` gate. Measured in the same run: parking rate
+against unattended provisionings of the same service at the same concurrency; the human's list of
+pending approvals (`GET /v1/approvals`, every page: what `qm approvals` runs); worker process memory
+growth against the floor's with the same number parked; one approval's decision-to-completion time
+against the floor's signal-to-completion.
 """
 
 from __future__ import annotations
@@ -15,38 +18,91 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+import uuid
 from typing import TextIO
 
-from bench.stack import Bench, bench_stack, print_machine, quiet_stdout, result_of, rss_bytes, table, until
+from temporalio.api.enums.v1 import EventType
+
+from bench import floor
+from bench.floor import PARKED_FLOOR_WORKFLOW, ParkedPlan, floor_worker, scheduled_activities
+from bench.stack import (
+    WORKER_OPTIONS,
+    Bench,
+    agent_client,
+    bench_stack,
+    prepare_agents,
+    prepare_principals,
+    print_machine,
+    quiet_stdout,
+    rss_bytes,
+    table,
+    until,
+)
+from bench.throughput import api_job, run_phase
 from tests.fixtures.stack import new_email
-from workflows.search_attributes import QM_STATE, State
 
 SERVICE = "cloud/workers"
-AWAITING = f"{QM_STATE.name} = '{State.AWAITING_APPROVAL}'"
+GOALS = {"parking": 0.5, "list": 1.0, "memory": 2.0, "approval": 2.0}
 
 
 def mib(n: int) -> str:
     return f"{n / 2**20:.0f} MiB"
 
 
-async def awaiting(bench: Bench) -> int:
-    return (await bench.client.count_workflows(AWAITING)).count
+def met(ok: bool) -> str:
+    return "yes" if ok else "no"
 
 
-async def park(bench: Bench, n: int, c: int) -> list[tuple[str, str]]:
-    """Park n requests, each from a new principal, with c in flight: a slot submits the next request
-    once its previous one reached the gate (its approval notice is in the principal's inbox).
-    Submitting all at once would only queue work: activities would time out and retry."""
+async def sample_plan(bench: Bench) -> ParkedPlan:
+    """The activities a real request runs before and after its terms gate (from a real history)."""
+    email = new_email()
+    human = await bench.stack.login(email)
+    view = await human.provisions.create(service_id=SERVICE, name="sample", wait=25)
+    w = view.waiting_for[0]
+    await human.approvals.decide(
+        w.approval_id, decision="approve", code=bench.stack.code_for(w.approval_id, email)
+    )
+    done = await human.provisions.wait(view.request_id, timeout=120)
+    assert done.state == "completed", done
+    await human.aclose()
+    wid = f"provision-{bench.stack.principal_id(email)}-{view.request_id}"
+    history = await bench.client.get_workflow_handle(wid).fetch_history()
+    names = scheduled_activities(history)
+    gate = names.index("notify_approval") + 1
+    assert any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED for e in history.events)
+    return ParkedPlan(before=names[:gate], after=names[gate:])
+
+
+async def park_floor(bench: Bench, plan: ParkedPlan, n: int, c: int, queue: str) -> list[str]:
+    """n parked floor workflows (c starting at once); parked once their no-ops before the gate ran."""
+    gate = asyncio.Semaphore(c)
+    start_count = floor.NOOP_CALLS
+
+    async def one() -> str:
+        async with gate:
+            wid = f"floor-park-{uuid.uuid4().hex[:16]}"
+            await bench.client.start_workflow(PARKED_FLOOR_WORKFLOW, plan, id=wid, task_queue=queue)
+            return wid
+
+    ids = list(await asyncio.gather(*(one() for _ in range(n))))
+    want = start_count + n * len(plan.before)
+    await until(lambda: floor.NOOP_CALLS >= want, timeout=3600)
+    return ids
+
+
+async def park(bench: Bench, n: int, c: int) -> list[str]:
+    """n requests from one principal's agent, c in flight, each until it waits for the human."""
+    agent = bench.agents[-1]
     todo = iter(range(n))
-    parked: list[tuple[str, str]] = []
+    parked: list[str] = []
 
     async def slot() -> None:
         for _ in todo:
-            email = new_email()
-            req = bench.stack.request(SERVICE, email)
-            await bench.stack.qm.submit(req)
-            await until(lambda: bool(bench.stack.inbox(email)), timeout=300)  # noqa: B023
-            parked.append((req.request_id, email))
+            view = await agent.provisions.create(service_id=SERVICE, name=f"p{uuid.uuid4().hex[:6]}", wait=25)
+            if view.state == "running":
+                view = await agent.provisions.wait(view.request_id, timeout=600)
+            assert view.state == "waiting_for_human", view
+            parked.append(view.request_id)
 
     await asyncio.gather(*(slot() for _ in range(c)))
     return parked
@@ -55,52 +111,79 @@ async def park(bench: Bench, n: int, c: int) -> list[tuple[str, str]]:
 async def measure(args: argparse.Namespace, out: TextIO) -> int:
     # the gate must outlive the parking of every request
     async with bench_stack(approval_timeout_seconds=6 * 3600) as bench:
-        rss0 = rss_bytes()
-        t0 = time.perf_counter()
-        parked = await park(bench, args.n, args.c)
-        submitted = time.perf_counter() - t0
-        deadline = time.monotonic() + args.park_timeout
-        waiting = await awaiting(bench)
-        while waiting < args.n and time.monotonic() < deadline:
-            await asyncio.sleep(1)  # visibility is eventually consistent: poll the count
-            waiting = await awaiting(bench)
-        parked_s = time.perf_counter() - t0
-        rows: list[list[object]] = [
-            [
-                "requests submitted and notified",
-                len(parked),
-                f"{submitted:.1f} s ({len(parked) / submitted:.1f}/s)",
-            ],
-            ["requests parked at the terms gate", waiting, f"{parked_s:.1f} s ({waiting / parked_s:.1f}/s)"],
-            ["worker process RSS before -> parked", "", f"{mib(rss0)} -> {mib(rss_bytes())}"],
-        ]
+        queue = f"{bench.stack.settings.task_queue}-floor"
+        async with floor_worker(bench.client, queue, WORKER_OPTIONS):
+            plan = await sample_plan(bench)
+            # unattended provisionings of the same service through the API, same concurrency
+            await prepare_principals(bench, min(args.c, 10), paid=None, free=SERVICE)
+            await prepare_agents(bench)
+            unattended = await run_phase(bench, args.unattended, args.c, api_job(bench, SERVICE))
+            # the floor parked first, then the real requests: memory grows by each in turn
+            rss0 = rss_bytes()
+            t0 = time.perf_counter()
+            floor_ids = await park_floor(bench, plan, args.n, args.c, queue)
+            floor_s = time.perf_counter() - t0
+            rss1 = rss_bytes()
+            email = new_email()
+            bench.agents.append(await agent_client(bench.stack, email))
+            human = await bench.stack.login(email)
+            t1 = time.perf_counter()
+            parked = await park(bench, args.n, args.c)
+            park_s = time.perf_counter() - t1
+            rss2 = rss_bytes()
+            # the human's list, every page
+            t2 = time.perf_counter()
+            listed = await human.approvals.list()
+            list_s = time.perf_counter() - t2
+            t3 = time.perf_counter()
+            first, _ = await human.approvals.page(limit=100)
+            page_s = time.perf_counter() - t3
+            # one approval while the rest wait; the floor: one signal
+            one = next(a for a in listed if a.workflow_id.endswith(parked[len(parked) // 2]))
+            t4 = time.perf_counter()
+            outcome = await human.approvals.decide(
+                one.approval_id, decision="approve", code=bench.stack.code_for(one.approval_id, email)
+            )
+            accepted = time.perf_counter() - t4
+            done = await bench.agents[-1].provisions.wait(parked[len(parked) // 2], timeout=120)
+            approval_s = time.perf_counter() - t4
+            handle = bench.client.get_workflow_handle(floor_ids[len(floor_ids) // 2])
+            t5 = time.perf_counter()
+            await handle.signal("go")
+            await handle.result()
+            signal_s = time.perf_counter() - t5
+            await human.aclose()
+        park_rate, floor_rate = len(parked) / park_s, len(floor_ids) / floor_s
+        real_mem, floor_mem = max(rss2 - rss1, 1), max(rss1 - rss0, 1)
+        rows = [
+            ["requests parked at the terms gate (via API)", len(parked),
+             f"{park_s:.1f} s ({park_rate:.1f}/s)"],
+            ["floor workflows parked on a signal", len(floor_ids), f"{floor_s:.1f} s ({floor_rate:.1f}/s)"],
+            ["unattended provisionings (via API), same C", unattended.n, f"{unattended.rate:.1f}/s"],
+            ["worker process RSS: start -> floor parked -> real parked", "",
+             f"{mib(rss0)} -> {mib(rss1)} -> {mib(rss2)}"],
+            ["GET /v1/approvals, every page", len(listed), f"{list_s:.2f} s"],
+            ["GET /v1/approvals, first page (100)", len(first), f"{page_s * 1000:.0f} ms"],
+            ["one approval: decision accepted", outcome.status, f"{accepted * 1000:.0f} ms"],
+            ["one approval: decision -> request completed", done.state, f"{approval_s * 1000:.0f} ms"],
+            ["floor: signal -> workflow completed", "", f"{signal_s * 1000:.0f} ms"],
+        ]  # fmt: skip
         if bench.server_pid:
             rows.append(["temporal server RSS", "", mib(rss_bytes(bench.server_pid))])
-        if bench.sims_pid:
-            rows.append(["simulators RSS", "", mib(rss_bytes(bench.sims_pid))])
-        t1 = time.perf_counter()
-        listed = await bench.stack.qm.approvals()
-        rows.append(
-            ["qm approvals: list every pending approval", len(listed), f"{time.perf_counter() - t1:.2f} s"]
-        )
-        request_id, email = parked[len(parked) // 2]
-        t2 = time.perf_counter()
-        approval = await bench.stack.wait_for_approval(request_id, "terms")
-        decided = await bench.stack.decide(approval["approval_id"], email)
-        accepted = time.perf_counter() - t2
-        res = await result_of(bench.stack, request_id)
-        one = time.perf_counter() - t2
-        rows.append(["one approval: decision accepted", decided.status, f"{accepted * 1000:.0f} ms"])
-        rows.append(["one approval: request completed", res.outcome, f"{one * 1000:.0f} ms"])
-        rows.append(["still waiting afterwards", await awaiting(bench), ""])
-        table(
-            f"waiting at scale: N={args.n} requests parked at an approval gate",
-            ["what", "count", "value"],
-            rows,
-            out,
-        )
-        if waiting < args.n:
-            print(f"only {waiting} of {args.n} parked within {args.park_timeout} s", file=out)
+        table(f"waiting at scale: N={args.n} parked, C={args.c}", ["what", "count", "value"], rows, out)
+        ratios = [
+            ["parking / unattended throughput", f"{park_rate / unattended.rate:.2f}",
+             f">= {GOALS['parking']}", met(park_rate / unattended.rate >= GOALS["parking"])],
+            [f"pending-approvals list at {len(listed)} (s)", f"{list_s:.2f}", f"<= {GOALS['list']}",
+             met(list_s <= GOALS["list"])],
+            ["worker memory growth / floor's (same number parked)", f"{real_mem / floor_mem:.2f}",
+             f"<= {GOALS['memory']}", met(real_mem / floor_mem <= GOALS["memory"])],
+            ["one approval to completion / floor's signal to completion", f"{approval_s / signal_s:.2f}",
+             f"<= {GOALS['approval']}", met(approval_s / signal_s <= GOALS["approval"])],
+        ]  # fmt: skip
+        table("against the goals (same run)", ["figure", "value", "goal", "met"], ratios, out)
+        if unattended.failed:
+            print(f"unattended failures: {sorted(set(unattended.failed))}", file=out)
         return 0
 
 
@@ -108,11 +191,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.waiting", description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=10_000, help="parked requests (default 10,000)")
     p.add_argument("--c", type=int, default=50, help="submissions in flight (default 50)")
-    p.add_argument("--park-timeout", type=float, default=3600, help="seconds to wait for all to park")
-    p.add_argument("--quick", action="store_true", help="N=50")
+    p.add_argument("--unattended", type=int, default=100, help="unattended provisionings (default 100)")
+    p.add_argument("--quick", action="store_true", help="N=20, C=5")
     args = p.parse_args(argv)
     if args.quick:
-        args.n, args.c = 50, 10
+        args.n, args.c, args.unattended = 20, 5, 10
     return args
 
 

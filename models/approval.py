@@ -74,6 +74,12 @@ class ApprovalNotice(BaseModel):
     principal_email: EmailStr
 
 
+class ApprovalClosed(BaseModel):
+    """Input of `close_approval`: the gate closed (decided, timed out, or satisfied otherwise)."""
+
+    approval_id: str
+
+
 class ApprovalTicket(BaseModel):
     """What the workflow keeps: only the keyed hash of the one-time code the human received."""
 

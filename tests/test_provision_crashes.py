@@ -138,6 +138,7 @@ async def test_dev_server_killed_while_waiting_for_approval(stack: Stack, tmp_pa
             settings=settings,
             keyring=stack.keyring,
             registry=ProviderRegistry.from_settings(settings),
+            pending=stack.store.approvals,  # the worker's store (the same file)
         )
         async with worker_module.build_worker(client, settings, stack.keyring):
             pending = await qm.approvals(email)  # the restarted server still lists it

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from models.approval import ApprovalRequest
 from models.audit import AuditEvent
 from models.secret import Secret
 from providers.audit import AuditFilters
-from providers.store import LATEST, Store, open_store, token_hash
+from providers.store import LATEST, InvalidCursorError, Store, open_store, token_hash
 from providers.store.migrations import migrate, schema_version
 
 
@@ -393,3 +394,77 @@ async def test_the_key_set_is_published_once_and_replaced_by_compare_and_set(sto
     assert await k.publish_keys(fingerprints=rotated, publisher="api 1@h", replaces=1)
     got = await k.published_keys()
     assert got is not None and (got.version, got.fingerprints, got.publisher) == (2, rotated, "api 1@h")
+
+
+# -- the pending-approvals read model ------------------------------------------------------------
+def _approval(
+    n: int, principal: str, *, at: datetime, ttl: timedelta = timedelta(hours=1)
+) -> ApprovalRequest:
+    return ApprovalRequest(
+        approval_id=f"provision-{principal}-r{n}.terms",
+        kind="terms",
+        workflow_id=f"provision-{principal}-r{n}",
+        principal_id=principal,
+        summary=f"accept the terms ({n})",
+        details={"checkout_url": f"https://checkout.example/secret-{principal}-{n}"},
+        requested_at=at,
+        expires_at=at + ttl,
+    )
+
+
+async def test_pending_approvals_are_paged_per_principal_and_sealed(store: Store) -> None:
+    t0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    now = t0 + timedelta(minutes=30)
+    # 250 for alice (some share a timestamp, so the cursor must break ties), 3 for bob
+    for n in range(250):
+        await store.approvals.open_approval(_approval(n, "alice", at=t0 + timedelta(seconds=n // 3)))
+    for n in range(3):
+        await store.approvals.open_approval(_approval(n, "bob", at=t0))
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page = await store.approvals.pending("alice", cursor=cursor, limit=100, now=now)
+        seen += [a.approval_id for a in page.items]
+        pages += 1
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert pages == 3
+    assert sorted(seen) == sorted(f"provision-alice-r{n}.terms" for n in range(250))
+    assert len(seen) == len(set(seen))
+    bob = await store.approvals.pending("bob", now=now)
+    assert [a.principal_id for a in bob.items] == ["bob"] * 3
+    assert bob.items[0].details["checkout_url"].startswith("https://checkout.example/secret-bob")
+    assert (await store.approvals.pending("mallory", now=now)).items == []
+    # what the database holds: no summary, no URL in the clear
+    for (blob,) in raw_rows(store, "SELECT request FROM pending_approvals"):
+        assert "checkout.example" not in str(blob) and "accept the terms" not in str(blob)
+
+
+async def test_a_closed_or_expired_approval_is_not_pending_and_stays_closed(store: Store) -> None:
+    t0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    a, b = _approval(1, "carol", at=t0), _approval(2, "carol", at=t0, ttl=timedelta(minutes=5))
+    await store.approvals.open_approval(a)
+    await store.approvals.open_approval(a)  # a retried notice: still one row
+    await store.approvals.open_approval(b)
+    assert await store.approvals.waiting(a.workflow_id) is True
+    assert await store.approvals.waiting("provision-carol-r9") is False
+    now = t0 + timedelta(minutes=1)
+    assert [x.approval_id for x in (await store.approvals.pending("carol", now=now)).items] == [
+        a.approval_id,
+        b.approval_id,
+    ]
+    assert await store.approvals.close_approval(a.approval_id) is True
+    assert await store.approvals.close_approval(a.approval_id) is False  # a retried close
+    await store.approvals.open_approval(a)  # a late retry of the notice cannot reopen it
+    assert await store.approvals.waiting(a.workflow_id) is False
+    later = t0 + timedelta(minutes=10)
+    assert (await store.approvals.pending("carol", now=now)).items == [b]
+    assert (await store.approvals.pending("carol", now=later)).items == []  # b expired
+
+
+async def test_a_malformed_cursor_is_refused(store: Store) -> None:
+    for bad in ("not base64 json!", "WzEsMl0", "e30"):
+        with pytest.raises(InvalidCursorError):
+            await store.approvals.pending("alice", cursor=bad)

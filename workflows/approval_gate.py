@@ -10,6 +10,10 @@ Only a flood of wrong codes from many callers closes the approval. Wrong, replay
 change nothing and are kept in `attempts` for the audit trail. A timeout is caught and returned as an
 outcome, never left to fail the task. Histories from before keyed hashes (`ticket.kid` None) keep
 their old rules, so they replay unchanged.
+
+The human's list of pending approvals is a read model in the store: the notice activity writes the
+row, and the `close_approval` activity closes it when the gate closes (patch `approvals-read-model`;
+older histories published the list in the memo instead, which is kept for them).
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from typing import Any, Literal
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from models.approval import (
+        ApprovalClosed,
         ApprovalDecision,
         ApprovalKind,
         ApprovalNotice,
@@ -43,6 +49,8 @@ MAX_WRONG_CODES = 5
 #: wrong codes from all callers together before the approval closes (a brute-force bound)
 MAX_WRONG_TOTAL = 25
 GateStatus = Literal["approved", "denied", "timed_out", "locked_out"]
+#: the read model replaces the memo (docs/performance.md): one activity when a gate closes
+READ_MODEL_PATCH = "approvals-read-model"
 
 
 @dataclass
@@ -82,9 +90,15 @@ class ApprovalGate:
     open: dict[str, _Open] = field(default_factory=dict)
     closed: set[str] = field(default_factory=set)
     attempts: list[RejectedAttempt] = field(default_factory=list)
+    #: decided once per workflow at the first gate: store read model (True) or memo (old histories)
+    read_model: bool | None = None
 
     def _publish(self) -> None:
-        """Pending approvals go to the memo (encrypted), so `qm approvals` lists them without queries."""
+        """Older histories: pending approvals went to the memo (encrypted) for `qm approvals`."""
+        if self.read_model is None:
+            self.read_model = workflow.patched(READ_MODEL_PATCH)
+        if self.read_model:
+            return  # the notice activity wrote the row; `_closed` closes it
         workflow.upsert_memo({"pending_approvals": [r.model_dump(mode="json") for r in self.pending()]})
 
     def pending(self) -> list[ApprovalRequest]:
@@ -228,9 +242,27 @@ class ApprovalGate:
             result = GateResult("timed_out")
         except Exception:  # not `finally`: an evicted workflow (GeneratorExit) must not touch the runtime
             self._close(approval_id)
+            await self._closed(approval_id, kind)
             raise
         self._close(approval_id)
+        await self._closed(approval_id, kind)
         return result
+
+    async def _closed(self, approval_id: str, kind: str) -> None:
+        """The approval leaves the human's list (the store's read model)."""
+        if not self.read_model:
+            return
+        try:
+            await workflow.execute_activity(
+                "close_approval",
+                ApprovalClosed(approval_id=approval_id),
+                start_to_close_timeout=timedelta(seconds=30),
+                schedule_to_close_timeout=timedelta(minutes=10),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+                summary=f"close the {kind} approval in the human's list",
+            )
+        except ActivityError:
+            pass  # a read model must not hold the request up; the row drops out at its expiry
 
     @staticmethod
     async def _notify(request: ApprovalRequest, principal_email: str, kind: str) -> ApprovalTicket:

@@ -15,6 +15,7 @@ from typing import Any
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from activities.payment import ResolveCustomer, RevokeTokenInput, SetupInput
@@ -119,6 +120,14 @@ STEP_DETAILS = {
     "create": "creating the resource at the provider",
     "credential": "minting the scoped credential",
 }
+#: reads (and the idempotent get-or-create of the Stripe customer) that run back to back before the
+#: first side effect: as local activities they share one workflow task. A retry repeats only reads;
+#: `authorize_actor` consumes the identity token under a use id of the workflow and activity id,
+#: which a retried local activity keeps, and `resolve_customer` carries its idempotency key.
+LOCAL_READS = frozenset(
+    {"load_policy", "authorize_actor", "discover", "find_connection", "resolve_customer",
+     "payment_method_status"}
+)  # fmt: skip
 WAITING_CODES: dict[str, ErrorCode] = {
     "terms": ErrorCode.TERMS_ACCEPTANCE_REQUIRED,
     "payment_method": ErrorCode.PAYMENT_METHOD_REQUIRED,
@@ -175,6 +184,8 @@ class ProvisionWorkflow:
         self.result = ProvisionResult(request_id="", outcome="rejected", service_id="")
         self.audit: AuditTrail | None = None
         self.audited_attempts = 0
+        #: the reads before the first side effect run as local activities (docs/performance.md)
+        self.local_reads = False
 
     @property
     def step(self) -> str:
@@ -294,7 +305,17 @@ class ProvisionWorkflow:
         self, activity: str, arg: Any, result_type: type | None, summary: str, **opts: Any
     ) -> Any:
         options = {**CALL, **opts}
+        local = self.local_reads and activity in LOCAL_READS
         try:
+            if local:
+                options.pop("heartbeat_timeout", None)  # a local activity does not heartbeat
+                return await workflow.execute_local_activity(
+                    activity,
+                    args=[] if arg is None else [arg],
+                    result_type=result_type,
+                    summary=summary,
+                    **options,
+                )
             return await workflow.execute_activity(
                 activity,
                 args=[] if arg is None else [arg],
@@ -304,6 +325,11 @@ class ProvisionWorkflow:
             )
         except ActivityError as err:
             raise stop_from(err) from None
+        except (ApplicationError, ActivityTimeoutError) as err:  # a local activity's failure comes unwrapped
+            if not local:
+                raise
+            code = err.type if isinstance(err, ApplicationError) and err.type else None
+            raise Stop(code or ErrorCode.PROVIDER_UNAVAILABLE, err.message) from None
 
     async def _ask(
         self, kind: ApprovalKind, summary: str, details: dict[str, Any], **wait: Any
@@ -374,6 +400,7 @@ class ProvisionWorkflow:
 
     async def _provision(self, req: ProvisionRequest) -> None:
         provider = req.provider
+        self.local_reads = workflow.patched("reads-as-local-activities")
         self.policy: Policy = await self._call("load_policy", None, Policy, "policy")
         # 0. who is asking, and may they
         auth: Authorization = await self._call(

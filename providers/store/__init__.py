@@ -14,6 +14,7 @@ migrated on open (`migrations.py`).
     freezes        FreezeStore                       agent freezes, session revocations
     pages          PageSessionStore                  approval pages' browser sessions, used links
     keys           KeySetStore                       fingerprints of the deployment's key material
+    approvals      PendingApprovalStore              the human's pending approvals (sealed), paged
     audit          providers.audit.AuditStore (sync) the hash-chained audit trail
 
 Usage (the API; the worker does the same in `worker.build_activities`):
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from providers.store.accounts import SqlConnections
+from providers.store.approvals import ApprovalPage, InvalidCursorError, SqlPendingApprovals
 from providers.store.database import (
     Database,
     PostgresDatabase,
@@ -62,6 +64,7 @@ from providers.store.interfaces import (
     LoginToken,
     OAuthStateStore,
     PageSessionStore,
+    PendingApprovalStore,
     PendingOAuth,
     PublishedKeySet,
     ReplayStore,
@@ -83,15 +86,18 @@ if TYPE_CHECKING:
 __all__ = [
     "LATEST",
     "AgentFreeze",
+    "ApprovalPage",
     "ConnectionStore",
     "Database",
     "FreezeStore",
+    "InvalidCursorError",
     "KeySetStore",
     "LoginCheck",
     "LoginStore",
     "LoginToken",
     "OAuthStateStore",
     "PageSessionStore",
+    "PendingApprovalStore",
     "PendingOAuth",
     "PostgresDatabase",
     "PublishedKeySet",
@@ -124,6 +130,7 @@ class Store:
     freezes: SqlFreezes = field(init=False)
     pages: SqlPageSessions = field(init=False)
     keys: SqlKeySets = field(init=False)
+    approvals: SqlPendingApprovals = field(init=False)
     audit: SqlAuditStore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -136,6 +143,7 @@ class Store:
         self.freezes = SqlFreezes(self.db)
         self.pages = SqlPageSessions(self.db)
         self.keys = SqlKeySets(self.db)
+        self.approvals = SqlPendingApprovals(self.db, self.sealer)
         self.audit = SqlAuditStore(self.db, migrated=True)
 
     @property

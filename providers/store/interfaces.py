@@ -7,9 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from models.secret import Secret
+
+if TYPE_CHECKING:
+    from models.approval import ApprovalRequest
+    from providers.store.approvals import ApprovalPage
 
 
 class Sealer(Protocol):
@@ -282,6 +286,26 @@ class KeySetStore(Protocol):
     ) -> bool:
         """Publish when the current version is still `replaces` (0: nothing published yet); False
         when another process published first (read again and decide again)."""
+
+
+# -- the human's pending approvals (a read model kept by the workflows' gates) ----------------------
+class PendingApprovalStore(Protocol):
+    """Written when a gate opens (before the code is sent) and when it closes; read by the API."""
+
+    async def open_approval(self, request: ApprovalRequest) -> None:
+        """Idempotent; a closed approval stays closed."""
+        ...
+
+    async def close_approval(self, approval_id: str, *, closed_at: datetime | None = None) -> bool: ...
+
+    async def waiting(self, workflow_id: str) -> bool:
+        """Does the workflow have an open approval?"""
+        ...
+
+    async def pending(
+        self, principal_id: str, *, cursor: str | None = None, limit: int = 100, now: datetime | None = None
+    ) -> ApprovalPage:
+        """One principal's open, unexpired approvals, oldest first; `cursor` from the previous page."""
         ...
 
 

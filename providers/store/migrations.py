@@ -118,6 +118,18 @@ V2_TABLES = (
         reason TEXT NOT NULL)""",
 )
 
+#: version 4: the human's pending approvals, kept by the workflows' gates (providers/store/approvals.py); the
+#: request is sealed; rows are closed, never deleted, so a late retry cannot reopen one
+V4_TABLES = (
+    """CREATE TABLE IF NOT EXISTS pending_approvals (
+        approval_id TEXT PRIMARY KEY, principal_id TEXT NOT NULL, workflow_id TEXT NOT NULL,
+        kind TEXT NOT NULL, requested_ms BIGINT NOT NULL, expires_ms BIGINT NOT NULL,
+        request TEXT NOT NULL, closed_ms BIGINT)""",
+    "CREATE INDEX IF NOT EXISTS pending_approvals_by_principal "
+    "ON pending_approvals (principal_id, closed_ms, requested_ms, approval_id)",
+    "CREATE INDEX IF NOT EXISTS pending_approvals_by_workflow ON pending_approvals (workflow_id, closed_ms)",
+)
+
 #: the per-host SQLite files of earlier releases: (file name, [(table there, table here)])
 LEGACY_FILES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     ("audit.sqlite", (("audit_records", "audit_records"), ("audit_head", "audit_head"))),
@@ -218,6 +230,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         postgresql=V3_TABLES,
         after=(_import_legacy_pages,),
     ),
+    Migration(4, "pending approvals read model", sqlite=V4_TABLES, postgresql=V4_TABLES),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -26,6 +26,10 @@ from quartermaster.keys import Keyring
 from quartermaster.orchestration.requests import Orchestrator
 from quartermaster.orchestration.sessions import SessionService
 
+#: how long the API reuses a session's and an agent's state between an agent's calls (the worker
+#: never does; the store's freezes and revocations are read on every call: docs/decisions.md)
+ENTITY_TTL_SECONDS = 2.0
+
 
 @dataclass
 class ApiServices:
@@ -75,10 +79,21 @@ def build_services(
         identity=ids,
         keyring=keyring,
         temporal=temporal,
-        orchestrator=Orchestrator(temporal=temporal, settings=settings, keyring=keyring, registry=registry),
+        orchestrator=Orchestrator(
+            temporal=temporal,
+            settings=settings,
+            keyring=keyring,
+            registry=registry,
+            pending=store.approvals,
+        ),
         sessions=SessionService(temporal=temporal, keyring=keyring, task_queue=settings.task_queue),
         presentations=SessionActivities.from_settings(
-            settings, keyring, temporal, identity=ids, replay=store.replay
+            settings,
+            keyring,
+            temporal,
+            identity=ids,
+            replay=store.replay,
+            entity_ttl_seconds=ENTITY_TTL_SECONDS,
         ),
         spend=SpendActivities(temporal, settings.task_queue, providers=list(settings.providers)),
         logins=LoginStore(store, code_key=login_key),

@@ -53,6 +53,7 @@ from quartermaster.client.errors import ApiError, error_from_response
 
 T = TypeVar("T")
 IDENTITY_HEADER = "X-QM-Identity"
+NEXT_CURSOR_HEADER = "X-QM-Next-Cursor"
 #: how long one call may wait server-side for a request to move (the API caps it at 30 s)
 LONG_POLL_SECONDS = 25
 
@@ -150,7 +151,24 @@ class Provisions(_Resource):
 
 class Approvals(_Resource):
     async def list(self) -> list[ApprovalRequest]:
-        return await self._c.request("GET", "/v1/approvals", list[ApprovalRequest])
+        """Every approval waiting for you (all pages)."""
+        out: builtins.list[ApprovalRequest] = []
+        cursor: str | None = None
+        while True:
+            items, cursor = await self.page(cursor=cursor, limit=200)
+            out += items
+            if cursor is None:
+                return out
+
+    async def page(
+        self, *, cursor: str | None = None, limit: int = 100
+    ) -> tuple[builtins.list[ApprovalRequest], str | None]:
+        """One page, oldest first, and the cursor of the next (None on the last page)."""
+        resp = await self._c._send(
+            "GET", "/v1/approvals", json=None, params=_drop_none({"cursor": cursor, "limit": limit})
+        )
+        items = TypeAdapter(builtins.list[ApprovalRequest]).validate_python(resp.json())
+        return items, resp.headers.get(NEXT_CURSOR_HEADER)
 
     async def get(self, approval_id: str) -> ApprovalView:
         """The approval with its `view_hash`: pass it to `decide` to bind the decision to it."""

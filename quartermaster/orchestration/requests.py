@@ -51,6 +51,8 @@ from models.request import Actor, ProvisionRequest
 from models.secret import Secret
 from providers.errors import ProviderError
 from providers.registry import ProviderRegistry, UnknownProviderError
+from providers.store.approvals import ApprovalPage, InvalidCursorError
+from providers.store.interfaces import PendingApprovalStore
 from quartermaster.config import Settings
 from quartermaster.crypto.authority import AuthoritySigner, sign_decision, sign_human_actor
 from quartermaster.keys import Keyring, load_keyring
@@ -158,12 +160,20 @@ def request_details(req: ProvisionRequest) -> str:
 
 class Orchestrator:
     def __init__(
-        self, *, temporal: Client, settings: Settings, keyring: Keyring, registry: ProviderRegistry
+        self,
+        *,
+        temporal: Client,
+        settings: Settings,
+        keyring: Keyring,
+        registry: ProviderRegistry,
+        pending: PendingApprovalStore | None = None,
     ) -> None:
         self.temporal = temporal
         self.settings = settings
         self.keyring = keyring
         self.registry = registry
+        #: the pending-approvals read model; None: the visibility scan of older releases
+        self.pending = pending
 
     @classmethod
     @asynccontextmanager
@@ -299,23 +309,68 @@ class Orchestrator:
     async def wait(
         self, request_id: str, timeout: float, principal_id: str | None = None
     ) -> ProvisionResult | Waiting | ProvisionStatus:
-        """Poll until finished, waiting for a human, or `timeout` seconds passed."""
+        """Until finished, waiting for a human, or `timeout` seconds passed.
+
+        With the read model: one long poll for the result (the server answers when the workflow
+        closes), and a look in the store every quarter second for an open approval; Temporal is
+        asked for the status (describe + a query the worker answers) only to return it. Without it:
+        describe + query every quarter second."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while True:
-            st = await self.status(request_id, principal_id)
-            if isinstance(st, ProvisionResult | Waiting) or loop.time() >= deadline:
-                return st
-            await asyncio.sleep(0.25)
+        if self.pending is None or timeout <= 0:
+            while True:
+                st = await self.status(request_id, principal_id)
+                if isinstance(st, ProvisionResult | Waiting) or loop.time() >= deadline:
+                    return st
+                await asyncio.sleep(0.25)
+        wid = workflow_id_for(request_id, principal_id)
+        handle = self.temporal.get_workflow_handle(wid, result_type=ProvisionResult)
+        result = asyncio.ensure_future(handle.result())
+        try:
+            while not result.done():
+                left = deadline - loop.time()
+                if left <= 0 or await self.pending.waiting(wid):
+                    break
+                await asyncio.wait({result}, timeout=min(0.25, left))
+            if result.done() and result.exception() is None:
+                done: ProvisionResult = result.result()
+                return done
+        finally:
+            result.cancel()
+        return await self.status(request_id, principal_id)  # waiting, still running, or it failed
 
     # -- approvals --------------------------------------------------------------------------------
+    async def approvals_page(
+        self, principal_id: str, *, cursor: str | None = None, limit: int = 100
+    ) -> ApprovalPage:
+        """One page of the principal's pending approvals, from the store's read model."""
+        if self.pending is None:
+            return ApprovalPage(items=await self._scan_approvals(principal_id), next_cursor=None)
+        try:
+            return await self.pending.pending(principal_id, cursor=cursor, limit=limit)
+        except InvalidCursorError:
+            raise QuartermasterError(ErrorCode.INVALID_REQUEST, "malformed cursor") from None
+
     async def approvals(
         self, email: str | None = None, *, principal_id: str | None = None
     ) -> list[ApprovalRequest]:
-        """Every pending approval, from one visibility query (the list is in each workflow's memo)."""
+        """Every pending approval of a principal (every page of the read model)."""
+        pid = principal_id or (self.keyring.principal_id(email) if email else None)
+        if self.pending is None or pid is None:
+            return await self._scan_approvals(pid)
+        out: list[ApprovalRequest] = []
+        cursor: str | None = None
+        while True:
+            page = await self.approvals_page(pid, cursor=cursor, limit=200)
+            out += page.items
+            if page.next_cursor is None:
+                return out
+            cursor = page.next_cursor
+
+    async def _scan_approvals(self, pid: str | None) -> list[ApprovalRequest]:
+        """Older releases: one visibility query, the list in each workflow's memo (7 s at 10,000)."""
         # this deployment's workflows only: a namespace may hold others' (other keys, other task queues)
         query = f"{QM_STATE.name} = '{State.AWAITING_APPROVAL}' AND TaskQueue = '{self.settings.task_queue}'"
-        pid = principal_id or (self.keyring.principal_id(email) if email else None)
         if pid:
             query += f" AND {QM_PRINCIPAL.name} = '{pid}'"
         out: list[ApprovalRequest] = []

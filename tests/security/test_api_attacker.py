@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from providers.store.approvals import encode_cursor
 from quartermaster.client import QuartermasterClient
 from quartermaster.config import LOCAL_STRIPE_KEY
 from tests.fixtures.stack import Stack, new_email
@@ -169,6 +170,12 @@ async def attack(stack: Stack, victim: Victim) -> list[str]:
         decision,
     )
     await expect("human reads another's approval", "GET", f"/v1/approvals/{app}", human_h, 404, "NOT_FOUND")
+    # the pending-approvals list (the store's read model): one's own only, whatever the cursor says
+    for cursor in (None, encode_cursor(0, ""), encode_cursor(0, app.rsplit(".", 1)[0])):
+        listed = await _raw(url, "GET", "/v1/approvals" + (f"?cursor={cursor}" if cursor else ""), human_h)
+        if listed.status_code != 200 or app in listed.text or victim.email in listed.text:
+            breaches.append(f"human lists another's approval (cursor {cursor})")
+    await expect("a forged cursor", "GET", "/v1/approvals?cursor=bm9wZQ", human_h, 400, "INVALID_REQUEST")
     # human-only routes refuse the agent
     for method, path, body in (
         (
@@ -230,7 +237,17 @@ async def test_every_attack_is_refused_and_changes_nothing(stack: Stack) -> None
 async def test_the_suite_catches_a_broken_api(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     victim = await _victim(stack)
     monkeypatch.setattr(stack.api, "authorization_disabled", True)
+    # and a read model that forgets whose approvals it lists
+    read_model = stack.api.orchestrator.pending
+    assert read_model is not None
+    victim_id = stack.principal_id(victim.email)
+
+    async def everyones(principal_id: str, **page: Any) -> Any:
+        return await read_model.pending(victim_id, **page)
+
+    monkeypatch.setattr(read_model, "pending", everyones)
     breaches = await attack(stack, victim)
     assert any("another's credential" in b for b in breaches), breaches
     assert any("lists another's resource" in b for b in breaches), breaches
+    assert any("lists another's approval" in b for b in breaches), breaches
     await victim.human.aclose()

@@ -242,7 +242,8 @@ export interface paths {
         };
         /**
          * List Approvals
-         * @description Every approval waiting for you.
+         * @description The approvals waiting for you, oldest first, one page at a time (`cursor` from the
+         *     `X-QM-Next-Cursor` header of the previous page).
          */
         get: operations["list_approvals_v1_approvals_get"];
         put?: never;
@@ -2420,7 +2421,10 @@ export interface operations {
     };
     list_approvals_v1_approvals_get: {
         parameters: {
-            query?: never;
+            query?: {
+                cursor?: string | null;
+                limit?: number;
+            };
             header?: {
                 "X-QM-Identity"?: string | null;
             };
@@ -2432,6 +2436,8 @@ export interface operations {
             /** @description Successful Response */
             200: {
                 headers: {
+                    /** @description pass as `cursor` for the next page; absent on the last page */
+                    "X-QM-Next-Cursor"?: string;
                     [name: string]: unknown;
                 };
                 content: {

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Security
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, Security
 from temporalio.service import RPCError
 
 from models.api import ApprovalView, DecisionBody
@@ -45,10 +47,37 @@ async def pending_approval(svc: ApiServices, principal_id: str, approval_id: str
     raise missing
 
 
-@router.get("", response_model=list[ApprovalRequest])
-async def list_approvals(caller: HumanCaller, svc: Services) -> list[ApprovalRequest]:
-    """Every approval waiting for you."""
-    return await svc.orchestrator.approvals(principal_id=caller.principal_id)
+#: the response header carrying the cursor of the next page (absent on the last page)
+NEXT_CURSOR_HEADER = "X-QM-Next-Cursor"
+
+
+@router.get(
+    "",
+    response_model=list[ApprovalRequest],
+    responses={
+        200: {
+            "headers": {
+                NEXT_CURSOR_HEADER: {
+                    "description": "pass as `cursor` for the next page; absent on the last page",
+                    "schema": {"type": "string"},
+                }
+            }
+        }
+    },
+)
+async def list_approvals(
+    caller: HumanCaller,
+    svc: Services,
+    response: Response,
+    cursor: Annotated[str | None, Query(max_length=400)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 100,
+) -> list[ApprovalRequest]:
+    """The approvals waiting for you, oldest first, one page at a time (`cursor` from the
+    `X-QM-Next-Cursor` header of the previous page)."""
+    page = await svc.orchestrator.approvals_page(caller.principal_id, cursor=cursor, limit=limit)
+    if page.next_cursor is not None:
+        response.headers[NEXT_CURSOR_HEADER] = page.next_cursor
+    return page.items
 
 
 @router.get("/{approval_id}", response_model=ApprovalView)
