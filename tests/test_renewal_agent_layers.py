@@ -145,6 +145,8 @@ async def test_a_renewal_the_agents_limit_refuses_asks_no_one_charges_nothing_an
     ]
     assert row["status"] == "removed"
     assert len(notices(stack, email, "renewal_suspended", resource_id)) == 2  # declined, then suspended
+    if kind == "agent_monthly":
+        await record_first_run(stack, renewal_workflow_id("cloud", resource_id), "renewal-agent-refused")
 
 
 async def test_the_refusal_check_catches_a_renewal_that_leaves_the_agent_layers_out(  # type: ignore[no-untyped-def]
