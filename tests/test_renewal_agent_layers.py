@@ -1,9 +1,10 @@
 """Renewals under the agent layers, on the time-skipping server with the whole stack on loopback: a
 monthly plan an agent bought renews in that agent's month of the due date (not in its purchases per
-hour), and a renewal its agent's limits no longer allow (the month, the per-purchase maximum) asks no
-one, charges nothing at the local Stripe server and suspends at the due date (docs/decisions.md,
-"Renewals under the agent layers"). The refusal check also runs against a deliberately broken
-renewal that leaves the agent layers out, and catches it (that renewal charges)."""
+hour), a delegate's in every agent of its chain, and a renewal its agent's limits no longer allow (the
+month, the per-purchase maximum) asks no one, charges nothing at the local Stripe server and suspends
+at the due date (docs/decisions.md, "Renewals under the agent layers"). The refusal check also runs
+against a deliberately broken renewal that leaves the agent layers out, and catches it (that renewal
+charges)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ import models.ledger
 from activities.spend import SpendActivities
 from models.ledger import agent_ledger_id, month_of, monthly_ledger_id, velocity_ledger_id
 from models.limits import LimitKind
+from models.money import Money
 from models.renewal import RenewalView, renewal_workflow_id
+from models.request import Actor
+from models.session import DelegationRequest
 from quartermaster.crypto.authority import AuthoritySigner
 from tests.fixtures.stack import Stack, new_email
 from tests.test_agent_limits import change
@@ -171,3 +175,48 @@ async def test_the_refusal_check_catches_a_renewal_that_leaves_the_agent_layers_
     assert ([c.period for c in view.charges], view.refused) == ([1], None), view
     assert charged_per_month(await stripe_intents(stack, {resource_id})).get(month_of(due)) == 500
     assert await ledger(stack, agent_ledger_id(pid, AGENT, due)) is None
+
+
+async def _delegate(stack: Stack, email: str) -> Actor:
+    """`helper`, a sub-agent of `planner` under a delegated session (its chain: planner, helper)."""
+    root = await stack.sessions.open(
+        email=email, agent=AGENT, allowed_services=["cloud/*"], budget_minor=5000, max_depth=2
+    )
+    assert root.approval_id is not None
+    await until(
+        lambda: asyncio.sleep(0, any(m.get("approval_id") == root.approval_id for m in stack.inbox(email))),
+        "the session's approval",
+    )
+    assert (await stack.decide(root.approval_id, email)).status == "ACCEPTED"
+    token = await until(lambda: stack.sessions.token(root.session_id), "the session's token")
+    child = await stack.sessions.delegate(
+        DelegationRequest(
+            session_token=token,
+            identity_token=stack.identity(AGENT),
+            to_agent="helper",
+            allowed_services=["cloud/r2"],
+            budget=Money(amount=2000),
+        )
+    )
+    return Actor(
+        principal_email=email, agent="helper", session_token=child.session_token,
+        identity_token=stack.identity("helper"),
+    )  # fmt: skip
+
+
+async def test_a_delegates_renewal_counts_in_every_agent_of_its_chain(ts) -> None:  # type: ignore[no-untyped-def]
+    env, stack = ts
+    email = new_email()
+    pid = stack.principal_id(email)
+    res = await provision(stack, email, "cloud/r2", actor=await _delegate(stack, email))
+    assert res.resource_id
+    due = (await renewal(stack, "cloud", res.resource_id)).next_due
+    assert due is not None
+    await to_notice(env, due)
+    await env.sleep(4 * DAY)
+    view = await renewal(stack, "cloud", res.resource_id)
+    assert [c.period for c in view.charges] == [1], view
+    assert charged_per_month(await stripe_intents(stack, {res.resource_id})).get(month_of(due)) == 500
+    for agent in ("helper", AGENT):  # the delegate cannot escape its delegator's month under a new name
+        month = await ledger(stack, agent_ledger_id(pid, agent, due))
+        assert month is not None and (month.committed.amount, month.reserved.amount) == (500, 0), agent
