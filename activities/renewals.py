@@ -27,6 +27,7 @@ from models.renewal import (
     RenewalView,
     RenewInput,
     renewal_workflow_id,
+    unsigned_fields,
 )
 from models.secret import Secret
 from models.session import SessionState, session_workflow_id
@@ -154,7 +155,7 @@ class RenewalActivities:
         worker's authority proof: a start without it fails before it charges anything."""
         wid = renewal_workflow_id(start.provider, start.resource_id)
         start = self._signer().signed(
-            start, ProofKind.RENEWAL_START, wid, issued_at=signed_at(), exclude=frozenset({"state"})
+            start, ProofKind.RENEWAL_START, wid, issued_at=signed_at(), exclude=unsigned_fields(start)
         )
         await self._client.start_workflow(
             "RenewalWorkflow",

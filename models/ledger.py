@@ -131,15 +131,22 @@ class LedgerLayer(BaseModel):
     kind: LedgerKind
 
 
-def agent_layers(principal_id: str, agent: str, when: datetime, currency: str) -> list[LedgerLayer]:
+def agent_layers(
+    principal_id: str, agent: str, when: datetime, currency: str, *, new_purchase: bool = True
+) -> list[LedgerLayer]:
     """The acting agent's two layers under the cap: its month (over every provider) and its purchases
     per rolling hour. Their limits come from the principal's limits (`limit` only names the currency);
-    `reserve_spend` skips the velocity layer of an agent without a velocity limit."""
+    `reserve_spend` skips the velocity layer of an agent without a velocity limit. A renewal
+    (`new_purchase=False`) counts in the month of its due date only: it is no new purchase, so no
+    velocity layer (docs/decisions.md, "Renewals under the agent layers")."""
     placeholder = Money(amount=10_000, currency=currency)
+    month = LedgerLayer(
+        ledger_id=agent_ledger_id(principal_id, agent, when), limit=placeholder, kind="agent_monthly"
+    )
+    if not new_purchase:
+        return [month]
     return [
-        LedgerLayer(
-            ledger_id=agent_ledger_id(principal_id, agent, when), limit=placeholder, kind="agent_monthly"
-        ),
+        month,
         LedgerLayer(ledger_id=velocity_ledger_id(principal_id, agent), limit=placeholder, kind="velocity"),
     ]
 

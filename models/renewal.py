@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.ledger import MAX_HOLD_SECONDS, LedgerLayer
+from models.ledger import MAX_HOLD_SECONDS, MAX_LAYERS, LedgerLayer
 from models.money import Money
 from models.secret import Secret
 
@@ -114,11 +114,21 @@ class RenewalStart(BaseModel):
     reversible: bool = True
     #: budget layers of the purchase (sessions); a renewal reserves in those still open
     budget_layers: list[LedgerLayer] = Field(default_factory=list, max_length=6)
+    #: the agents of the chain that bought it (empty: a human's own purchase); each renewal counts in
+    #: their months (models.ledger.agent_layers) and under their per-purchase maximum
+    agent_chain: list[str] = Field(default_factory=list, max_length=MAX_LAYERS // 2)
     policy: RenewalPolicy = Field(default_factory=RenewalPolicy)
     approval_timeout_seconds: int = 86_400
     state: RenewalState = Field(default_factory=RenewalState)
     #: the worker's authority proof over the first run's start (everything but `state`)
     proof: str | None = Field(default=None, max_length=200)
+
+
+def unsigned_fields(start: RenewalStart) -> frozenset[str]:
+    """What a start's authority proof does not cover: the state (only the workflow's own continue-as-new
+    carries it), and fields added after starts were recorded while at their defaults, so a start made
+    before them (a running renewal, a recorded history) still verifies."""
+    return frozenset({"state"} | ({"agent_chain"} if not start.agent_chain else set()))
 
 
 class RenewalView(BaseModel):
@@ -143,6 +153,9 @@ class RenewalView(BaseModel):
     customer_id: str | None = None
     #: taken off the next renewal (a downgrade's credit)
     credit: int = 0
+    #: the stable code when an agent's limit refused the current period (AGENT_MONTHLY_LIMIT_EXCEEDED or
+    #: TRANSACTION_LIMIT_EXCEEDED): it is not renewed and is suspended at its due date
+    refused: str | None = None
 
 
 class CancelRenewal(BaseModel):

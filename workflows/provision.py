@@ -590,6 +590,7 @@ class ProvisionWorkflow:
                     for layer in self.layers
                     if layer.kind == "budget" and not layer.ledger_id.startswith("budget-request-")
                 ],
+                agent_chain=self._agents(req),
                 policy=RenewalPolicy(
                     notice_seconds=self.policy.renewal_notice_seconds,
                     grace_seconds=self.policy.renewal_grace_seconds,
@@ -770,6 +771,14 @@ class ProvisionWorkflow:
         await self.audit.record("payment_token.issued", amount=amount)
         return token
 
+    def _agents(self, req: ProvisionRequest) -> list[str]:
+        """The agents whose limits bind this purchase (and its renewals): every agent of the chain, so a
+        delegate's purchases count under its delegators' limits too (it could otherwise escape them
+        under a new name); a human's own request (no session) has none."""
+        if req.actor.kind == "agent" and workflow.patched("qm-agent-limit-layers"):
+            return list(dict.fromkeys(self.auth.agent_chain or [req.actor.agent]))
+        return []
+
     def _layers(self, req: ProvisionRequest, amount: Money) -> list[LedgerLayer]:
         """Every ledger this purchase must fit in. Limits of the monthly and agent layers come from the
         principal's limits (`limit` here names the currency); budgets carry their own."""
@@ -781,11 +790,8 @@ class ProvisionWorkflow:
                 kind="monthly",
             )
         ]
-        # every agent of the chain: a delegate's purchases count under its delegators' limits too (it
-        # could otherwise escape them under a new name); a human's own request (no session) has none
-        if req.actor.kind == "agent" and workflow.patched("qm-agent-limit-layers"):
-            for agent in dict.fromkeys(self.auth.agent_chain or [req.actor.agent]):
-                layers += agent_layers(self.principal_id, agent, workflow.now(), amount.currency)
+        for agent in self._agents(req):
+            layers += agent_layers(self.principal_id, agent, workflow.now(), amount.currency)
         layers += [LedgerLayer.model_validate(layer) for layer in self.auth.budget_layers]
         if req.budget is not None:
             layers.append(

@@ -28,11 +28,13 @@ with workflow.unsafe.imports_passed_through():
     from models.authority import ProofKind, change_of
     from models.errors import ErrorCode
     from models.ledger import (
+        OVERRIDABLE_KINDS,
         CommitLayers,
         LayeredReserveOutcome,
         LedgerLayer,
         ReleaseLayers,
         ReserveLayers,
+        agent_layers,
         month_of,
         monthly_ledger_id,
     )
@@ -53,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
         RenewalView,
         RenewInput,
         due_at,
+        unsigned_fields,
     )
     from workflows import authority
     from workflows.approval_gate import ApprovalGate
@@ -94,7 +97,7 @@ class RenewalWorkflow:
                 start.proof,
                 kind=ProofKind.RENEWAL_START,
                 target=workflow.info().workflow_id,
-                change=change_of(start, exclude=frozenset({"state"})),
+                change=change_of(start, exclude=unsigned_fields(start)),
                 issued_near=workflow.info().workflow_start_time,
             )
         )
@@ -108,6 +111,8 @@ class RenewalWorkflow:
         self.wid = workflow.info().workflow_id
         self.layers: list[LedgerLayer] = []
         self.held = False
+        #: the stable code when an agent's limit refused this period's renewal (no approval can lift it)
+        self.refused: str | None = None
         self.ignored_signals = 0
 
     # -- handlers ---------------------------------------------------------------------------------
@@ -155,6 +160,7 @@ class RenewalWorkflow:
             held=self.held,
             customer_id=st.customer_id,
             credit=self.s.credit,
+            refused=self.refused,
         )
 
     @workflow.query(name="pending_approvals")
@@ -225,12 +231,18 @@ class RenewalWorkflow:
             workflow.continue_as_new(self.start.model_copy(update={"state": self.s}))
         if not await self._reserve(due):
             self.status = "declined"
+            why = "not approved" if self.refused is None else f"refused by an agent's limit ({self.refused})"
             await self._notice(
-                "renewal_suspended", due, f"renewal of {start.resource_id} not approved: it will not renew"
+                "renewal_suspended", due, f"renewal of {start.resource_id} {why}: it will not renew"
             )
             if await self._sleep_until(due, "renewal declined: waiting for the due date"):
                 return await self._end_cancelled()
-            await self._suspend(due, "renewal over the limit was not approved")
+            await self._suspend(
+                due,
+                "renewal over the limit was not approved"
+                if self.refused is None
+                else f"renewal refused by an agent's limit ({self.refused})",
+            )
             return await self._finish()
         if await self._sleep_until(due, f"renewal {n} due at {due.isoformat()}"):
             return await self._end_cancelled()
@@ -313,8 +325,10 @@ class RenewalWorkflow:
         )
 
     async def _reserve(self, due: datetime) -> bool:
-        """Reserve the price in the due month's ledger (and open budget layers); ask the human when
-        it does not fit. False when the human denied it or did not answer before the due date."""
+        """Reserve the price in the due month's ledger, the open budget layers and the buying agents'
+        months; ask the human when the cap or a budget has no room. False when the human denied it or
+        did not answer before the due date, or an agent's limit refused it (`self.refused`: a one-time
+        approval never lifts an agent's limit, so the human is told, not asked)."""
         st = self.start
         opened: OpenLayers = await workflow.execute_activity(
             "open_layers",
@@ -329,6 +343,13 @@ class RenewalWorkflow:
             kind="monthly",
         )
         self.layers = [monthly, *opened.layers]
+        # the buying agents' months of the due date (and their per-purchase maxima, which
+        # `reserve_spend` checks for every agent layer); no velocity layer: a renewal is no new purchase
+        if st.agent_chain and workflow.patched("qm-renewal-agent-layers"):
+            for agent in dict.fromkeys(st.agent_chain):
+                self.layers += agent_layers(
+                    st.principal_id, agent, due, st.price.currency, new_purchase=False
+                )
         purchase_id = f"{self.wid}:p{self.s.period}"
         hold = int((due - workflow.now()).total_seconds()) + st.policy.grace_seconds + 3600
         override: str | None = None
@@ -349,8 +370,17 @@ class RenewalWorkflow:
                 **UNTIL_DONE,
             )
             if out.ok:
+                # layers with nothing to enforce were not reserved: commit and release skip them
+                self.layers = [layer for layer in self.layers if layer.ledger_id not in out.skipped]
                 self.held = True
                 return True
+            refused = out.refused_by
+            if out.code is not None and (refused is None or refused.kind not in OVERRIDABLE_KINDS):
+                self.refused = out.code
+                await self.trail.record(
+                    "renewal.declined", outcome="refused", reason=out.code, amount=self._amount()
+                )
+                return False
             if override is not None:
                 return False
             o = out.outcome
