@@ -151,6 +151,17 @@ async def attack(stack: Stack, victim: Victim) -> list[str]:
             "NOT_FOUND",
             {"agent": "planner", "measurement": measurement, "session_id": ses},
         )
+        plan = {"to_service_id": "cloud/workers:paid"}
+        for verb in ("plan/quote", "upgrade", "downgrade"):
+            await expect(
+                f"{who} changes another's plan ({verb})",
+                "POST",
+                f"/v1/resources/{res}/{verb}",
+                h,
+                404,
+                "NOT_FOUND",
+                plan,
+            )
         listed = await _raw(url, "GET", "/v1/resources", h)
         if res in listed.text:
             breaches.append(f"{who} lists another's resource")
@@ -187,6 +198,9 @@ async def attack(stack: Stack, victim: Victim) -> list[str]:
         ("POST", "/v1/agents/planner/unfreeze", {}),
         ("POST", "/v1/agents/planner/freeze", {}),
         ("GET", "/v1/billing", None),
+        ("GET", "/v1/billing/forecast", None),
+        ("POST", "/v1/links", {"provider": "db"}),
+        ("GET", "/v1/links/db", None),
         ("POST", "/v1/billing/limits", {"limit": {"amount": 100_000_000, "currency": "usd"}}),
         (
             "POST",
