@@ -108,6 +108,24 @@ class SqlPendingApprovals:
         )
         return bool(rows)
 
+    async def open_one(self, approval_id: str, *, now: datetime | None = None) -> ApprovalRequest | None:
+        """The approval if it is open and unexpired (its sealed request, as the workflow sent it to
+        the human), else None. One primary-key lookup, so a decision needs no workflow query."""
+        now_ms = _ms(now or datetime.now(UTC))
+        rows = await self._db.run(
+            lambda tx: tx.execute(
+                "SELECT request FROM pending_approvals WHERE approval_id = ? AND closed_ms IS NULL "
+                "AND expires_ms > ?",
+                (approval_id, now_ms),
+            )
+        )
+        if not rows:
+            return None
+        if self._sealer is None:
+            raise RuntimeError("this process holds no seal key: it cannot read approvals")
+        found = ApprovalRequest.model_validate_json(self._sealer.unseal(str(rows[0][0])))
+        return found if found.approval_id == approval_id else None  # the sealed copy decides
+
     async def pending(
         self,
         principal_id: str,

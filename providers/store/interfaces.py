@@ -302,6 +302,10 @@ class PendingApprovalStore(Protocol):
         """Does the workflow have an open approval?"""
         ...
 
+    async def open_one(self, approval_id: str, *, now: datetime | None = None) -> ApprovalRequest | None:
+        """The approval's request if it is open and unexpired."""
+        ...
+
     async def pending(
         self, principal_id: str, *, cursor: str | None = None, limit: int = 100, now: datetime | None = None
     ) -> ApprovalPage:

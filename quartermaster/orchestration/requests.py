@@ -218,7 +218,19 @@ class Orchestrator:
         self, req: ProvisionRequest, *, prevalidate: bool = True, principal_id: str | None = None
     ) -> WorkflowHandle[Any, Any]:
         """Start (or find) the request's workflow. The same request id never starts a second one; with
-        `principal_id` (the API), a reuse with other parameters is refused with IDEMPOTENCY_CONFLICT.
+        `principal_id` (the API), a reuse with other parameters is refused with IDEMPOTENCY_CONFLICT."""
+        handle, existing = await self.start(req, prevalidate=prevalidate, principal_id=principal_id)
+        if principal_id is not None:
+            self.check_reuse(req, existing)
+        return handle
+
+    async def start(
+        self, req: ProvisionRequest, *, prevalidate: bool = True, principal_id: str | None = None
+    ) -> tuple[WorkflowHandle[Any, Any], RequestOwner | None]:
+        """Start the request's workflow; returns its handle and, when the id was already taken (running
+        or closed: Temporal refuses the start), who the existing workflow belongs to (one describe,
+        only then, and only for the API's `principal_id`). None: this call started it, for this
+        principal and session.
 
         An actor without a session is the authenticated human's own request (only the API calls this,
         after verifying their login): it gets this process's authority proof, which the worker checks."""
@@ -226,7 +238,6 @@ class Orchestrator:
         if prevalidate:
             await self.quote(req.service_id, req.configuration, req.max_price)
         wid = workflow_id_for(req.request_id, principal_id)
-        fp = fingerprint(req)
         attrs = TypedSearchAttributes(
             [
                 SearchAttributePair(QM_STATE, State.RUNNING),
@@ -246,24 +257,33 @@ class Orchestrator:
                 req,
                 id=wid,
                 task_queue=self.settings.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                # a running or closed workflow with this id refuses the start: that is how a reuse is
+                # noticed, without describing first
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 search_attributes=attrs,
-                memo={"fingerprint": fp},
+                memo={"fingerprint": fingerprint(req)},
                 static_summary=f"provision {req.service_id} '{req.name}' for agent {req.actor.agent}",
                 static_details=request_details(req),
                 execution_timeout=provision_execution_timeout(self.settings.approval_timeout_seconds),
             )
         except WorkflowAlreadyStartedError:
-            handle = self.temporal.get_workflow_handle(wid)
-        if principal_id is not None:
-            owner = await self.owner(wid)
-            if owner is not None and owner.fingerprint not in (None, fp):
-                raise QuartermasterError(
-                    ErrorCode.IDEMPOTENCY_CONFLICT,
-                    f"request id {req.request_id} was already used with other parameters",
-                )
-        return handle
+            if principal_id is None:  # server-side callers pick unique ids: nothing to check
+                return self.temporal.get_workflow_handle(wid), None
+            # not describable (a moment before it is visible): owned by no one, so the API refuses it
+            taken = await self.owner(wid) or RequestOwner(
+                wid, principal_id=None, session_id=None, fingerprint=None
+            )
+            return self.temporal.get_workflow_handle(wid), taken
+        return handle, None
+
+    def check_reuse(self, req: ProvisionRequest, existing: RequestOwner | None) -> None:
+        """IDEMPOTENCY_CONFLICT when the existing workflow of this request id has other parameters."""
+        if existing is not None and existing.fingerprint not in (None, fingerprint(req)):
+            raise QuartermasterError(
+                ErrorCode.IDEMPOTENCY_CONFLICT,
+                f"request id {req.request_id} was already used with other parameters",
+            )
 
     async def owner(self, workflow_id: str) -> RequestOwner | None:
         """The principal and session a workflow was started for, or None when there is none."""

@@ -25,8 +25,14 @@ router = APIRouter(
 )
 
 
-async def pending_approval(svc: ApiServices, principal_id: str, approval_id: str) -> ApprovalRequest:
-    """The open approval, if it is this principal's; else NOT_FOUND (whether or not it exists)."""
+async def pending_approval(
+    svc: ApiServices, principal_id: str, approval_id: str, *, read_model: bool = False
+) -> ApprovalRequest:
+    """The open approval, if it is this principal's; else NOT_FOUND (whether or not it exists).
+
+    `read_model` (a decision): look in the store's pending approvals first, an index lookup instead of
+    a workflow query (a task the worker answers); the workflow's update validates the decision
+    anyway. An approval without a row (older releases, no store) is asked of the workflow."""
     wid, sep, _kind = approval_id.rpartition(".")
     missing = QuartermasterError(
         ErrorCode.NOT_FOUND,
@@ -35,6 +41,13 @@ async def pending_approval(svc: ApiServices, principal_id: str, approval_id: str
     )
     if not sep or not wid or len(approval_id) > 300:
         raise missing
+    if read_model and svc.orchestrator.pending is not None:
+        # the row the notice wrote before the code was sent: its sealed request is the workflow's
+        row = await svc.orchestrator.pending.open_one(approval_id)
+        if row is not None:
+            if row.principal_id == principal_id:
+                return row
+            raise missing
     try:
         pending: list[ApprovalRequest] = await svc.temporal.get_workflow_handle(wid).query(
             "pending_approvals", result_type=list[ApprovalRequest]
@@ -92,7 +105,7 @@ async def get_approval(approval_id: str, caller: HumanCaller, svc: Services) -> 
 @router.post("/{approval_id}/decision", response_model=DecisionOutcome)
 async def decide(approval_id: str, body: DecisionBody, caller: HumanCaller, svc: Services) -> DecisionOutcome:
     """Approve or deny with the one-time code you received; anything but ACCEPTED is 409."""
-    approval = await pending_approval(svc, caller.principal_id, approval_id)
+    approval = await pending_approval(svc, caller.principal_id, approval_id, read_model=True)
     if body.decision == "approve" and approval.kind in HANDED_ON:
         # a code cannot add a card or consent at the provider: approving it would end the request
         key, label = HANDED_ON[approval.kind]

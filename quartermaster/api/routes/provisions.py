@@ -71,9 +71,14 @@ def _status_code(view: ProvisionView) -> int:
     return 200 if view.state in ("completed", "undone", "rejected") else 202
 
 
-async def _follow(svc: ApiServices, caller: Caller, request_id: str, wait: float) -> ProvisionView:
-    wid = workflow_id_for(request_id, caller.principal_id)
-    await require_visible(svc, caller, await svc.orchestrator.owner(wid), f"request {request_id}")
+async def _follow(
+    svc: ApiServices, caller: Caller, request_id: str, wait: float, *, visible: bool = False
+) -> ProvisionView:
+    """`visible`: the caller is known to see the request (it just started it, or its owner was
+    checked), so it is not described again."""
+    if not visible:
+        wid = workflow_id_for(request_id, caller.principal_id)
+        await require_visible(svc, caller, await svc.orchestrator.owner(wid), f"request {request_id}")
     st = await svc.orchestrator.wait(request_id, min(wait, MAX_WAIT_SECONDS), caller.principal_id)
     return view_of(st, request_id)
 
@@ -100,13 +105,16 @@ async def create_provision(
         credential_ttl_seconds=body.credential_ttl_seconds,
         actor=actor_of(caller),
     )
-    wid = workflow_id_for(request_id, caller.principal_id)
-    existing = await svc.orchestrator.owner(wid)
-    if existing is not None and not await may_see(svc, caller, existing):
-        # the same principal's request from another session: never show it across sessions
-        raise QuartermasterError(ErrorCode.IDEMPOTENCY_CONFLICT, f"request id {request_id} is already in use")
-    await svc.orchestrator.submit(req, principal_id=caller.principal_id)
-    view = await _follow(svc, caller, request_id, wait)
+    # start first: a new request id costs no describe; a taken one is described once, by the start
+    _, existing = await svc.orchestrator.start(req, principal_id=caller.principal_id)
+    if existing is not None:
+        if not await may_see(svc, caller, existing):
+            # the same principal's request from another session: never show it across sessions
+            raise QuartermasterError(
+                ErrorCode.IDEMPOTENCY_CONFLICT, f"request id {request_id} is already in use"
+            )
+        svc.orchestrator.check_reuse(req, existing)
+    view = await _follow(svc, caller, request_id, wait, visible=True)
     response.status_code = _status_code(view)
     return view
 
