@@ -165,18 +165,24 @@ async def create_resource(request: Request) -> JSONResponse:
                 tuple(row.values()),
             )
             if charge is not None:
-                db.execute(
-                    "INSERT INTO charges (charge_id, resource_id, account_id, amount, currency, "
-                    "payment_reference, idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (f"ch_{secrets.token_hex(8)}", row["resource_id"], account_id,
-                     charge["amount"]["amount"], charge["amount"]["currency"], charge["payment_reference"],
-                     charge["idempotency_key"], row["created_at"]),
-                )  # fmt: skip
+                _record_charge(db, row["resource_id"], account_id, charge, row["created_at"])
 
         return 201, resource_json(row), apply
 
     fingerprint = body.model_dump()
     return await ctx.idempotent(request, scope=account_id, fingerprint=fingerprint, work=work)
+
+
+def _record_charge(
+    db: sqlite3.Connection, resource_id: str, account_id: str, charge: dict[str, Any], at: int
+) -> None:
+    """One row per charge the provider took (purchase, renewal or upgrade), with its Stripe reference."""
+    db.execute(
+        "INSERT INTO charges (charge_id, resource_id, account_id, amount, currency, "
+        "payment_reference, idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (f"ch_{secrets.token_hex(8)}", resource_id, account_id, charge["amount"]["amount"],
+         charge["amount"]["currency"], charge["payment_reference"], charge["idempotency_key"], at),
+    )  # fmt: skip
 
 
 async def get_resource(request: Request) -> JSONResponse:
@@ -270,20 +276,7 @@ async def renew_resource(request: Request) -> JSONResponse:
         now = int(time.time())
 
         def apply(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT INTO charges (charge_id, resource_id, account_id, amount, currency, "
-                "payment_reference, idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    f"ch_{secrets.token_hex(8)}",
-                    resource_id,
-                    account_id,
-                    charge["amount"]["amount"],
-                    charge["amount"]["currency"],
-                    charge["payment_reference"],
-                    charge["idempotency_key"],
-                    now,
-                ),
-            )
+            _record_charge(db, resource_id, account_id, charge, now)
 
         return 200, charge, apply
 
@@ -337,20 +330,7 @@ async def change_plan(request: Request) -> JSONResponse:
                 "UPDATE resources SET service_id = ? WHERE resource_id = ?", (target.service_id, resource_id)
             )
             if charge is not None:
-                db.execute(
-                    "INSERT INTO charges (charge_id, resource_id, account_id, amount, currency, "
-                    "payment_reference, idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        f"ch_{secrets.token_hex(8)}",
-                        resource_id,
-                        account_id,
-                        charge["amount"]["amount"],
-                        charge["amount"]["currency"],
-                        charge["payment_reference"],
-                        charge["idempotency_key"],
-                        now,
-                    ),
-                )
+                _record_charge(db, resource_id, account_id, charge, now)
 
         out = resource_json(updated)
         out["charge"] = charge
