@@ -15,7 +15,6 @@ from urllib.parse import quote
 
 from temporalio.client import Client
 from temporalio.worker import Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.accounts import AccountActivities
 from activities.alerts import AlertActivities
@@ -56,6 +55,7 @@ from quartermaster.identity.approval_links import ApprovalLinkSealer
 from quartermaster.keys import Keyring, load_keyring
 from quartermaster.logging_setup import configure_logging
 from quartermaster.temporal import connect
+from quartermaster.workflow_runner import workflow_runner
 from workflows import authority as workflow_authority
 from workflows.agent_freeze import AgentWorkflow
 from workflows.ledger import SpendLedgerWorkflow
@@ -266,12 +266,7 @@ def build_worker(
     workflow_authority.install(keyring.authority_keys())
     options["interceptors"] = [HeartbeatInterceptor(), *options.get("interceptors", [])]
     options.setdefault("sticky_queue_schedule_to_start_timeout", STICKY_SCHEDULE_TO_START)
-    options.setdefault(
-        "workflow_runner",
-        SandboxedWorkflowRunner(
-            restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
-        ),
-    )
+    options.setdefault("workflow_runner", workflow_runner(PASSTHROUGH))
     return Worker(
         client,
         task_queue=settings.task_queue,

@@ -18,7 +18,6 @@ from temporalio import activity, workflow
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Worker
-from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 #: activities the real workflow starts without awaiting them at once
 BACKGROUND = frozenset({"record_audit"})
@@ -146,6 +145,7 @@ def wft_shape(history: WorkflowHistory) -> list[int]:
 
 def floor_worker(client: Any, task_queue: str, options: dict[str, Any]) -> Worker:
     """A worker for the floor with the same options and sandbox as `worker.build_worker`'s."""
+    from quartermaster.workflow_runner import workflow_runner
     from worker import PASSTHROUGH
 
     return Worker(
@@ -153,8 +153,6 @@ def floor_worker(client: Any, task_queue: str, options: dict[str, Any]) -> Worke
         task_queue=task_queue,
         workflows=[FloorWorkflow, ParkedFloorWorkflow],
         activities=[floor_noop],
-        workflow_runner=SandboxedWorkflowRunner(
-            restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH)
-        ),
+        workflow_runner=workflow_runner(PASSTHROUGH),
         **options,
     )

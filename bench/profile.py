@@ -24,8 +24,17 @@ from collections import Counter
 from pathlib import Path
 from typing import TextIO
 
-from bench.stack import Bench, bench_stack, prepare_principals, print_machine, quiet_stdout, result_of, table
-from bench.throughput import KINDS, real_job, run_phase
+from bench.stack import (
+    Bench,
+    bench_stack,
+    prepare_agents,
+    prepare_principals,
+    print_machine,
+    quiet_stdout,
+    result_of,
+    table,
+)
+from bench.throughput import KINDS, api_job, real_job, run_phase
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
 ROOT = str(Path(__file__).resolve().parent.parent) + "/"
@@ -129,6 +138,8 @@ async def sequential(bench: Bench, service: str, k: int) -> list[object]:
 async def measure(args: argparse.Namespace, out: TextIO) -> int:
     async with bench_stack() as bench:
         await prepare_principals(bench, max(2, args.c), paid=KINDS["paid"], free=KINDS["free"])
+        if args.api:
+            await prepare_agents(bench)
         seq_rows: list[list[object]] = []
         for kind, service in KINDS.items():
             await sequential(bench, service, 1)  # warm
@@ -148,7 +159,8 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
             await asyncio.sleep(0.5)  # let py-spy attach
             cpu0 = bench.cpu()
             for service in KINDS.values():
-                await run_phase(bench, args.n, args.c, real_job(bench, service))
+                job = api_job(bench, service) if args.api else real_job(bench, service)
+                await run_phase(bench, args.n, args.c, job)
             cpu = {k: v - cpu0.get(k, 0.0) for k, v in bench.cpu().items()}
             for proc in spies:
                 await stop_spy(proc)
@@ -184,6 +196,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--raw", default=None, help="keep py-spy's raw samples (worker.txt, sims.txt) in this folder"
     )
+    p.add_argument("--api", action="store_true", help="sample agents through the API (default: in-process)")
     p.add_argument("--quick", action="store_true", help="k=1, n=4, c=2")
     args = p.parse_args(argv)
     if args.quick:

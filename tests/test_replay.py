@@ -13,6 +13,7 @@ import worker
 from quartermaster.codec import EncryptionCodec
 from quartermaster.converter import data_converter
 from quartermaster.keys import Keyring
+from quartermaster.workflow_runner import workflow_runner
 from workflows import authority as workflow_authority
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -39,5 +40,6 @@ async def test_history_replays(path: Path, keyring: Keyring) -> None:
     replayer = Replayer(
         workflows=list(worker.workflow_classes()),
         data_converter=data_converter(EncryptionCodec(keyring)),
+        workflow_runner=workflow_runner(worker.PASSTHROUGH),  # the worker's runner replays them
     )
     await replayer.replay_workflow(history)
