@@ -450,6 +450,11 @@ async def test_a_closed_or_expired_approval_is_not_pending_and_stays_closed(stor
     await store.approvals.open_approval(b)
     assert await store.approvals.waiting(a.workflow_id) is True
     assert await store.approvals.waiting("provision-carol-r9") is False
+    many = [f"provision-carol-r{n}" for n in range(100, 1300)]  # more ids than one query takes
+    assert await store.approvals.waiting_among([*many, a.workflow_id, a.workflow_id, b.workflow_id]) == {
+        a.workflow_id,
+        b.workflow_id,
+    }
     now = t0 + timedelta(minutes=1)
     assert [x.approval_id for x in (await store.approvals.pending("carol", now=now)).items] == [
         a.approval_id,
@@ -459,6 +464,7 @@ async def test_a_closed_or_expired_approval_is_not_pending_and_stays_closed(stor
     assert await store.approvals.close_approval(a.approval_id) is False  # a retried close
     await store.approvals.open_approval(a)  # a late retry of the notice cannot reopen it
     assert await store.approvals.waiting(a.workflow_id) is False
+    assert await store.approvals.waiting_among([a.workflow_id, b.workflow_id]) == {b.workflow_id}
     later = t0 + timedelta(minutes=10)
     assert (await store.approvals.pending("carol", now=now)).items == [b]
     assert (await store.approvals.pending("carol", now=later)).items == []  # b expired

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -20,6 +21,8 @@ from providers.store.interfaces import Sealer
 
 #: the most rows one page returns
 MAX_PAGE = 200
+#: workflow ids per `waiting_among` query (well under SQLite's and PostgreSQL's parameter limits)
+WAITING_BATCH = 500
 
 
 class InvalidCursorError(ValueError):
@@ -107,6 +110,23 @@ class SqlPendingApprovals:
             )
         )
         return bool(rows)
+
+    async def waiting_among(self, workflow_ids: Sequence[str]) -> set[str]:
+        """Which of these workflows have an open approval: one query for up to `WAITING_BATCH` ids, so
+        one look answers every request the API is following (`quartermaster.orchestration.watch`)."""
+        found: set[str] = set()
+        ids = list(dict.fromkeys(workflow_ids))
+        for start in range(0, len(ids), WAITING_BATCH):
+            chunk = ids[start : start + WAITING_BATCH]
+            marks = ",".join("?" * len(chunk))  # placeholders only: the ids are parameters
+            sql = "SELECT DISTINCT workflow_id FROM pending_approvals WHERE closed_ms IS NULL"
+            sql += f" AND workflow_id IN ({marks})"
+
+            def look(tx: Tx, sql: str = sql, chunk: list[str] = chunk) -> list[tuple[object, ...]]:
+                return tx.execute(sql, chunk)
+
+            found.update(str(r[0]) for r in await self._db.run(look))
+        return found
 
     async def open_one(self, approval_id: str, *, now: datetime | None = None) -> ApprovalRequest | None:
         """The approval if it is open and unexpired (its sealed request, as the workflow sent it to

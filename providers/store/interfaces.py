@@ -5,6 +5,7 @@ the interface and epoch seconds in the tables.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -300,6 +301,10 @@ class PendingApprovalStore(Protocol):
 
     async def waiting(self, workflow_id: str) -> bool:
         """Does the workflow have an open approval?"""
+        ...
+
+    async def waiting_among(self, workflow_ids: Sequence[str]) -> set[str]:
+        """Which of these workflows have an open approval (one look for many followers)."""
         ...
 
     async def open_one(self, approval_id: str, *, now: datetime | None = None) -> ApprovalRequest | None:

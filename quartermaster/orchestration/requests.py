@@ -56,6 +56,7 @@ from providers.store.interfaces import PendingApprovalStore
 from quartermaster.config import Settings
 from quartermaster.crypto.authority import AuthoritySigner, sign_decision, sign_human_actor
 from quartermaster.keys import Keyring, load_keyring
+from quartermaster.orchestration.watch import WaitingWatch
 from quartermaster.temporal import connect
 from workflows.search_attributes import (
     QM_AGENT,
@@ -174,6 +175,8 @@ class Orchestrator:
         self.registry = registry
         #: the pending-approvals read model; None: the visibility scan of older releases
         self.pending = pending
+        #: one look in the read model per tick for every request this process follows
+        self.watch = WaitingWatch(pending) if pending is not None else None
 
     @classmethod
     @asynccontextmanager
@@ -332,9 +335,10 @@ class Orchestrator:
         """Until finished, waiting for a human, or `timeout` seconds passed.
 
         With the read model: one long poll for the result (the server answers when the workflow
-        closes), and a look in the store every quarter second for an open approval; Temporal is
-        asked for the status (describe + a query the worker answers) only to return it. Without it:
-        describe + query every quarter second."""
+        closes), and the process's `WaitingWatch`, which looks in the store every quarter second for
+        an open approval of every request it follows at once; Temporal is asked for the status
+        (describe + a query the worker answers) only to return it. Without it: describe + query
+        every quarter second."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if self.pending is None or timeout <= 0:
@@ -343,20 +347,23 @@ class Orchestrator:
                 if isinstance(st, ProvisionResult | Waiting) or loop.time() >= deadline:
                     return st
                 await asyncio.sleep(0.25)
+        assert self.watch is not None
         wid = workflow_id_for(request_id, principal_id)
         handle = self.temporal.get_workflow_handle(wid, result_type=ProvisionResult)
         result = asyncio.ensure_future(handle.result())
+        blocked = asyncio.ensure_future(self.watch.until_waiting(wid))
         try:
-            while not result.done():
-                left = deadline - loop.time()
-                if left <= 0 or await self.pending.waiting(wid):
-                    break
-                await asyncio.wait({result}, timeout=min(0.25, left))
+            await asyncio.wait(
+                {result, blocked}, timeout=max(deadline - loop.time(), 0), return_when=asyncio.FIRST_COMPLETED
+            )
             if result.done() and result.exception() is None:
                 done: ProvisionResult = result.result()
                 return done
+            if blocked.done():
+                blocked.result()  # a store failure is the caller's error, as before
         finally:
             result.cancel()
+            blocked.cancel()
         return await self.status(request_id, principal_id)  # waiting, still running, or it failed
 
     # -- approvals --------------------------------------------------------------------------------
