@@ -9,6 +9,7 @@ the floor's workflow tasks group the same activities as the real history's (`wft
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 from typing import Any
@@ -37,8 +38,23 @@ class FloorCall(BaseModel):
     activity: str
 
 
-#: how many no-op activities ran in this process (bench.waiting counts parked floor workflows so)
+#: how many no-op activities ran in this process
 NOOP_CALLS = 0
+#: workflow id -> [no-ops still expected, set when they ran] (bench.waiting: when a floor is parked)
+_EXPECTED: dict[str, tuple[list[int], asyncio.Event]] = {}
+
+
+def expect_noops(workflow_id: str, count: int) -> asyncio.Event:
+    """An event set once `count` no-ops of that workflow have run (call before starting it)."""
+    done = asyncio.Event()
+    if count <= 0:
+        done.set()
+    _EXPECTED[workflow_id] = ([count], done)
+    return done
+
+
+def forget(workflow_id: str) -> None:
+    _EXPECTED.pop(workflow_id, None)
 
 
 @activity.defn(name="floor_noop")
@@ -46,6 +62,12 @@ async def floor_noop(call: FloorCall) -> None:
     """Does nothing: the cost of an activity to the engine alone."""
     global NOOP_CALLS
     NOOP_CALLS += 1
+    expected = _EXPECTED.get(activity.info().workflow_id)
+    if expected is not None:
+        left, done = expected
+        left[0] -= 1
+        if left[0] <= 0:
+            done.set()
 
 
 @workflow.defn(name=FLOOR_WORKFLOW)
@@ -153,6 +175,6 @@ def floor_worker(client: Any, task_queue: str, options: dict[str, Any]) -> Worke
         task_queue=task_queue,
         workflows=[FloorWorkflow, ParkedFloorWorkflow],
         activities=[floor_noop],
-        workflow_runner=workflow_runner(PASSTHROUGH),
+        workflow_runner=workflow_runner(PASSTHROUGH, shared_code=("workflows", "bench")),
         **options,
     )

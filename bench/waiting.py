@@ -36,7 +36,6 @@ from bench.stack import (
     quiet_stdout,
     rss_bytes,
     table,
-    until,
 )
 from bench.throughput import api_job, run_phase
 from tests.fixtures.stack import new_email
@@ -74,19 +73,21 @@ async def sample_plan(bench: Bench) -> ParkedPlan:
 
 
 async def park_floor(bench: Bench, plan: ParkedPlan, n: int, c: int, queue: str) -> list[str]:
-    """n parked floor workflows (c starting at once); parked once their no-ops before the gate ran."""
-    gate = asyncio.Semaphore(c)
-    start_count = floor.NOOP_CALLS
+    """n parked floor workflows, c in flight, each until its no-ops before the gate ran: the same
+    pacing as the real requests (an agent's create answers once its request waits for the human)."""
+    todo = iter(range(n))
+    ids: list[str] = []
 
-    async def one() -> str:
-        async with gate:
+    async def slot() -> None:
+        for _ in todo:
             wid = f"floor-park-{uuid.uuid4().hex[:16]}"
+            parked = floor.expect_noops(wid, len(plan.before))
             await bench.client.start_workflow(PARKED_FLOOR_WORKFLOW, plan, id=wid, task_queue=queue)
-            return wid
+            await asyncio.wait_for(parked.wait(), timeout=600)
+            floor.forget(wid)
+            ids.append(wid)
 
-    ids = list(await asyncio.gather(*(one() for _ in range(n))))
-    want = start_count + n * len(plan.before)
-    await until(lambda: floor.NOOP_CALLS >= want, timeout=3600)
+    await asyncio.gather(*(slot() for _ in range(c)))
     return ids
 
 
