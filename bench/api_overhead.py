@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
-from bench.stack import Bench, bench_stack, print_machine, quiet_stdout, table
+from bench.stack import Bench, bench_stack, human_client, print_machine, quiet_stdout, table
 from tests.fixtures.stack import new_email
 
 
@@ -41,7 +41,7 @@ async def _load(n: int, c: int, call: Callable[[], Awaitable[object]]) -> tuple[
 async def measure(bench: Bench, n: int, c: int, out: TextIO) -> None:
     stack = bench.stack
     email = new_email()
-    human = await stack.login(email)
+    human = await human_client(bench, email)
     view = await human.provisions.create(
         service_id="cloud/workers", name="bench", request_id="bench-1", wait=20
     )

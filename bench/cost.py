@@ -152,7 +152,7 @@ async def measure(out: TextIO) -> int:
     async with bench_stack() as bench:
         (email,) = await prepare_principals(bench, 1, paid=KINDS["paid"], free=KINDS["free"])
         pid = bench.stack.principal_id(email)
-        agent = await agent_client(bench.stack, email)
+        agent = await agent_client(bench, email)
         bench.agents.append(agent)
         sid = (await agent.auth.whoami()).session_id or ""
         rows: list[list[object]] = []

@@ -4,8 +4,12 @@ and preparing principals (terms accepted, card on file, limit raised) through th
 The stack is the one the end-to-end tests use (`tests.fixtures.stack.open_stack`): the local Stripe
 server, the three provider simulators, the gateway and the worker from `worker.build_worker`. The
 Temporal dev server comes from the venv's `temporal` binary unless TEMPORAL_ADDRESS points elsewhere.
-By default the simulators run in a child process, as remote providers would: the worker process then
-holds only the worker, the gateway and the benchmark's client, and CPU is accounted per process.
+By default the simulators run in a child process, as remote providers would, and the API that agents
+and humans call runs as its own process (`python -m quartermaster.api`, as `qm dev` and a deployment
+run it) on the same data directory, store and Temporal server: the benchmark's process then holds the
+worker, the gateway routes (callbacks, webhooks) and the benchmark's client, and CPU is accounted per
+process. `api="thread"` keeps the API in a thread of this process, under one interpreter lock with
+the worker and the client: the layout of every figure measured before this option existed.
 """
 
 from __future__ import annotations
@@ -39,8 +43,10 @@ from quartermaster.client import QuartermasterClient
 from quartermaster.codec import EncryptionCodec
 from quartermaster.config import Settings
 from quartermaster.converter import data_converter
+from quartermaster.identity.attestation import measure
 from quartermaster.keys import Keyring
 from quartermaster.temporal import connect
+from tests.fixtures.hosts import server_env, start_api, wait_until_ready
 from tests.fixtures.servers import free_port
 from tests.fixtures.stack import SimulatorURLs, Stack, new_email, open_stack, serve_simulators
 from workflows.search_attributes import ALL as SEARCH_ATTRIBUTES
@@ -201,17 +207,22 @@ class Bench:
     server_pid: int | None
     sims_pid: int | None
     principals: list[str] = field(default_factory=list)
-    #: native thread ids of the API's uvicorn thread (its event loop: routes, auth, Temporal calls)
+    #: native thread ids of the in-process API's uvicorn thread (api="thread" only)
     api_threads: list[int] = field(default_factory=list)
+    #: the API agents and humans call (its own process unless api="thread")
+    api_url: str = ""
+    api_pid: int | None = None
     #: one agent client per principal (session + identity tokens, as `qm run` injects them)
     agents: list[QuartermasterClient] = field(default_factory=list)
 
     def cpu(self) -> dict[str, float]:
-        """CPU seconds so far: this process (worker, gateway, bench client), the server, the simulators,
-        and the API's thread (part of this process's figure)."""
+        """CPU seconds so far: this process (worker, gateway, bench client), the API (its process, or
+        its thread inside this process's figure), the server, the simulators."""
         out = {"worker process": cpu_seconds(os.getpid())}
-        if self.api_threads:
-            out["api thread"] = thread_cpu_seconds(self.api_threads)
+        if self.api_pid:
+            out["api"] = cpu_seconds(self.api_pid)
+        elif self.api_threads:
+            out["api"] = thread_cpu_seconds(self.api_threads)
         if self.server_pid:
             out["temporal server"] = cpu_seconds(self.server_pid)
         if self.sims_pid:
@@ -239,10 +250,36 @@ async def temporal_client(keyring: Keyring) -> AsyncIterator[tuple[Client, int |
         await env.shutdown()
 
 
+@contextlib.contextmanager
+def api_in_child(stack: Stack, client: Client) -> Iterator[tuple[str, int]]:
+    """`python -m quartermaster.api` on the stack's data directory, keys, store and task queue; yields
+    (its URL, its pid). The stack's own API keeps serving the gateway routes (public URL)."""
+    settings = stack.settings
+    env = server_env(
+        data_dir=settings.data_dir, keys_file=settings.data_dir / "keys.json",
+        temporal_address=client.service_client.config.target_host, task_queue=settings.task_queue,
+        public_url=settings.public_url or stack.api_url, providers=stack.provider_urls,
+        stripe_url=stack.stripe_url, webhook_secret=settings.stripe_webhook_secret or "",
+        database_url=settings.database_url,
+    )  # fmt: skip
+    host = start_api(env, "bench-api", free_port())
+    try:
+        wait_until_ready(host)
+        assert host.url is not None
+        yield host.url, host.proc.pid
+    finally:
+        host.proc.terminate()
+        try:
+            host.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            host.proc.kill()
+
+
 @asynccontextmanager
 async def bench_stack(
     *,
     sims: str = "process",
+    api: str = "process",
     worker_options: dict[str, Any] | None = None,
     approval_timeout_seconds: int = 3600,
 ) -> AsyncIterator[Bench]:
@@ -267,14 +304,17 @@ async def bench_stack(
                     simulators=urls, worker_options=options,
                     approval_timeout_seconds=approval_timeout_seconds,
                 ) as stack:  # fmt: skip
-                    api = [
+                    uvicorn_threads = [
                         t.native_id for t in threading.enumerate()
                         if t.ident not in before and t.name.endswith("(run)") and t.native_id
                     ]  # fmt: skip
                     bench = Bench(
                         stack=stack, client=client, keyring=keyring, server_pid=server_pid,
-                        sims_pid=sims_pid, api_threads=api,
+                        sims_pid=sims_pid, api_threads=uvicorn_threads, api_url=stack.api_url,
                     )  # fmt: skip
+                    if api == "process":
+                        bench.api_url, bench.api_pid = stack_of.enter_context(api_in_child(stack, client))
+                        bench.api_threads = []
                     try:
                         yield bench
                     finally:
@@ -350,15 +390,25 @@ async def prepare_principals(
     return bench.principals
 
 
-async def agent_client(stack: Stack, email: str, agent: str = "planner") -> QuartermasterClient:
+async def human_client(bench: Bench, email: str) -> QuartermasterClient:
+    """A human's client on the API agents call, logged in the way `qm login` does it."""
+    return QuartermasterClient(bench.api_url, human_token=await bench.stack.login_token(email))
+
+
+async def agent_client(bench: Bench, email: str, agent: str = "planner") -> QuartermasterClient:
     """What `qm run` gives an agent: a session the human approved through the API (any service, a
     budget no benchmark reaches) and an attested identity; the client holds only those two tokens."""
-    human = await stack.login(email)
+    human = await human_client(bench, email)
     try:
-        sid = await stack.open_session(
+        sid = await bench.stack.open_session(
             human, email, agent, allowed_services=["*"], budget=Money(amount=10**8, currency="usd")
         )
-        return await stack.agent(human, agent, sid)
+        got = await human.identities.attest(
+            agent=agent, measurement=measure(["true"]).model_dump(mode="json"), session_id=sid
+        )
+        return QuartermasterClient(
+            bench.api_url, session_token=got.session_token, identity_token=got.identity_token
+        )
     finally:
         await human.aclose()
 
@@ -369,7 +419,7 @@ async def prepare_agents(bench: Bench) -> list[QuartermasterClient]:
 
     async def one(email: str) -> QuartermasterClient:
         async with gate:
-            return await agent_client(bench.stack, email)
+            return await agent_client(bench, email)
 
     bench.agents = list(await asyncio.gather(*(one(e) for e in bench.principals)))
     return bench.agents

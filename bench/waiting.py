@@ -30,6 +30,7 @@ from bench.stack import (
     Bench,
     agent_client,
     bench_stack,
+    human_client,
     prepare_agents,
     prepare_principals,
     print_machine,
@@ -55,7 +56,7 @@ def met(ok: bool) -> str:
 async def sample_plan(bench: Bench) -> ParkedPlan:
     """The activities a real request runs before and after its terms gate (from a real history)."""
     email = new_email()
-    human = await bench.stack.login(email)
+    human = await human_client(bench, email)
     view = await human.provisions.create(service_id=SERVICE, name="sample", wait=25)
     w = view.waiting_for[0]
     await human.approvals.decide(
@@ -126,8 +127,8 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
             floor_s = time.perf_counter() - t0
             rss1 = rss_bytes()
             email = new_email()
-            bench.agents.append(await agent_client(bench.stack, email))
-            human = await bench.stack.login(email)
+            bench.agents.append(await agent_client(bench, email))
+            human = await human_client(bench, email)
             t1 = time.perf_counter()
             parked = await park(bench, args.n, args.c)
             park_s = time.perf_counter() - t1

@@ -71,7 +71,7 @@ def _columns_in(out: str, *names: str) -> None:
     ("script", "expected"),
     [
         ("throughput", ("cpus", "cpu model", "prov/s", "p50 ms", "p95 ms", "p99 ms", "via API vs floor",
-                        "cloud/workers via API", "mail/send:starter via API", "floor", "of which api ms",
+                        "cloud/workers via API", "mail/send:starter via API", "floor", "api cpu ms",
                         "p50 ms at C=1", ">= 0.80", "<= 1.50")),
         ("cost", ("events", "actions total", "minimum", "total/minimum", "<= 1.25", "activity attempts",
                   "search attribute upserts", "create_resource", "record_audit")),
