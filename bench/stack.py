@@ -214,6 +214,8 @@ class Bench:
     api_pid: int | None = None
     #: one agent client per principal (session + identity tokens, as `qm run` injects them)
     agents: list[QuartermasterClient] = field(default_factory=list)
+    #: tasks attesting fresh identities for long-running agents (`agent_client(renew_every=...)`)
+    renewers: list[asyncio.Task[None]] = field(default_factory=list)
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far: this process (worker, gateway, bench client), the API (its process, or
@@ -318,6 +320,9 @@ async def bench_stack(
                     try:
                         yield bench
                     finally:
+                        for task in bench.renewers:
+                            task.cancel()
+                        await asyncio.gather(*bench.renewers, return_exceptions=True)
                         for agent in bench.agents:
                             await agent.aclose()
 
@@ -395,22 +400,45 @@ async def human_client(bench: Bench, email: str) -> QuartermasterClient:
     return QuartermasterClient(bench.api_url, human_token=await bench.stack.login_token(email))
 
 
-async def agent_client(bench: Bench, email: str, agent: str = "planner") -> QuartermasterClient:
+async def agent_client(
+    bench: Bench, email: str, agent: str = "planner", *, renew_every: float | None = None
+) -> QuartermasterClient:
     """What `qm run` gives an agent: a session the human approved through the API (any service, a
-    budget no benchmark reaches) and an attested identity; the client holds only those two tokens."""
+    budget no benchmark reaches) and an attested identity; the client holds only those two tokens.
+    Identity tokens live 10 minutes: with `renew_every`, the human attests a fresh one that often
+    (as `qm run` does for a long-lived agent), for runs longer than that."""
     human = await human_client(bench, email)
     try:
         sid = await bench.stack.open_session(
             human, email, agent, allowed_services=["*"], budget=Money(amount=10**8, currency="usd")
         )
-        got = await human.identities.attest(
-            agent=agent, measurement=measure(["true"]).model_dump(mode="json"), session_id=sid
-        )
-        return QuartermasterClient(
-            bench.api_url, session_token=got.session_token, identity_token=got.identity_token
-        )
-    finally:
+
+        async def attest() -> tuple[str, str]:
+            got = await human.identities.attest(
+                agent=agent, measurement=measure(["true"]).model_dump(mode="json"), session_id=sid
+            )
+            assert got.session_token is not None, "an identity attested for a session carries its token"
+            return got.session_token, got.identity_token
+
+        session_token, identity = await attest()
+    except BaseException:
         await human.aclose()
+        raise
+    if renew_every is None:
+        await human.aclose()
+        return QuartermasterClient(bench.api_url, session_token=session_token, identity_token=identity)
+    current = [identity]
+
+    async def renew() -> None:
+        try:
+            while True:
+                await asyncio.sleep(renew_every)
+                current[0] = (await attest())[1]
+        finally:
+            await human.aclose()
+
+    bench.renewers.append(asyncio.get_running_loop().create_task(renew()))
+    return QuartermasterClient(bench.api_url, session_token=session_token, identity_token=lambda: current[0])
 
 
 async def prepare_agents(bench: Bench) -> list[QuartermasterClient]:

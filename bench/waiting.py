@@ -127,7 +127,7 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
             floor_s = time.perf_counter() - t0
             rss1 = rss_bytes()
             email = new_email()
-            bench.agents.append(await agent_client(bench, email))
+            bench.agents.append(await agent_client(bench, email, renew_every=300))
             human = await human_client(bench, email)
             t1 = time.perf_counter()
             parked = await park(bench, args.n, args.c)

@@ -27,13 +27,13 @@ async def test_ledger_bench_quick(client: Client) -> None:
     assert all(f.ops > 0 and f.seconds > 0 for f in figures)
 
 
-# -- the provisioning benchmarks (bench/throughput.py, cost.py, waiting.py, profile.py) ---------------
+# -- the provisioning benchmarks (bench/throughput, cost, waiting, profile, api_overhead, memory) -----
 # Each runs as a real `python -m bench.<name> --quick` process (exit code and printed table are what a
 # user sees), against this session's dev server through TEMPORAL_ADDRESS to skip a server start.
-# The four start together: they are mostly waiting on round trips, and the suite stays short.
+# They all start together: they are mostly waiting on round trips, and the suite stays short.
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH_SCRIPTS = ("throughput", "cost", "waiting", "profile", "api_overhead")
+BENCH_SCRIPTS = ("throughput", "cost", "waiting", "profile", "api_overhead", "memory")
 #: a quick run in flight: (exit code, output)
 BenchRun = asyncio.Task[tuple[int, str]]
 
@@ -55,7 +55,7 @@ async def _run_bench(name: str, address: str) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 async def bench_runs(temporal_env: WorkflowEnvironment) -> AsyncIterator[dict[str, BenchRun]]:
-    """All four quick runs, started together; teardown waits for every one of them."""
+    """Every quick run, started together; teardown waits for every one of them."""
     address = temporal_env.client.service_client.config.target_host
     runs = {name: asyncio.ensure_future(_run_bench(name, address)) for name in BENCH_SCRIPTS}
     yield runs
@@ -80,6 +80,7 @@ def _columns_in(out: str, *names: str) -> None:
                      "floor: signal -> workflow completed")),
         ("profile", ("wall", "worker cpu", "server cpu", "sims cpu", "top project functions")),
         ("api_overhead", ("the API's overhead", "catalog", "status", "API/direct")),
+        ("memory", ("python heap KiB/run", "RSS KiB/run", "real / floor", "where the heap grew")),
     ],
 )  # fmt: skip
 async def test_provisioning_bench_quick(
