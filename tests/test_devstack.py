@@ -14,8 +14,19 @@ from pathlib import Path
 
 import pytest
 
+from quartermaster.config import DEV_PORTS
+
 BIN = Path(sys.executable).parent
-OFFSET = 300 + os.getpid() % 200  # away from a developer's own `qm dev` on the default ports
+
+
+def _offset(start: int) -> int:
+    """The first offset from `start` whose ports miss every default port (`qm dev` refuses the others:
+    300 + pid % 200 = 468, say, puts the UI's 8233 on the codec server's 8701)."""
+    defaults = set(DEV_PORTS.values())
+    return next(o for o in range(start, start + 1000) if not {p + o for p in defaults} & defaults)
+
+
+OFFSET = _offset(300 + os.getpid() % 200)  # away from a developer's own `qm dev` on the default ports
 
 
 def _children(pid: int) -> set[int]:
