@@ -14,7 +14,6 @@ Tracing slows the process down; use `bench.waiting` for rates.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import tracemalloc
 from typing import TextIO
@@ -24,9 +23,8 @@ from bench.stack import (
     WORKER_OPTIONS,
     agent_client,
     bench_stack,
-    print_machine,
-    quiet_stdout,
     rss_bytes,
+    run_script,
     table,
 )
 from bench.waiting import park, park_floor, sample_plan
@@ -99,10 +97,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    with quiet_stdout() as out:
-        print_machine(out)
-        return asyncio.run(measure(args, out))
+    return run_script(measure, parse(argv))
 
 
 if __name__ == "__main__":

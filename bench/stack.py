@@ -14,6 +14,7 @@ the worker and the client: the layout of every figure measured before this optio
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import multiprocessing
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -143,6 +144,15 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], out
 
 def print_machine(out: TextIO) -> None:
     table("machine", ["what", "value"], list(machine().items()), out)
+
+
+def run_script(
+    measure: Callable[[argparse.Namespace, TextIO], Awaitable[int]], args: argparse.Namespace
+) -> int:
+    """A benchmark script's main: the machine table, then `measure`, with the inbox's prints muted."""
+    with quiet_stdout() as out:
+        print_machine(out)
+        return asyncio.run(measure(args, out))
 
 
 @contextlib.contextmanager

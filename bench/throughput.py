@@ -37,9 +37,8 @@ from bench.stack import (
     percentile,
     prepare_agents,
     prepare_principals,
-    print_machine,
-    quiet_stdout,
     result_of,
+    run_script,
     table,
 )
 from workflows.search_attributes import QM_AGENT, QM_PRINCIPAL, QM_PROVIDER, QM_SERVICE, QM_STATE, State
@@ -276,10 +275,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    with quiet_stdout() as out:
-        print_machine(out)
-        return asyncio.run(measure(args, out))
+    return run_script(measure, parse(argv))
 
 
 if __name__ == "__main__":

@@ -33,9 +33,8 @@ from bench.stack import (
     human_client,
     prepare_agents,
     prepare_principals,
-    print_machine,
-    quiet_stdout,
     rss_bytes,
+    run_script,
     table,
 )
 from bench.throughput import api_job, run_phase
@@ -202,10 +201,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse(argv)
-    with quiet_stdout() as out:
-        print_machine(out)
-        return asyncio.run(measure(args, out))
+    return run_script(measure, parse(argv))
 
 
 if __name__ == "__main__":

@@ -101,15 +101,8 @@ class SqlPendingApprovals:
         return changed > 0
 
     async def waiting(self, workflow_id: str) -> bool:
-        """Does this workflow have an open approval (is it waiting for a human)? One index lookup,
-        so the API can follow a request without asking Temporal every quarter second."""
-        rows = await self._db.run(
-            lambda tx: tx.execute(
-                "SELECT 1 FROM pending_approvals WHERE workflow_id = ? AND closed_ms IS NULL LIMIT 1",
-                (workflow_id,),
-            )
-        )
-        return bool(rows)
+        """Does this workflow have an open approval (is it waiting for a human)?"""
+        return workflow_id in await self.waiting_among([workflow_id])
 
     async def waiting_among(self, workflow_ids: Sequence[str]) -> set[str]:
         """Which of these workflows have an open approval: one query for up to `WAITING_BATCH` ids, so
