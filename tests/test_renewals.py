@@ -255,8 +255,8 @@ async def skip(env: WorkflowEnvironment, delta: timedelta, attempts: int = 8) ->
                 await env.sleep(left)
             return
         except RPCError as exc:
-            if "Timeout expired" not in str(exc) or attempt == attempts - 1:
-                raise
+            if attempt == attempts - 1:  # "Timeout expired", or the stream reset ("h2 protocol error")
+                raise exc
 
 
 async def to_notice(env: WorkflowEnvironment, due: datetime, notice: timedelta = 3 * DAY) -> None:
