@@ -9,6 +9,7 @@ import hmac
 import secrets
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.errors import adapter_errors, permanent
 from models.errors import ErrorCode
@@ -58,18 +59,21 @@ class AccountActivities:
             link_action=account.link_action,
         )
 
-    @activity.defn(name="find_connection")
-    async def find_connection(self, ref: TermsRecord) -> ConnectionRef | None:
-        """An existing connection of this principal to this provider (terms_version is ignored)."""
-        conn = await self._store.get_connection(principal_id=ref.principal_id, provider=ref.provider)
+    async def _connection(self, principal_id: str, provider: str) -> ConnectionRef | None:
+        conn = await self._store.get_connection(principal_id=principal_id, provider=provider)
         if conn is None:
             return None
         return ConnectionRef(
-            provider=ref.provider,
-            principal_id=ref.principal_id,
+            provider=provider,
+            principal_id=principal_id,
             account_id=conn.account_id,
             link_action=conn.link_action,
         )
+
+    @activity.defn(name="find_connection")
+    async def find_connection(self, ref: TermsRecord) -> ConnectionRef | None:
+        """An existing connection of this principal to this provider (terms_version is ignored)."""
+        return await self._connection(ref.principal_id, ref.provider)
 
     @activity.defn(name="lookup_account")
     async def lookup_account(self, inp: AccountInput) -> bool:
@@ -97,10 +101,22 @@ class AccountActivities:
             accepted_at=inp.terms.accepted_at,
             approval_id=inp.terms.approval_id,
         )
-        with adapter_errors("account creation"):
-            account = await self._registry.get(inp.provider).create_account(
-                assertion=self._assertion(inp), terms=inp.terms, idempotency_key=inp.idempotency_key
-            )
+        # another request of the same principal may have made the account while this one waited for
+        # the human, or a retry of this one after its connection was saved: use that account
+        made = await self._connection(inp.principal_id, inp.provider)
+        if made is not None:
+            return made
+        try:
+            with adapter_errors("account creation"):
+                account = await self._registry.get(inp.provider).create_account(
+                    assertion=self._assertion(inp), terms=inp.terms, idempotency_key=inp.idempotency_key
+                )
+        except ApplicationError:
+            # the provider's 409 when a concurrent request of the same principal saved it first
+            made = await self._connection(inp.principal_id, inp.provider)
+            if made is None:
+                raise
+            return made
         return await self._save(inp.provider, inp.principal_id, account)
 
     @activity.defn(name="start_oauth")
