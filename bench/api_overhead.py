@@ -5,7 +5,8 @@ on the server-side `Orchestrator` in the same process, at the same concurrency.
     .venv/bin/python -m bench.api_overhead            # N=500 calls, C=50
     .venv/bin/python -m bench.api_overhead --quick    # N=50, C=10
 
-The API's uvicorn runs in a thread of this process (as in the tests), so its CPU is this process's.
+The API runs as its own process (`python -m quartermaster.api`, as `qm dev` and a deployment run it),
+so the table also gives its CPU per call; `direct` runs in this process, beside the worker.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
-from bench.stack import Bench, bench_stack, human_client, print_machine, quiet_stdout, table
+from bench.stack import Bench, bench_stack, cpu_seconds, human_client, print_machine, quiet_stdout, table
 from tests.fixtures.stack import new_email
 
 
@@ -59,13 +60,14 @@ async def measure(bench: Bench, n: int, c: int, out: TextIO) -> None:
     ):
         await _load(min(n, 20), c, api)  # warm both paths
         d_rps, d_p50 = await _load(n, c, direct)
+        cpu0 = cpu_seconds(bench.api_pid) if bench.api_pid else 0.0
         a_rps, a_p50 = await _load(n, c, api)
-        rows.append(
-            [name, f"{d_rps:.1f}", f"{d_p50:.1f}", f"{a_rps:.1f}", f"{a_p50:.1f}", f"{a_rps / d_rps:.2f}"]
-        )
+        cpu = f"{(cpu_seconds(bench.api_pid) - cpu0) * 1000 / n:.2f}" if bench.api_pid else "-"
+        ratio = f"{a_rps / d_rps:.2f}"
+        rows.append([name, f"{d_rps:.1f}", f"{d_p50:.1f}", f"{a_rps:.1f}", f"{a_p50:.1f}", ratio, cpu])
     table(
         f"the API's overhead: N={n} calls at C={c} (direct = Orchestrator in this process)",
-        ["call", "direct /s", "direct p50 ms", "API /s", "API p50 ms", "API/direct"],
+        ["call", "direct /s", "direct p50 ms", "API /s", "API p50 ms", "API/direct", "API CPU ms/call"],
         rows,
         out,
     )

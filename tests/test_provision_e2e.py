@@ -15,6 +15,7 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus
 
 import worker as worker_module
+from activities.accounts import AccountActivities
 from models.money import Money
 from models.provisioning import ProvisionResult
 from models.request import Actor
@@ -109,6 +110,47 @@ async def test_terms_acceptance_is_remembered(stack: Stack) -> None:
     res = await result_of(stack, second.request_id, timeout=30)
     assert res.outcome == "completed"
     assert sum(1 for m in stack.inbox(email) if m.get("kind") == "terms") == 1
+
+
+async def _two_parked_at_terms_then_approved(stack: Stack) -> tuple[str, list[ProvisionResult], dict]:
+    """Two requests of one new principal wait at the terms gate together; the human approves one, then
+    the other. Returns the email, both results and the provider's state."""
+    email = new_email()
+    reqs = [stack.request("cloud/workers", email) for _ in range(2)]
+    for r in reqs:
+        await stack.qm.submit(r)
+    approvals = [await stack.wait_for_approval(r.request_id, "terms") for r in reqs]
+    results = []
+    for r, a in zip(reqs, approvals, strict=True):
+        await stack.decide(a["approval_id"], email)
+        results.append(await result_of(stack, r.request_id))
+    return email, results, await stack.provider_state("cloud")
+
+
+async def test_requests_parked_together_share_the_account_the_first_made(stack: Stack) -> None:
+    email, results, state = await _two_parked_at_terms_then_approved(stack)
+    assert [r.outcome for r in results] == ["completed", "completed"], [r.error_code for r in results]
+    accounts = [a for a in state["accounts"] if a["email"] == email]
+    assert len(accounts) == 1
+    ids = {r.resource_id for r in results}
+    mine = [r for r in state["resources"] if r["resource_id"] in ids]
+    assert len(mine) == 2 and {r["account_id"] for r in mine} == {accounts[0]["account_id"]}
+
+
+async def test_broken_variant_without_the_reuse_rejects_the_second(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same story with create_account blind to connections saved meanwhile: the provider's 409 ends
+    the second request (the defect found by bench.waiting), so the test above can fail."""
+
+    async def blind(self: AccountActivities, principal_id: str, provider: str) -> None:
+        return None
+
+    monkeypatch.setattr(AccountActivities, "_connection", blind)
+    email, results, state = await _two_parked_at_terms_then_approved(stack)
+    assert results[0].outcome == "completed"
+    assert (results[1].outcome, results[1].error_code) == ("rejected", "PROVIDER_ERROR")
+    assert len([a for a in state["accounts"] if a["email"] == email]) == 1
 
 
 @pytest.mark.parametrize("gate", ["terms", "payment_method", "oauth_consent", "purchase"])
