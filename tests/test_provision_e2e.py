@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus
 
 import worker as worker_module
@@ -110,6 +111,38 @@ async def test_terms_acceptance_is_remembered(stack: Stack) -> None:
     res = await result_of(stack, second.request_id, timeout=30)
     assert res.outcome == "completed"
     assert sum(1 for m in stack.inbox(email) if m.get("kind") == "terms") == 1
+
+
+async def test_the_approval_leaves_the_list_beside_the_next_step_and_before_the_end(stack: Stack) -> None:
+    """After the decision the gate's `close_approval` runs beside `create_account` (one round trip
+    off the approval's path) and has finished before the workflow completes."""
+    email = new_email()
+    req = stack.request("cloud/workers", email)
+    await stack.qm.submit(req)
+    terms = await stack.wait_for_approval(req.request_id, "terms")
+    await stack.decide(terms["approval_id"], email)
+    assert (await result_of(stack, req.request_id)).outcome == "completed"
+    assert await stack.store.approvals.open_one(terms["approval_id"]) is None  # off the list already
+    wid = f"provision-{req.request_id}"
+    history = await stack.client.get_workflow_handle(wid).fetch_history()
+    scheduled = {
+        e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    }
+    done = {
+        scheduled[e.activity_task_completed_event_attributes.scheduled_event_id]: e.event_id
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+    }
+    end = next(
+        e.event_id
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED
+    )
+    create_account = next(i for i, name in scheduled.items() if name == "create_account")
+    assert create_account < done["close_approval"] < end
+    await maybe_record(stack.client, wid, "provision-terms-close-beside")
 
 
 async def _two_parked_at_terms_then_approved(stack: Stack) -> tuple[str, list[ProvisionResult], dict]:

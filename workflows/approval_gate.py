@@ -13,7 +13,9 @@ their old rules, so they replay unchanged.
 
 The human's list of pending approvals is a read model in the store: the notice activity writes the
 row, and the `close_approval` activity closes it when the gate closes (patch `approvals-read-model`;
-older histories published the list in the memo instead, which is kept for them).
+older histories published the list in the memo instead, which is kept for them). A workflow that sets
+`close_in_background` lets that activity run beside its next step and awaits `settled()` before it
+returns (the provisioning workflow, patch `approval-close-in-background`).
 """
 
 from __future__ import annotations
@@ -92,6 +94,9 @@ class ApprovalGate:
     attempts: list[RejectedAttempt] = field(default_factory=list)
     #: decided once per workflow at the first gate: store read model (True) or memo (old histories)
     read_model: bool | None = None
+    #: close the read-model row without waiting for it (the workflow awaits `settled()` at its end)
+    close_in_background: bool = False
+    closing: list[workflow.ActivityHandle[Any]] = field(default_factory=list)
 
     def _publish(self) -> None:
         """Older histories: pending approvals went to the memo (encrypted) for `qm approvals`."""
@@ -252,17 +257,26 @@ class ApprovalGate:
         """The approval leaves the human's list (the store's read model)."""
         if not self.read_model:
             return
-        try:
-            await workflow.execute_activity(
-                "close_approval",
-                ApprovalClosed(approval_id=approval_id),
-                start_to_close_timeout=timedelta(seconds=30),
-                schedule_to_close_timeout=timedelta(minutes=10),
-                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
-                summary=f"close the {kind} approval in the human's list",
-            )
-        except ActivityError:
-            pass  # a read model must not hold the request up; the row drops out at its expiry
+        handle = workflow.start_activity(
+            "close_approval",
+            ApprovalClosed(approval_id=approval_id),
+            start_to_close_timeout=timedelta(seconds=30),
+            schedule_to_close_timeout=timedelta(minutes=10),
+            retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=30)),
+            summary=f"close the {kind} approval in the human's list",
+        )
+        self.closing.append(handle)
+        if not self.close_in_background:
+            await self.settled()
+
+    async def settled(self) -> None:
+        """Wait for every `close_approval` started; a failed one is let go (a read model must not hold
+        the request up; its row drops out of the list at its expiry)."""
+        while self.closing:
+            try:
+                await self.closing.pop(0)
+            except ActivityError:
+                pass
 
     @staticmethod
     async def _notify(request: ApprovalRequest, principal_email: str, kind: str) -> ApprovalTicket:

@@ -298,6 +298,7 @@ class ProvisionWorkflow:
                 resource_id=self.result.resource_id,
             )
             await self.audit.flush()
+        await self.gate.settled()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.result
 
@@ -340,6 +341,8 @@ class ProvisionWorkflow:
         if n:
             approval_id = f"{approval_id}-{n + 1}"
         assert self.audit is not None
+        # the human's list drops the approval while the request goes on (awaited before the end)
+        self.gate.close_in_background = workflow.patched("approval-close-in-background")
         before, self.step = self.step, f"awaiting {kind} approval"
         await self.audit.record("approval.requested", details={"approval_id": approval_id, "kind": kind})
         await self.audit.flush()  # the trail is complete up to the wait
