@@ -9,7 +9,6 @@ import hmac
 import secrets
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from activities.errors import adapter_errors, permanent
 from models.errors import ErrorCode
@@ -17,11 +16,13 @@ from models.provider import ProviderAccount
 from models.provisioning import AccountInput, CompleteOAuth, ConnectionRef, OAuthStart, TermsRecord
 from models.secret import Secret
 from providers.assertions import AssertionSigner
-from providers.errors import ProviderError
+from providers.errors import PermanentProviderError, ProviderError
 from providers.registry import ProviderRegistry
 from providers.store.interfaces import AccountStore
 
 OAUTH_CLIENT_ID = "quartermaster"
+#: the contract's code when an account exists for the identity (docs/providers.md)
+ACCOUNT_EXISTS = "account_exists"
 
 
 def pkce_pair() -> tuple[Secret, str]:
@@ -105,18 +106,19 @@ class AccountActivities:
         # the human, or a retry of this one after its connection was saved: use that account
         made = await self._connection(inp.principal_id, inp.provider)
         if made is not None:
-            return made
-        try:
-            with adapter_errors("account creation"):
+            return made.model_copy(update={"reused": True})
+        with adapter_errors("account creation"):
+            try:
                 account = await self._registry.get(inp.provider).create_account(
                     assertion=self._assertion(inp), terms=inp.terms, idempotency_key=inp.idempotency_key
                 )
-        except ApplicationError:
-            # the provider's 409 when a concurrent request of the same principal saved it first
-            made = await self._connection(inp.principal_id, inp.provider)
-            if made is None:
-                raise
-            return made
+            except PermanentProviderError as exc:
+                # the provider's 409 when a concurrent request of the same principal saved it first;
+                # any other refusal, or no connection yet, stands
+                made = await self._connection(inp.principal_id, inp.provider)
+                if exc.code != ACCOUNT_EXISTS or made is None:
+                    raise
+                return made.model_copy(update={"reused": True})
         return await self._save(inp.provider, inp.principal_id, account)
 
     @activity.defn(name="start_oauth")

@@ -63,6 +63,8 @@ class ConnectionRef(BaseModel):
     principal_id: str
     account_id: str
     link_action: LinkAction
+    #: create_account found the account another request of the same principal made meanwhile
+    reused: bool = False
 
 
 class AccountInput(BaseModel):

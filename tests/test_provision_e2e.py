@@ -173,8 +173,9 @@ async def test_requests_parked_together_share_the_account_the_first_made(stack: 
 async def test_broken_variant_without_the_reuse_rejects_the_second(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same story with create_account blind to connections saved meanwhile: the provider's 409 ends
-    the second request (the defect found by bench.waiting), so the test above can fail."""
+    """The same story with create_account blind to connections saved meanwhile (the patch blinds
+    find_connection too, which changes nothing here: the principal is new): the provider's 409 ends the
+    second request (the defect found by bench.waiting), so the test above can fail."""
 
     async def blind(self: AccountActivities, principal_id: str, provider: str) -> None:
         return None

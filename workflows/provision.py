@@ -14,7 +14,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 from temporalio.exceptions import TimeoutError as ActivityTimeoutError
 
 with workflow.unsafe.imports_passed_through():
@@ -287,6 +287,10 @@ class ProvisionWorkflow:
             workflow.upsert_search_attributes(
                 [QM_STATE.value_set(State.COMPENSATED if moved else State.FAILED)]
             )
+        except FailureError:
+            await self.gate.settled()  # a workflow that fails leaves no approval row open either
+            raise
+        await self.gate.settled()  # every approval it closed has left the human's list
         self._show_outcome()
         if self.audit is not None:
             await self._audit_rejected(self.gate.attempts[self.audited_attempts :])  # late or replayed codes
@@ -298,7 +302,6 @@ class ProvisionWorkflow:
                 resource_id=self.result.resource_id,
             )
             await self.audit.flush()
-        await self.gate.settled()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.result
 
@@ -686,7 +689,10 @@ class ProvisionWorkflow:
         )
         inp.idempotency_key = f"{self.wid}:account"
         conn = await self._call("create_account", inp, ConnectionRef, f"create a {provider} account")
-        await self.audit.record("account.created", details={"link_action": conn.link_action})
+        details: dict[str, Any] = {"link_action": conn.link_action}
+        if conn.reused:
+            details["reused"] = True  # made by another request of this principal while this one waited
+        await self.audit.record("account.created", details=details)
         return conn
 
     async def _pay(self, req: ProvisionRequest, quote: Quote, customer: Customer) -> IssuedToken:
