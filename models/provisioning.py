@@ -63,7 +63,8 @@ class ConnectionRef(BaseModel):
     principal_id: str
     account_id: str
     link_action: LinkAction
-    #: create_account found the account another request of the same principal made meanwhile
+    #: create_account found a saved connection: another request of the same principal made the account
+    #: meanwhile (or this request's own attempt whose completion was lost)
     reused: bool = False
 
 
