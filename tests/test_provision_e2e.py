@@ -99,13 +99,19 @@ async def test_existing_account_oauth_consent_links(stack: Stack) -> None:
     await maybe_record(stack.client, f"provision-{req.request_id}", "provision-oauth-linked")
 
 
+async def _completed_through_terms(stack: Stack, email: str) -> tuple[str, str]:
+    """A free request of a new principal, its terms approved, completed: (request id, approval id)."""
+    req = stack.request("cloud/workers", email)
+    await stack.qm.submit(req)
+    terms = await stack.wait_for_approval(req.request_id, "terms")
+    await stack.decide(terms["approval_id"], email)
+    assert (await result_of(stack, req.request_id)).outcome == "completed"
+    return req.request_id, terms["approval_id"]
+
+
 async def test_terms_acceptance_is_remembered(stack: Stack) -> None:
     email = new_email()
-    first = stack.request("cloud/workers", email)
-    await stack.qm.submit(first)
-    terms = await stack.wait_for_approval(first.request_id, "terms")
-    await stack.decide(terms["approval_id"], email)
-    assert (await result_of(stack, first.request_id)).outcome == "completed"
+    await _completed_through_terms(stack, email)
     second = stack.request("cloud/workers", email)
     await stack.qm.submit(second)
     res = await result_of(stack, second.request_id, timeout=30)
@@ -116,14 +122,9 @@ async def test_terms_acceptance_is_remembered(stack: Stack) -> None:
 async def test_the_approval_leaves_the_list_beside_the_next_step_and_before_the_end(stack: Stack) -> None:
     """After the decision the gate's `close_approval` runs beside `create_account` (one round trip
     off the approval's path) and has finished before the workflow completes."""
-    email = new_email()
-    req = stack.request("cloud/workers", email)
-    await stack.qm.submit(req)
-    terms = await stack.wait_for_approval(req.request_id, "terms")
-    await stack.decide(terms["approval_id"], email)
-    assert (await result_of(stack, req.request_id)).outcome == "completed"
-    assert await stack.store.approvals.open_one(terms["approval_id"]) is None  # off the list already
-    wid = f"provision-{req.request_id}"
+    request_id, approval_id = await _completed_through_terms(stack, new_email())
+    assert await stack.store.approvals.open_one(approval_id) is None  # off the list already
+    wid = f"provision-{request_id}"
     history = await stack.client.get_workflow_handle(wid).fetch_history()
     scheduled = {
         e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name
