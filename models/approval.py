@@ -36,6 +36,10 @@ HANDED_ON: dict[str, tuple[str, str]] = {
 HUMAN_ONLY_DETAILS = frozenset({"authorization_url", "checkout_url"})
 
 
+#: the most approvals one page of `GET /v1/approvals` returns (about 300 KB of JSON; docs/decisions.md)
+APPROVALS_PAGE_MAX = 500
+
+
 class ApprovalRequest(BaseModel):
     """A question for the principal. No secrets: it is shown by `qm approvals` and queries.
 

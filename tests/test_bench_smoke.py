@@ -27,13 +27,14 @@ async def test_ledger_bench_quick(client: Client) -> None:
     assert all(f.ops > 0 and f.seconds > 0 for f in figures)
 
 
-# -- the provisioning benchmarks (bench/throughput, cost, waiting, profile, api_overhead, memory) -----
+# -- the provisioning benchmarks (bench/throughput, cost, waiting, profile, api_overhead, memory,
+# approvals_list) ----------------------------------------------------------------------------------------
 # Each runs as a real `python -m bench.<name> --quick` process (exit code and printed table are what a
 # user sees), against this session's dev server through TEMPORAL_ADDRESS to skip a server start.
 # They all start together: they are mostly waiting on round trips, and the suite stays short.
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH_SCRIPTS = ("throughput", "cost", "waiting", "profile", "api_overhead", "memory")
+BENCH_SCRIPTS = ("throughput", "cost", "waiting", "profile", "api_overhead", "memory", "approvals_list")
 #: a quick run in flight: (exit code, output)
 BenchRun = asyncio.Task[tuple[int, str]]
 
@@ -81,6 +82,7 @@ def _columns_in(out: str, *names: str) -> None:
         ("profile", ("wall", "worker cpu", "server cpu", "sims cpu", "top project functions")),
         ("api_overhead", ("the API's overhead", "catalog", "status", "API/direct")),
         ("memory", ("python heap KiB/run", "RSS KiB/run", "real / floor", "where the heap grew")),
+        ("approvals_list", ("every page of 300", "one page of 1", "one page of 300 (limit 500)", "<= 1.0")),
     ],
 )  # fmt: skip
 async def test_provisioning_bench_quick(

@@ -15,12 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from models.approval import ApprovalRequest
+from models.approval import APPROVALS_PAGE_MAX, ApprovalRequest
 from providers.store.database import Database, Tx
 from providers.store.interfaces import Sealer
 
 #: the most rows one page returns
-MAX_PAGE = 200
+MAX_PAGE = APPROVALS_PAGE_MAX
 #: workflow ids per `waiting_among` query (well under SQLite's and PostgreSQL's parameter limits)
 WAITING_BATCH = 500
 
@@ -156,9 +156,11 @@ class SqlPendingApprovals:
             rows = tx.execute(
                 "SELECT requested_ms, approval_id, request FROM pending_approvals "
                 "WHERE principal_id = ? AND closed_ms IS NULL AND expires_ms > ? "
-                "AND (requested_ms > ? OR (requested_ms = ? AND approval_id > ?)) "
+                # a row value: SQLite and PostgreSQL seek the index to the cursor, where the same
+                # test written with OR made every page scan from the first row (quadratic in pages)
+                "AND (requested_ms, approval_id) > (?, ?) "
                 "ORDER BY requested_ms, approval_id LIMIT ?",
-                (principal_id, now_ms, after[0], after[0], after[1], limit + 1),
+                (principal_id, now_ms, after[0], after[1], limit + 1),
             )
             return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
 

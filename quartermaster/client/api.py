@@ -31,7 +31,7 @@ from models.api import (
     ResourceInfo,
     WhoAmI,
 )
-from models.approval import ApprovalRequest, DecisionOutcome
+from models.approval import APPROVALS_PAGE_MAX, ApprovalRequest, DecisionOutcome
 from models.catalog import Catalog
 from models.errors import ErrorCode
 from models.forecast import Forecast
@@ -56,6 +56,8 @@ IDENTITY_HEADER = "X-QM-Identity"
 NEXT_CURSOR_HEADER = "X-QM-Next-Cursor"
 #: how long one call may wait server-side for a request to move (the API caps it at 30 s)
 LONG_POLL_SECONDS = 25
+#: pages of approvals are parsed from their bytes by one adapter (built once: building one costs more)
+_APPROVALS = TypeAdapter(list[ApprovalRequest])
 
 
 def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +157,7 @@ class Approvals(_Resource):
         out: builtins.list[ApprovalRequest] = []
         cursor: str | None = None
         while True:
-            items, cursor = await self.page(cursor=cursor, limit=200)
+            items, cursor = await self.page(cursor=cursor, limit=APPROVALS_PAGE_MAX)
             out += items
             if cursor is None:
                 return out
@@ -167,7 +169,7 @@ class Approvals(_Resource):
         resp = await self._c._send(
             "GET", "/v1/approvals", json=None, params=_drop_none({"cursor": cursor, "limit": limit})
         )
-        items = TypeAdapter(builtins.list[ApprovalRequest]).validate_python(resp.json())
+        items = _APPROVALS.validate_json(resp.content)
         return items, resp.headers.get(NEXT_CURSOR_HEADER)
 
     async def get(self, approval_id: str) -> ApprovalView:

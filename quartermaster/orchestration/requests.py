@@ -51,7 +51,7 @@ from models.request import Actor, ProvisionRequest
 from models.secret import Secret
 from providers.errors import ProviderError
 from providers.registry import ProviderRegistry, UnknownProviderError
-from providers.store.approvals import ApprovalPage, InvalidCursorError
+from providers.store.approvals import MAX_PAGE, ApprovalPage, InvalidCursorError
 from providers.store.interfaces import PendingApprovalStore
 from quartermaster.config import Settings
 from quartermaster.crypto.authority import AuthoritySigner, sign_decision, sign_human_actor
@@ -388,7 +388,7 @@ class Orchestrator:
         out: list[ApprovalRequest] = []
         cursor: str | None = None
         while True:
-            page = await self.approvals_page(pid, cursor=cursor, limit=200)
+            page = await self.approvals_page(pid, cursor=cursor, limit=MAX_PAGE)
             out += page.items
             if page.next_cursor is None:
                 return out

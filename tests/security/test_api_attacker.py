@@ -187,6 +187,7 @@ async def attack(stack: Stack, victim: Victim) -> list[str]:
         if listed.status_code != 200 or app in listed.text or victim.email in listed.text:
             breaches.append(f"human lists another's approval (cursor {cursor})")
     await expect("a forged cursor", "GET", "/v1/approvals?cursor=bm9wZQ", human_h, 400, "INVALID_REQUEST")
+    await expect("a page over the largest", "GET", "/v1/approvals?limit=501", human_h, 400, "INVALID_REQUEST")
     # human-only routes refuse the agent
     for method, path, body in (
         (

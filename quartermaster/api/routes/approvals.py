@@ -6,10 +6,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, Security
+from pydantic import TypeAdapter
 from temporalio.service import RPCError
 
 from models.api import ApprovalView, DecisionBody
-from models.approval import HANDED_ON, ApprovalDecision, ApprovalRequest, DecisionOutcome
+from models.approval import APPROVALS_PAGE_MAX, HANDED_ON, ApprovalDecision, ApprovalRequest, DecisionOutcome
 from models.errors import ErrorCode, QuartermasterError
 from models.secret import Secret
 from quartermaster.api.approval_facts import approval_facts, view_hash
@@ -62,6 +63,7 @@ async def pending_approval(
 
 #: the response header carrying the cursor of the next page (absent on the last page)
 NEXT_CURSOR_HEADER = "X-QM-Next-Cursor"
+_APPROVALS = TypeAdapter(list[ApprovalRequest])
 
 
 @router.get(
@@ -81,16 +83,15 @@ NEXT_CURSOR_HEADER = "X-QM-Next-Cursor"
 async def list_approvals(
     caller: HumanCaller,
     svc: Services,
-    response: Response,
     cursor: Annotated[str | None, Query(max_length=400)] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 100,
-) -> list[ApprovalRequest]:
+    limit: Annotated[int, Query(ge=1, le=APPROVALS_PAGE_MAX)] = 100,
+) -> Response:
     """The approvals waiting for you, oldest first, one page at a time (`cursor` from the
     `X-QM-Next-Cursor` header of the previous page)."""
     page = await svc.orchestrator.approvals_page(caller.principal_id, cursor=cursor, limit=limit)
-    if page.next_cursor is not None:
-        response.headers[NEXT_CURSOR_HEADER] = page.next_cursor
-    return page.items
+    headers = {NEXT_CURSOR_HEADER: page.next_cursor} if page.next_cursor is not None else None
+    # the store validated every row into an ApprovalRequest: serialized once, not validated again
+    return Response(_APPROVALS.dump_json(page.items), media_type="application/json", headers=headers)
 
 
 @router.get("/{approval_id}", response_model=ApprovalView)
