@@ -149,8 +149,10 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
             signal_s: list[float] = []
             done_states: list[str] = []
             decisions: list[str] = []
+            phases: list[dict[str, float]] = []
             for i in spread(len(parked), args.approvals):
                 one = next(a for a in listed if a.workflow_id.endswith(f"-{parked[i]}"))
+                sent_at = time.time()
                 t4 = time.perf_counter()
                 outcome = await human.approvals.decide(
                     one.approval_id, decision="approve", code=bench.stack.code_for(one.approval_id, email)
@@ -161,6 +163,7 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
                 approval_s.append(time.perf_counter() - t4)
                 code = (done.error or {}).get("code")
                 done_states.append(done.state if done.state == "completed" else f"{done.state}: {code}")
+                phases.append(await decision_phases(bench, one.workflow_id, sent_at))
                 handle = bench.client.get_workflow_handle(floor_ids[i])
                 t5 = time.perf_counter()
                 await handle.signal("go")
@@ -182,6 +185,7 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
             ["one approval: decision accepted, median", states(decisions), ms(accepted_s)],
             ["one approval: decision -> request completed, median", states(done_states), ms(approval_s)],
             ["floor: signal -> workflow completed, median", len(signal_s), ms(signal_s)],
+            *[[f"  of which {name}, median", "", ms([p[name] for p in phases])] for name in PHASES],
         ]  # fmt: skip
         if bench.server_pid:
             rows.append(["temporal server RSS", "", mib(rss_bytes(bench.server_pid))])
@@ -200,6 +204,36 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
         if unattended.failed:
             print(f"unattended failures: {sorted(set(unattended.failed))}", file=out)
         return 0
+
+
+#: where one approval's time goes, from the request's own history (event times are the server's clock,
+#: on this machine the benchmark's too): the decision's path to the server (API, authentication, store
+#: lookup, the update call), the workflow task that carries it waiting for a worker, that task on the
+#: worker (on an evicted request: the history fetched and replayed), then the request's remaining steps
+PHASES = ("API to the server", "task queued", "task on the worker", "accepted to completed")
+
+
+async def decision_phases(bench: Bench, workflow_id: str, sent_at: float) -> dict[str, float]:
+    history = await bench.client.get_workflow_handle(workflow_id).fetch_history()
+    events = list(history.events)
+    at = {e.event_id: e.event_time.ToDatetime().timestamp() for e in events}
+    accepted = next(
+        e for e in events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
+    )
+    before = [e for e in events if e.event_id < accepted.event_id]
+    scheduled = next(
+        e for e in reversed(before) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED
+    )
+    started = next(e for e in reversed(before) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED)
+    completed = next(
+        e for e in reversed(before) if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+    )
+    return {
+        "API to the server": at[scheduled.event_id] - sent_at,
+        "task queued": at[started.event_id] - at[scheduled.event_id],
+        "task on the worker": at[completed.event_id] - at[started.event_id],
+        "accepted to completed": at[events[-1].event_id] - at[accepted.event_id],
+    }
 
 
 def spread(n: int, k: int) -> list[int]:
