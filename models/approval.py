@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, TypeAdapter, model_validator
 
 from models.money import Money
 from models.secret import Secret
@@ -69,6 +69,10 @@ class ApprovalRequest(BaseModel):
         hidden = set(self.human_only)
         kept = {k: v for k, v in self.details.items() if k not in hidden}
         return self.model_copy(update={"details": kept})
+
+
+#: a page of approvals as JSON bytes, both ways (built once: building an adapter costs more than a page)
+APPROVAL_PAGE = TypeAdapter(list[ApprovalRequest])
 
 
 class ApprovalNotice(BaseModel):

@@ -19,8 +19,6 @@ from models.approval import APPROVALS_PAGE_MAX, ApprovalRequest
 from providers.store.database import Database, Tx
 from providers.store.interfaces import Sealer
 
-#: the most rows one page returns
-MAX_PAGE = APPROVALS_PAGE_MAX
 #: workflow ids per `waiting_among` query (well under SQLite's and PostgreSQL's parameter limits)
 WAITING_BATCH = 500
 
@@ -148,7 +146,7 @@ class SqlPendingApprovals:
         now: datetime | None = None,
     ) -> ApprovalPage:
         """The principal's open, unexpired approvals, oldest first, `limit` at a time."""
-        limit = max(1, min(limit, MAX_PAGE))
+        limit = max(1, min(limit, APPROVALS_PAGE_MAX))
         after = decode_cursor(cursor) if cursor else (-1, "")
         now_ms = _ms(now or datetime.now(UTC))
 

@@ -31,7 +31,7 @@ from models.api import (
     ResourceInfo,
     WhoAmI,
 )
-from models.approval import APPROVALS_PAGE_MAX, ApprovalRequest, DecisionOutcome
+from models.approval import APPROVAL_PAGE, APPROVALS_PAGE_MAX, ApprovalRequest, DecisionOutcome
 from models.catalog import Catalog
 from models.errors import ErrorCode
 from models.forecast import Forecast
@@ -56,8 +56,6 @@ IDENTITY_HEADER = "X-QM-Identity"
 NEXT_CURSOR_HEADER = "X-QM-Next-Cursor"
 #: how long one call may wait server-side for a request to move (the API caps it at 30 s)
 LONG_POLL_SECONDS = 25
-#: pages of approvals are parsed from their bytes by one adapter (built once: building one costs more)
-_APPROVALS = TypeAdapter(list[ApprovalRequest])
 
 
 def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +167,7 @@ class Approvals(_Resource):
         resp = await self._c._send(
             "GET", "/v1/approvals", json=None, params=_drop_none({"cursor": cursor, "limit": limit})
         )
-        items = _APPROVALS.validate_json(resp.content)
+        items = APPROVAL_PAGE.validate_json(resp.content)
         return items, resp.headers.get(NEXT_CURSOR_HEADER)
 
     async def get(self, approval_id: str) -> ApprovalView:

@@ -31,7 +31,7 @@ from temporalio.service import RPCError
 
 from activities.catalog import make_quote
 from models.api import ResourceInfo
-from models.approval import ApprovalDecision, ApprovalRequest, DecisionOutcome
+from models.approval import APPROVALS_PAGE_MAX, ApprovalDecision, ApprovalRequest, DecisionOutcome
 from models.authority import ProofKind
 from models.catalog import Catalog
 from models.errors import ErrorCode, QuartermasterError
@@ -51,7 +51,7 @@ from models.request import Actor, ProvisionRequest
 from models.secret import Secret
 from providers.errors import ProviderError
 from providers.registry import ProviderRegistry, UnknownProviderError
-from providers.store.approvals import MAX_PAGE, ApprovalPage, InvalidCursorError
+from providers.store.approvals import ApprovalPage, InvalidCursorError
 from providers.store.interfaces import PendingApprovalStore
 from quartermaster.config import Settings
 from quartermaster.crypto.authority import AuthoritySigner, sign_decision, sign_human_actor
@@ -388,7 +388,7 @@ class Orchestrator:
         out: list[ApprovalRequest] = []
         cursor: str | None = None
         while True:
-            page = await self.approvals_page(pid, cursor=cursor, limit=MAX_PAGE)
+            page = await self.approvals_page(pid, cursor=cursor, limit=APPROVALS_PAGE_MAX)
             out += page.items
             if page.next_cursor is None:
                 return out

@@ -6,11 +6,17 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, Security
-from pydantic import TypeAdapter
 from temporalio.service import RPCError
 
 from models.api import ApprovalView, DecisionBody
-from models.approval import APPROVALS_PAGE_MAX, HANDED_ON, ApprovalDecision, ApprovalRequest, DecisionOutcome
+from models.approval import (
+    APPROVAL_PAGE,
+    APPROVALS_PAGE_MAX,
+    HANDED_ON,
+    ApprovalDecision,
+    ApprovalRequest,
+    DecisionOutcome,
+)
 from models.errors import ErrorCode, QuartermasterError
 from models.secret import Secret
 from quartermaster.api.approval_facts import approval_facts, view_hash
@@ -63,7 +69,6 @@ async def pending_approval(
 
 #: the response header carrying the cursor of the next page (absent on the last page)
 NEXT_CURSOR_HEADER = "X-QM-Next-Cursor"
-_APPROVALS = TypeAdapter(list[ApprovalRequest])
 
 
 @router.get(
@@ -91,7 +96,7 @@ async def list_approvals(
     page = await svc.orchestrator.approvals_page(caller.principal_id, cursor=cursor, limit=limit)
     headers = {NEXT_CURSOR_HEADER: page.next_cursor} if page.next_cursor is not None else None
     # the store validated every row into an ApprovalRequest: serialized once, not validated again
-    return Response(_APPROVALS.dump_json(page.items), media_type="application/json", headers=headers)
+    return Response(APPROVAL_PAGE.dump_json(page.items), media_type="application/json", headers=headers)
 
 
 @router.get("/{approval_id}", response_model=ApprovalView)
