@@ -33,6 +33,7 @@ from models.ledger import LedgerView
 from models.money import Money
 from models.secret import Secret
 from models.session import (
+    MAX_LIVE_CREDENTIALS,
     AgentStatus,
     Authorization,
     AuthorizationRequest,
@@ -298,7 +299,15 @@ class SessionActivities:
                 )
             if req.amount.amount > min(s.grant.budget.amount for s in seen.states):
                 return refuse(ErrorCode.BUDGET_EXCEEDED, "the amount exceeds the session's budget", chain)
-        remaining = int((leaf.grant.expires_at - datetime.now(UTC)).total_seconds())
+        now = datetime.now(UTC)
+        if req.action in ("provision", "rotate") and len(leaf.live_credentials(now)) >= MAX_LIVE_CREDENTIALS:
+            # refused before any money moves: the session could not record the new credential
+            return refuse(
+                ErrorCode.CREDENTIAL_LIMIT_EXCEEDED,
+                f"the session already holds {MAX_LIVE_CREDENTIALS} live provider credentials",
+                chain,
+            )
+        remaining = int((leaf.grant.expires_at - now).total_seconds())
         return Authorization(
             allowed=True,
             principal_id=principal_id,
@@ -330,14 +339,19 @@ class SessionActivities:
 
     @activity.defn(name="record_credential")
     async def record_credential(self, rec: RecordCredential) -> None:
-        """Record a credential minted under a session. If the session closed meanwhile, revoke the
-        credential at once and fail with SESSION_REVOKED (non-retryable): it must not outlive it."""
+        """Record a credential minted under a session. If the session closed meanwhile (or holds its
+        maximum of live credentials), revoke the credential at once and fail non-retryably with
+        SESSION_REVOKED (or CREDENTIAL_LIMIT_EXCEEDED): it must not outlive the session unrecorded."""
         handle = self._client.get_workflow_handle(session_workflow_id(rec.session_id))
+        code = ErrorCode.SESSION_REVOKED
+        message = "the session is no longer active; the credential was revoked"
         try:
             await handle.execute_update("record_credential", rec)
             return
-        except WorkflowUpdateFailedError:
-            pass
+        except WorkflowUpdateFailedError as exc:
+            if getattr(exc.cause, "type", None) == str(ErrorCode.CREDENTIAL_LIMIT_EXCEEDED):
+                code = ErrorCode.CREDENTIAL_LIMIT_EXCEEDED
+                message = "the session holds its maximum of live credentials; the credential was revoked"
         except RPCError as exc:
             if exc.status not in (RPCStatusCode.NOT_FOUND, RPCStatusCode.FAILED_PRECONDITION):
                 raise
@@ -345,11 +359,7 @@ class SessionActivities:
             await self._revoker.revoke(
                 provider=rec.provider, account_ref=rec.account_ref, credential_id=rec.credential_id
             )
-        raise ApplicationError(
-            "the session is no longer active; the credential was revoked",
-            type=str(ErrorCode.SESSION_REVOKED),
-            non_retryable=True,
-        )
+        raise ApplicationError(message, type=str(code), non_retryable=True)
 
     @activity.defn(name="sign_session_token")
     async def sign_session_token(self, req: SessionTokenRequest) -> SignedSessionToken:

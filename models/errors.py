@@ -49,6 +49,8 @@ class ErrorCode(StrEnum):
     TRANSACTION_LIMIT_EXCEEDED = "TRANSACTION_LIMIT_EXCEEDED"
     #: the agent already made its allowed number of purchases in the last hour
     VELOCITY_LIMIT_EXCEEDED = "VELOCITY_LIMIT_EXCEEDED"
+    #: the session already holds its maximum of live provider credentials (models.session)
+    CREDENTIAL_LIMIT_EXCEEDED = "CREDENTIAL_LIMIT_EXCEEDED"
     AGENT_FROZEN = "AGENT_FROZEN"
     IDENTITY_INVALID = "IDENTITY_INVALID"
     #: OAuth linking reached an account whose verified email is not the principal's
@@ -121,6 +123,7 @@ REFUSED = frozenset(
         ErrorCode.AGENT_MONTHLY_LIMIT_EXCEEDED,
         ErrorCode.TRANSACTION_LIMIT_EXCEEDED,
         ErrorCode.VELOCITY_LIMIT_EXCEEDED,
+        ErrorCode.CREDENTIAL_LIMIT_EXCEEDED,
         ErrorCode.AGENT_FROZEN,
         ErrorCode.IDENTITY_INVALID,
         ErrorCode.PAYMENT_DECLINED,

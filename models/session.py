@@ -24,6 +24,12 @@ SessionStatus = Literal["pending_approval", "active", "expired", "revoked", "den
 #: the deepest delegation any session may allow (root is depth 0)
 MAX_DELEGATION_DEPTH = 8
 MAX_SESSION_TTL_SECONDS = 7 * 86_400
+#: live (unexpired, unrevoked) provider credentials one session may hold: its state travels in every
+#: authorization's query and in each continue-as-new, so it is bounded (docs/decisions.md)
+MAX_LIVE_CREDENTIALS = 1_000
+#: a session continues as new once its run's history reaches this many events (Temporal stops a run at
+#: 51,200; each recorded credential adds 5)
+SESSION_CONTINUE_AS_NEW_EVENTS = 10_000
 
 
 def session_workflow_id(session_id: str) -> str:
@@ -103,6 +109,10 @@ class SessionState(BaseModel):
         """Root first, this session last."""
         return [*self.ancestors, self.session_id]
 
+    def live_credentials(self, now: datetime) -> list[CredentialRecord]:
+        """The credentials a close must still revoke: not revoked, not expired at `now`."""
+        return [c for c in self.credentials if not c.revoked and (c.expires_at is None or c.expires_at > now)]
+
 
 class SessionOpenRequest(BaseModel):
     """A principal asks to open a root session for an agent (a human action: approval `session_open`)."""
@@ -123,15 +133,29 @@ class SessionOpenRequest(BaseModel):
     trust_domain: str = "quartermaster.local"
 
 
+class SessionContinuation(BaseModel):
+    """What an active session carries into its next run (its own continue-as-new, never a client's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: SessionState
+    #: the bound session token (sealed by the codec, as in the activity result it came from)
+    token: Secret | None = None
+
+
 class SessionStart(BaseModel):
-    """Input of `SessionWorkflow`: a root open request, or the ready state of a delegated child."""
+    """Input of `SessionWorkflow`: a root open request, the ready state of a delegated child, or (only
+    from the session's own continue-as-new) the state of its previous run."""
 
     model_config = ConfigDict(extra="forbid")
 
     open: SessionOpenRequest | None = None
     delegated: SessionState | None = None
+    continued: SessionContinuation | None = None
     #: the API's proof over `open`, or the worker's over `delegated` (models.authority)
     proof: str | None = Field(default=None, max_length=200)
+    #: when to continue as new (tests lower it); a child inherits its parent's
+    continue_as_new_after_events: Annotated[int, Field(ge=50, le=40_000)] = SESSION_CONTINUE_AS_NEW_EVENTS
 
 
 class DelegationRequest(BaseModel):

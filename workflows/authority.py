@@ -57,3 +57,12 @@ def code_matches(kid: str, approval_id: str, code: str, digest: str) -> bool:
 def required() -> bool:
     """Are proofs enforced in this run? False only when replaying a history recorded before them."""
     return workflow.patched(PATCH)
+
+
+def from_own_continue_as_new() -> bool:
+    """Did this run come from the workflow's own continue-as-new (so state in its input may be trusted)?
+
+    `continued_run_id` alone is not enough: a retried run (`attempt` > 1, e.g. after a run timeout a
+    client chose at start) and a cron run also carry one, with the client's original input."""
+    info = workflow.info()
+    return info.continued_run_id is not None and info.attempt == 1 and not info.cron_schedule

@@ -64,8 +64,9 @@ class SpendLedgerWorkflow:
     def __init__(self, start: LedgerStart) -> None:
         self._start = start
         #: a first run started without the worker's proof: it fails before anything counts
+        carried = authority.from_own_continue_as_new()
         self._forged = (
-            workflow.info().continued_run_id is None
+            not carried
             and authority.required()
             and not authority.verify(
                 start.proof,
@@ -75,7 +76,7 @@ class SpendLedgerWorkflow:
                 issued_near=workflow.info().workflow_start_time,
             )
         )
-        if self._forged or (start.state is not None and workflow.info().continued_run_id is None):
+        if self._forged or (start.state is not None and not carried):
             # state is only ever carried by this workflow's own continue-as-new
             start = start.model_copy(
                 update={"state": None, "limit": Money(amount=0, currency=start.limit.currency)}

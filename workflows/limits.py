@@ -60,7 +60,7 @@ class PrincipalLimitsWorkflow:
     @workflow.init
     def __init__(self, start: LimitsStart) -> None:
         # limits in the start are only ever carried by this workflow's own continue-as-new
-        carried = start.state if workflow.info().continued_run_id is not None else None
+        carried = start.state if authority.from_own_continue_as_new() else None
         self._limits = carried or PrincipalLimits(principal_id=start.principal_id)
         self._to_audit: list[LimitChange] = []
 

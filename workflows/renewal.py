@@ -88,7 +88,7 @@ class _Unpaid(Exception):
 class RenewalWorkflow:
     @workflow.init
     def __init__(self, start: RenewalStart) -> None:
-        first = workflow.info().continued_run_id is None
+        first = not authority.from_own_continue_as_new()
         #: a first run started without the worker's proof fails before it reserves or charges anything
         self.forged = (
             first

@@ -13,6 +13,13 @@ the child workflow of its parent session. A start without them is `denied` from 
 does nothing, so a Temporal client without the server-side key cannot create an active session, nor
 bring a revoked one back with a start of its own (copied from history, proof and all). Revocation needs
 no proof: it only takes authority away.
+
+A session's history is bounded: once a run reaches `continue_as_new_after_events` (default
+`models.session.SESSION_CONTINUE_AS_NEW_EVENTS`) or Temporal suggests it, the session lets its handlers
+in progress finish and continues as new with its state, its token and its live credentials (at most
+`MAX_LIVE_CREDENTIALS`; a record past that is refused and the credential revoked). Only that run
+believes the state in its input (`authority.from_own_continue_as_new`); children delegated in an
+earlier run are closed through the `revoke_sessions` activity, since this run holds no handle for them.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
     from models.errors import ErrorCode
     from models.secret import Secret
     from models.session import (
+        MAX_LIVE_CREDENTIALS,
         AgentSessionRef,
         AgentStatus,
         CloseSummary,
@@ -47,6 +55,9 @@ with workflow.unsafe.imports_passed_through():
         RevokeCredentials,
         RevokeCredentialsResult,
         RevokeRequest,
+        RevokeSessions,
+        RevokeSessionsResult,
+        SessionContinuation,
         SessionGrant,
         SessionStart,
         SessionState,
@@ -83,8 +94,17 @@ class SessionWorkflow:
         self._in_flight = 0
         self._audits: list[asyncio.Task[None]] = []
         self._open = start.open
-        self._forged = authority.required() and not self._start_proven(start)
-        if start.delegated is not None:
+        self._can_after = start.continue_as_new_after_events
+        # state in the input is believed only from this workflow's own continue-as-new
+        continued = start.continued if authority.from_own_continue_as_new() else None
+        self._carried = continued is not None
+        self._forged = continued is None and (
+            authority.required() and (start.continued is not None or not self._start_proven(start))
+        )
+        if continued is not None:
+            self.state = continued.state
+            self._token = continued.token
+        elif start.delegated is not None:
             self.state = start.delegated
         elif start.open is not None:
             o = start.open
@@ -109,6 +129,8 @@ class SessionWorkflow:
                 approval_id=f"{wf_id}.session_open",
                 created_at=workflow.now(),
             )
+        elif start.continued is not None:  # a client's start with a copied state: denied below
+            self.state = start.continued.state
         else:
             raise ApplicationError(
                 "a session starts from an open request or a delegated state", non_retryable=True
@@ -202,6 +224,8 @@ class SessionWorkflow:
         if self.state.status != "active":
             raise _refuse(ErrorCode.SESSION_REVOKED, f"the session is {self.state.status}")
         if not any(c.credential_id == rec.credential_id for c in self.state.credentials):
+            if self._full():
+                raise self._full_refusal()
             self.state.credentials.append(
                 CredentialRecord(
                     provider=rec.provider,
@@ -219,6 +243,18 @@ class SessionWorkflow:
             raise ValueError("the credential names another session")
         if self.state.status != "active":
             raise ValueError(f"{ErrorCode.SESSION_REVOKED}: the session is {self.state.status}")
+        if self._full() and not any(c.credential_id == rec.credential_id for c in self.state.credentials):
+            raise self._full_refusal()
+
+    def _full(self) -> bool:
+        return len(self.state.live_credentials(workflow.now())) >= MAX_LIVE_CREDENTIALS
+
+    @staticmethod
+    def _full_refusal() -> ApplicationError:
+        return _refuse(
+            ErrorCode.CREDENTIAL_LIMIT_EXCEEDED,
+            f"the session already holds {MAX_LIVE_CREDENTIALS} live provider credentials",
+        )
 
     # ---- delegation -----------------------------------------------------------------------------
     @workflow.update(name="delegate")
@@ -308,7 +344,9 @@ class SessionWorkflow:
         self._ensure_active()
         handle = await workflow.start_child_workflow(
             SessionWorkflow.run,
-            SessionStart(delegated=child, proof=signed.start_proof),
+            SessionStart(
+                delegated=child, proof=signed.start_proof, continue_as_new_after_events=self._can_after
+            ),
             id=session_workflow_id(child_id),
             parent_close_policy=ParentClosePolicy.ABANDON,
             static_summary=f"session of {req.to_agent}, delegated by {parent.agent}",
@@ -467,6 +505,15 @@ class SessionWorkflow:
                 pass
         revoked, failed = await self._revoke_credentials()
         descendants = tree_revoked = tree_failed = 0
+        # children delegated in an earlier run (before a continue-as-new) have no handle in this one
+        carried = [c for c in s.children if c not in self._children]
+        if carried:
+            closed = await self._close_carried_children(carried, cascade)
+            descendants += len(carried)
+            for carried_summary in closed:
+                descendants += carried_summary.descendants_closed
+                tree_revoked += carried_summary.credentials_revoked
+                tree_failed += carried_summary.credential_failures
         for handle in self._children.values():
             try:
                 child_summary: CloseSummary = await handle
@@ -486,6 +533,22 @@ class SessionWorkflow:
             descendants_closed=descendants,
         )
         return self._summary
+
+    async def _close_carried_children(self, ids: list[str], cascade: RevokeRequest) -> list[CloseSummary]:
+        """Revoke children this run holds no handle for; returns once their subtrees are closed."""
+        try:
+            result = await workflow.execute_activity(
+                "revoke_sessions",
+                RevokeSessions(session_ids=ids, request=cascade),
+                result_type=RevokeSessionsResult,
+                start_to_close_timeout=timedelta(minutes=10),
+                schedule_to_close_timeout=timedelta(hours=24),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=60)),
+                summary=f"revoke {len(ids)} child session(s) delegated before a continue-as-new",
+            )
+        except ActivityError:
+            return []
+        return list(result.closed)
 
     async def _revoke_credentials(self) -> tuple[int, int]:
         s = self.state
@@ -532,7 +595,9 @@ class SessionWorkflow:
             self._audit("authority.refused", "forged", outcome="refused", reason="AUTHORITY_INVALID")
             await asyncio.gather(*self._audits)
             return CloseSummary(session_id=s.session_id, status=s.status)
-        if start.open is not None:
+        if self._carried:
+            pass  # opened (and registered with its agent) in the first run
+        elif start.open is not None:
             if not await self._activate_root():
                 summary = (
                     await self._close("revoked")
@@ -549,19 +614,44 @@ class SessionWorkflow:
                 depth=s.depth,
                 allowed_services=list(s.grant.allowed_services),
             )
-        self._set_search_attributes()
-        await self._register_with_agent()
+        if not self._carried:
+            self._set_search_attributes()
+            await self._register_with_agent()
         workflow.set_current_details(f"active until {s.grant.expires_at.isoformat()}")
         try:
             await workflow.wait_condition(
-                lambda: self._close_request is not None,
+                lambda: self._close_request is not None or self._continue_due(),
                 timeout=max(s.grant.expires_at - workflow.now(), timedelta(seconds=0)),
                 timeout_summary="session expiry",
             )
+            if self._close_request is None:
+                # a long-lived session's history is bounded: after the handlers in progress finish,
+                # it goes on in a new run with its state and live credentials (models.session)
+                await workflow.wait_condition(lambda: self._close_request is not None or self._drained())
+            if self._close_request is None:
+                workflow.continue_as_new(
+                    SessionStart(
+                        continued=SessionContinuation(state=self._carry(), token=self._token),
+                        continue_as_new_after_events=self._can_after,
+                    )
+                )
             summary = await self._close(s.status)
         except TimeoutError:
             summary = await self._close("expired")
         return await self._finish(summary)
+
+    def _continue_due(self) -> bool:
+        info = workflow.info()
+        return info.get_current_history_length() >= self._can_after or info.is_continue_as_new_suggested()
+
+    def _drained(self) -> bool:
+        return (
+            self._in_flight == 0 and all(t.done() for t in self._audits) and workflow.all_handlers_finished()
+        )
+
+    def _carry(self) -> SessionState:
+        """The state the next run starts from: revoked and expired credentials are left behind."""
+        return self.state.model_copy(update={"credentials": self.state.live_credentials(workflow.now())})
 
     async def _finish(self, summary: CloseSummary) -> CloseSummary:
         self._set_search_attributes()

@@ -22,6 +22,7 @@ from models.authority import ProofKind, change_of
 from models.errors import ErrorCode, QuartermasterError
 from models.secret import Secret
 from models.session import (
+    SESSION_CONTINUE_AS_NEW_EVENTS,
     AgentFreezeRequest,
     AgentStatus,
     AgentUnfreezeRequest,
@@ -70,10 +71,19 @@ def _code_of(exc: BaseException) -> tuple[ErrorCode, str]:
 
 
 class SessionService:
-    def __init__(self, *, temporal: Client, keyring: Keyring, task_queue: str) -> None:
+    def __init__(
+        self,
+        *,
+        temporal: Client,
+        keyring: Keyring,
+        task_queue: str,
+        continue_as_new_after_events: int = SESSION_CONTINUE_AS_NEW_EVENTS,
+    ) -> None:
         self.temporal = temporal
         self.keyring = keyring
         self.task_queue = task_queue
+        #: when the sessions this service opens continue as new (tests lower it)
+        self.continue_as_new_after_events = continue_as_new_after_events
         self.authority = AuthoritySigner.from_keyring(keyring)
 
     # ---- sessions -------------------------------------------------------------------------------
@@ -108,7 +118,11 @@ class SessionService:
             }
         )
         wid = session_workflow_id(req.session_id)
-        start = SessionStart(open=req, proof=self.authority.sign(ProofKind.SESSION_OPEN, wid, change_of(req)))
+        start = SessionStart(
+            open=req,
+            proof=self.authority.sign(ProofKind.SESSION_OPEN, wid, change_of(req)),
+            continue_as_new_after_events=self.continue_as_new_after_events,
+        )
         handle = await self.temporal.start_workflow(
             "SessionWorkflow",
             start,
