@@ -21,7 +21,12 @@ from functools import partial
 from typing import Any, TypeVar
 
 from temporalio import activity
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowUpdateFailedError,
+)
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -33,6 +38,7 @@ from models.ledger import LedgerView
 from models.money import Money
 from models.secret import Secret
 from models.session import (
+    LIVE_MEMO,
     MAX_LIVE_CREDENTIALS,
     AgentStatus,
     Authorization,
@@ -56,6 +62,7 @@ from quartermaster.identity.settings import IdentitySettings
 from quartermaster.identity.tokens import SessionClaims, SessionTokens
 from quartermaster.identity.verification import IdentityVerifier, ReplayGuard, VerifiedIdentity
 from quartermaster.keys import Keyring
+from workflows.search_attributes import QM_STATE
 
 T = TypeVar("T")
 
@@ -75,6 +82,21 @@ def _layer(state: SessionState) -> dict[str, object]:
         "limit": state.grant.budget.model_dump(mode="json"),
         "kind": "budget",
     }
+
+
+#: sessions whose fixed part one process keeps (`SessionActivities.live_session`), the oldest dropped
+MAX_FIXED_SESSIONS = 10_000
+
+
+async def _live_memo(desc: WorkflowExecutionDescription) -> dict[str, Any] | None:
+    """The session's live facts from a describe, or None when it is not running or has none."""
+    if desc.status != WorkflowExecutionStatus.RUNNING:
+        return None
+    try:
+        live = (await desc.memo()).get(LIVE_MEMO)
+    except Exception:  # a memo this code cannot read: the query decides
+        return None
+    return live if isinstance(live, dict) else None
 
 
 class SessionActivities:
@@ -100,6 +122,9 @@ class SessionActivities:
         #: switch stays immediate because the API reads the store's freezes and revocations each call
         self._entity_ttl = entity_ttl_seconds
         self._entities: dict[str, tuple[float, Any]] = {}
+        #: session id -> (its first run's id, its state when a query found it active, credentials left
+        #: out): the part that never changes once a session is active (`live_session`)
+        self._fixed: dict[str, tuple[str, SessionState]] = {}
 
     def identity_jwks(self) -> dict[str, Any]:
         """The public keys agent identity tokens of the local attestor are verified with."""
@@ -180,6 +205,42 @@ class SessionActivities:
                 return None
             raise
 
+    async def live_session(self, session_id: str) -> SessionState | None:
+        """The session's state as a verifier needs it, read as cheaply as it can be read exactly.
+
+        A describe (the server answers from the workflow's mutable state; no workflow task, no
+        query) gives the run status and the memo the session keeps in step with its state
+        (`LIVE_MEMO`, written in the same workflow task as each change). While the session is running,
+        says it is active and holds fewer than `NEAR_CREDENTIAL_LIMIT` live credentials, and this
+        process already saw its fixed part (agent, chain, grant, ancestors) in a query of the same
+        first run, that fixed part is the answer, with no credentials listed (fewer than the limit).
+        Anything else (an older session without the memo, a closed or reset one, one near the
+        credential limit, a first sight) is the query, exactly as before."""
+        handle = self._client.get_workflow_handle(session_workflow_id(session_id))
+        try:
+            desc = await handle.describe()
+        except RPCError as exc:
+            if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+                return None
+            raise
+        live = await _live_memo(desc)
+        first_run = desc.raw_description.workflow_execution_info.first_run_id
+        fixed = self._fixed.get(session_id)
+        if (
+            live is not None
+            and live.get("status") == "active"
+            and live.get("near_credential_limit") is False
+            and fixed is not None
+            and fixed[0] == first_run
+        ):
+            return fixed[1]
+        state = await self.session_state(session_id)
+        if state is not None and state.status == "active" and live is not None and first_run:
+            if len(self._fixed) >= MAX_FIXED_SESSIONS:
+                del self._fixed[next(iter(self._fixed))]  # the oldest first
+            self._fixed[session_id] = (first_run, state.model_copy(update={"credentials": []}))
+        return state
+
     async def agent_status(self, principal_id: str, agent: str) -> AgentStatus:
         """The agent entity's status (never registered: not frozen)."""
         return await self._cached(
@@ -187,8 +248,17 @@ class SessionActivities:
         )
 
     async def _agent_status(self, principal_id: str, agent: str) -> AgentStatus:
+        """A describe first: the agent entity sets its search attribute `QmState` to FROZEN in the same
+        workflow task as the freeze (and to ACTIVE only once unfrozen), so a running entity showing
+        ACTIVE is not frozen. Anything else (FROZEN, not yet set, closed) is the query."""
         handle = self._client.get_workflow_handle(agent_workflow_id(principal_id, agent))
         try:
+            desc = await handle.describe()
+            if (
+                desc.status == WorkflowExecutionStatus.RUNNING
+                and desc.typed_search_attributes.get(QM_STATE) == "ACTIVE"
+            ):
+                return AgentStatus(agent=agent)
             status: AgentStatus = await handle.query("status", result_type=AgentStatus)
             return status
         except RPCError as exc:
@@ -224,7 +294,7 @@ class SessionActivities:
             )
         ids = [*claims.ancestors, claims.session_id]
         found = await asyncio.gather(
-            *(self._cached(f"s:{sid}", partial(self.session_state, sid)) for sid in ids)
+            *(self._cached(f"s:{sid}", partial(self.live_session, sid)) for sid in ids)
         )
         if any(state is None or state.session_id != sid for sid, state in zip(ids, found, strict=True)):
             raise QuartermasterError(ErrorCode.SESSION_INVALID, "unknown session")

@@ -27,6 +27,12 @@ MAX_SESSION_TTL_SECONDS = 7 * 86_400
 #: live (unexpired, unrevoked) provider credentials one session may hold: its state travels in every
 #: authorization's query and in each continue-as-new, so it is bounded (docs/decisions.md)
 MAX_LIVE_CREDENTIALS = 1_000
+#: the memo key where a session publishes its live facts, in the same workflow task as each change:
+#: `{"status": ..., "near_credential_limit": bool}`. Verifiers read it with a describe (no workflow
+#: task, no query) and keep the rest of the state, fixed once the session is active (docs/decisions.md)
+LIVE_MEMO = "live"
+#: from this many live credentials on, the memo says so and verifiers count them exactly (a query)
+NEAR_CREDENTIAL_LIMIT = MAX_LIVE_CREDENTIALS // 2
 #: a session continues as new once its run's history reaches this many events (Temporal stops a run at
 #: 51,200; each recorded credential adds 5)
 SESSION_CONTINUE_AS_NEW_EVENTS = 10_000

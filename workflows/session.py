@@ -40,7 +40,9 @@ with workflow.unsafe.imports_passed_through():
     from models.errors import ErrorCode
     from models.secret import Secret
     from models.session import (
+        LIVE_MEMO,
         MAX_LIVE_CREDENTIALS,
+        NEAR_CREDENTIAL_LIMIT,
         AgentSessionRef,
         AgentStatus,
         CloseSummary,
@@ -94,6 +96,8 @@ class SessionWorkflow:
         self._in_flight = 0
         self._audits: list[asyncio.Task[None]] = []
         self._open = start.open
+        #: what the memo says now (`_publish_live`)
+        self._published: dict[str, Any] | None = None
         self._can_after = start.continue_as_new_after_events
         # state in the input is believed only from this workflow's own continue-as-new
         continued = start.continued if authority.from_own_continue_as_new() else None
@@ -203,6 +207,7 @@ class SessionWorkflow:
             self.state.status = "revoked"
             self.state.closed_reason = req.reason
             self.state.closed_at = workflow.now()
+            self._publish_live()
 
     @workflow.update(name="revoke")
     async def revoke(self, req: RevokeRequest) -> CloseSummary:
@@ -235,6 +240,7 @@ class SessionWorkflow:
                     recorded_at=workflow.now(),
                 )
             )
+            self._publish_live()
         return RecordOutcome(accepted=True, status=self.state.status)
 
     @record_credential.validator
@@ -245,6 +251,20 @@ class SessionWorkflow:
             raise ValueError(f"{ErrorCode.SESSION_REVOKED}: the session is {self.state.status}")
         if self._full() and not any(c.credential_id == rec.credential_id for c in self.state.credentials):
             raise self._full_refusal()
+
+    def _publish_live(self) -> None:
+        """Put the live facts verifiers need into the memo, in this same workflow task, so a describe
+        reads exactly what a query would: the status, and whether the live credentials reached
+        NEAR_CREDENTIAL_LIMIT (then verifiers count them with a query). Called after every status
+        change and every recorded credential (the count rises only there)."""
+        if not workflow.patched("session-live-memo"):
+            return
+        s = self.state
+        near = len(s.live_credentials(workflow.now())) >= NEAR_CREDENTIAL_LIMIT
+        live = {"status": s.status, "near_credential_limit": near}
+        if live != self._published:
+            workflow.upsert_memo({LIVE_MEMO: live})
+            self._published = live
 
     def _full(self) -> bool:
         return len(self.state.live_credentials(workflow.now())) >= MAX_LIVE_CREDENTIALS
@@ -446,6 +466,7 @@ class SessionWorkflow:
             s.status = "denied"
             s.closed_at = workflow.now()
             s.closed_reason = f"approval {result.status}"
+            self._publish_live()
             self._audit(
                 "session.opened",
                 "opened",
@@ -461,6 +482,7 @@ class SessionWorkflow:
         if self._close_request is not None:
             return False
         s.status = "active"
+        self._publish_live()
         # the grant's services go into the audit details: they are the OCSF event's `privileges`
         self._audit(
             "session.opened",
@@ -495,6 +517,7 @@ class SessionWorkflow:
             s.status = "expired"
             s.closed_at = workflow.now()
             s.closed_reason = "expired"
+            self._publish_live()
         # a delegation past its last check finishes first, so its child is in the cascade
         await workflow.wait_condition(lambda: self._in_flight == 0)
         cascade = RevokeRequest(reason=f"ancestor {s.session_id} {s.status}", by=s.closed_reason)
@@ -595,6 +618,7 @@ class SessionWorkflow:
             self._audit("authority.refused", "forged", outcome="refused", reason="AUTHORITY_INVALID")
             await asyncio.gather(*self._audits)
             return CloseSummary(session_id=s.session_id, status=s.status)
+        self._publish_live()
         if self._carried:
             pass  # opened (and registered with its agent) in the first run
         elif start.open is not None:
