@@ -12,7 +12,8 @@ import pytest
 
 from activities.sessions import SessionActivities
 from models.errors import ErrorCode
-from models.session import SessionState
+from models.secret import Secret
+from models.session import AgentStatus, Authorization, SessionState
 from tests.fixtures.sessions import IdentityStack
 from tests.test_session_refusals import authorize
 
@@ -53,9 +54,12 @@ async def _trust_cache(self: SessionActivities, session_id: str) -> SessionState
 
 async def _never_frozen(self: SessionActivities, principal_id: str, agent: str) -> Any:
     """Broken: the agent entity is never asked."""
-    from models.session import AgentStatus
-
     return AgentStatus(agent=agent)
+
+
+async def ask(stack: IdentityStack, agent: str, token: Secret) -> Authorization:
+    """The worker's authorization of this agent's session, with a fresh identity token."""
+    return await authorize(stack, agent, token, stack.identity(agent), email=EMAIL)
 
 
 @pytest.mark.parametrize("variant", ["real", "broken"])
@@ -65,18 +69,17 @@ async def test_revocation_is_seen_through_the_describe_path(
     stack = identity_stack
     agent = f"live-{variant}"
     state, token = await stack.open_root(agent, email=EMAIL)
-    me = stack.identity(agent)
-    assert (await authorize(stack, agent, token, me, email=EMAIL)).allowed  # first sight: one query
+    assert (await ask(stack, agent, token)).allowed  # first sight: one query
     with counted_queries(stack) as queries:
-        assert (await authorize(stack, agent, token, stack.identity(agent), email=EMAIL)).allowed
+        assert (await ask(stack, agent, token)).allowed
     assert queries == [], "a known active session is verified without a query"
     await stack.qm.revoke(state.session_id, by="test", reason="revoked in the test")
     if variant == "broken":
         with broken(stack, "live_session", _trust_cache):
-            auth = await authorize(stack, agent, token, stack.identity(agent), email=EMAIL)
+            auth = await ask(stack, agent, token)
         assert auth.allowed, "the broken verifier misses the revocation: the test can tell"
         return
-    auth = await authorize(stack, agent, token, stack.identity(agent), email=EMAIL)
+    auth = await ask(stack, agent, token)
     assert (auth.allowed, auth.code) == (False, ErrorCode.SESSION_REVOKED)
 
 
@@ -87,15 +90,15 @@ async def test_a_freeze_is_seen_through_the_describe_path(
     stack = identity_stack
     agent = f"frozen-live-{variant}"
     _, token = await stack.open_root(agent, email=EMAIL)
-    assert (await authorize(stack, agent, token, stack.identity(agent), email=EMAIL)).allowed
-    assert (await authorize(stack, agent, token, stack.identity(agent), email=EMAIL)).allowed
+    assert (await ask(stack, agent, token)).allowed
+    assert (await ask(stack, agent, token)).allowed
     await stack.qm.freeze(agent, email=EMAIL, reason="test kill switch")
     if variant == "broken":
         with broken(stack, "_agent_status", _never_frozen):
-            auth = await authorize(stack, agent, token, stack.identity(agent), email=EMAIL)
+            auth = await ask(stack, agent, token)
         assert auth.code != ErrorCode.AGENT_FROZEN, "the broken verifier never sees the freeze itself"
         return
-    auth = await authorize(stack, agent, token, stack.identity(agent), email=EMAIL)
+    auth = await ask(stack, agent, token)
     assert (auth.allowed, auth.code) == (False, ErrorCode.AGENT_FROZEN)
 
 
