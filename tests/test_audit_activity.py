@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.audit import AuditActivities
     from models.audit import AuditEvent
     from providers.audit import AuditFilters, SqliteAuditStore, StoredAuditRecord, VerifyReport
+    from providers.audit.store import AuditStoreError
 
 
 @workflow.defn(sandboxed=False)
@@ -34,6 +35,21 @@ class AuditProbeWorkflow:
             )
 
 
+@workflow.defn(sandboxed=False)
+class AuditBatchProbeWorkflow:
+    """Test-only: records each given batch with one `record_audit_batch`, as `AuditTrail.flush` does."""
+
+    @workflow.run
+    async def run(self, batches: list[list[AuditEvent]]) -> None:
+        for batch in batches:
+            await workflow.execute_activity(
+                "record_audit_batch",
+                batch,
+                start_to_close_timeout=timedelta(seconds=10),
+                retry_policy=RetryPolicy(initial_interval=timedelta(milliseconds=50), maximum_attempts=5),
+            )
+
+
 class FailAfterWrite:
     """Wraps a real store: the first append of each event id writes, then raises (a crash after the
     commit, before the activity reports completion), so Temporal retries it."""
@@ -46,6 +62,14 @@ class FailAfterWrite:
         self.attempts[event.event_id] = self.attempts.get(event.event_id, 0) + 1
         written = self.inner.append(event)
         if self.attempts[event.event_id] == 1:
+            raise RuntimeError("worker lost after the audit write")
+        return written
+
+    def append_many(self, events: Sequence[AuditEvent]) -> list[bool]:
+        key = ",".join(e.event_id for e in events)
+        self.attempts[key] = self.attempts.get(key, 0) + 1
+        written = self.inner.append_many(events)
+        if self.attempts[key] == 1:
             raise RuntimeError("worker lost after the audit write")
         return written
 
@@ -104,6 +128,43 @@ async def test_retried_activity_writes_each_event_once(client: Client, tmp_path:
     # ... yet the file holds exactly one row per event, in workflow order, on an intact chain
     assert _rows(db) == [(1, f"{wf_id}:received"), (2, f"{wf_id}:decided")]
     assert SqliteAuditStore(db).verify().ok
+
+
+async def test_retried_batch_writes_each_event_once_in_order(client: Client, tmp_path: Path) -> None:
+    """A batch is one store transaction: a retry after its commit writes nothing more, and a batch that
+    overlaps events already stored writes only the missing ones, in order, on an intact chain."""
+    db = tmp_path / "audit.sqlite"
+    store = FailAfterWrite(SqliteAuditStore(db))
+    task_queue = f"audit-{uuid.uuid4()}"
+    wf_id = f"audit-batch-{uuid.uuid4()}"
+    steps = ["received", "decided", "created", "minted", "completed"]
+    events = [_event(wf_id, step, "request.received") for step in steps]
+    batches = [events[:3], events[1:]]  # the second batch repeats two events of the first
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[AuditBatchProbeWorkflow],
+        activities=[AuditActivities(store).record_batch],
+    ):
+        await client.execute_workflow(AuditBatchProbeWorkflow.run, batches, id=wf_id, task_queue=task_queue)
+
+    assert sorted(store.attempts.values()) == [2, 2]  # each batch failed once after its write
+    assert _rows(db) == [(i + 1, f"{wf_id}:{step}") for i, step in enumerate(steps)]
+    assert SqliteAuditStore(db).verify().ok
+
+
+def test_batch_with_a_bad_event_writes_nothing(tmp_path: Path) -> None:
+    """All or nothing: a batch whose last event is invalid leaves the store as it was."""
+    store = SqliteAuditStore(tmp_path / "audit.sqlite")
+    good = _event("wf-1", "received", "request.received")
+    bad = AuditEvent(event_id="naive:1", time=datetime(2026, 5, 1, 12, 0), action="request.received")
+    try:
+        store.append_many([good, bad])
+        raise AssertionError("a naive time must be refused")
+    except AuditStoreError:
+        pass
+    assert _rows(tmp_path / "audit.sqlite") == []
+    assert store.append_many([good]) == [True] and store.append_many([good]) == [False]
 
 
 async def test_event_with_naive_time_fails_without_retry(client: Client, tmp_path: Path) -> None:

@@ -304,6 +304,35 @@ async def test_session_revocations_are_permanent(store: Store) -> None:
     assert await f.session_revocation("s2") is None
 
 
+async def test_standing_reads_revocations_and_freezes_of_a_whole_chain(store: Store) -> None:
+    """The one read every agent call makes: exactly the revoked sessions of the chain and the frozen
+    agents of this principal, in the order asked; another principal's freeze of the same name is not it."""
+    f = store.freezes
+    empty = await f.standing(principal_id="p", session_ids=["s1", "s2"], agents=["planner", "builder"])
+    assert (empty.revoked_sessions, empty.frozen_agents) == ([], [])
+    await f.revoke_session(session_id="s2", principal_id="p")
+    await f.freeze_agent(principal_id="p", agent="builder")
+    await f.freeze_agent(principal_id="q", agent="planner")
+    got = await f.standing(principal_id="p", session_ids=["s1", "s2"], agents=["planner", "builder"])
+    assert (got.revoked_sessions, got.frozen_agents) == (["s2"], ["builder"])
+    none = await f.standing(principal_id="p", session_ids=[], agents=[])
+    assert (none.revoked_sessions, none.frozen_agents) == ([], [])
+    await f.unfreeze_agent(principal_id="p", agent="builder")
+    after = await f.standing(principal_id="p", session_ids=["s2"], agents=["builder"])
+    assert (after.revoked_sessions, after.frozen_agents) == (["s2"], [])
+
+
+async def test_a_batch_of_audit_events_is_appended_once_in_order(store: Store) -> None:
+    now = datetime.now(UTC)
+    events = [
+        AuditEvent(event_id=f"b{i}", time=now, action="charge.made", principal_id="p") for i in range(4)
+    ]
+    assert store.audit.append_many(events[:2]) == [True, True]
+    assert store.audit.append_many(events) == [False, False, True, True]
+    assert [r.event.event_id for r in store.audit.query()] == ["b0", "b1", "b2", "b3"]
+    assert store.audit.verify().ok
+
+
 # -- audit trail (the same store) ------------------------------------------------------------------
 def test_the_audit_trail_lives_in_the_store(store: Store) -> None:
     now = datetime.now(UTC)

@@ -9,7 +9,7 @@ exact bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,32 +47,44 @@ class SqlAuditStore:
 
     def append(self, event: AuditEvent) -> bool:
         """Append `event`; False when its event_id is already stored (a retry)."""
-        event_json = canonical_json(event)
-        columns = index_columns(parse_event(event_json, 0))
+        return self.append_many([event])[0]
 
-        def work(tx: Tx) -> bool:
+    def append_many(self, events: Sequence[AuditEvent]) -> list[bool]:
+        """Append `events` in order in one transaction (one lock, one commit): for each, False when its
+        event_id is already stored. All or nothing, so a retried batch writes exactly what is missing."""
+        prepared = []
+        for event in events:
+            event_json = canonical_json(event)
+            prepared.append((event.event_id, event_json, index_columns(parse_event(event_json, 0))))
+
+        def work(tx: Tx) -> list[bool]:
             if tx.dialect == "postgresql":
                 tx.execute("SELECT pg_advisory_xact_lock(?)", (_LOCK_KEY,))
-            if tx.execute("SELECT 1 FROM audit_records WHERE event_id = ?", (event.event_id,)):
-                return False
             # the head pointer, not the last row: after a truncated tail new records keep the gap visible
             head = tx.execute("SELECT seq, hash FROM audit_head WHERE id = 1") or tx.execute(
                 "SELECT seq, hash FROM audit_records ORDER BY seq DESC LIMIT 1"
             )
-            prev_seq, prev_hash = (int(head[0][0]), str(head[0][1])) if head else (0, GENESIS_HASH)
-            digest, seq = chain_hash(prev_hash, event_json), prev_seq + 1
-            marks = ", ".join("?" * (len(columns) + 4))
-            tx.execute(
-                f"INSERT INTO audit_records (seq, {_COLUMNS}, event_json, prev_hash, hash) VALUES ({marks})",  # noqa: S608
-                (seq, *columns.values(), event_json, prev_hash, digest),
-            )
-            tx.execute(
-                "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-                (seq, digest),
-            )
-            return True
+            seq, digest = (int(head[0][0]), str(head[0][1])) if head else (0, GENESIS_HASH)
+            written: list[bool] = []
+            insert = f"INSERT INTO audit_records (seq, {_COLUMNS}, event_json, prev_hash, hash) VALUES "  # noqa: S608
+            for event_id, event_json, columns in prepared:
+                if tx.execute("SELECT 1 FROM audit_records WHERE event_id = ?", (event_id,)):
+                    written.append(False)
+                    continue
+                prev_hash, digest, seq = digest, chain_hash(digest, event_json), seq + 1
+                marks = ", ".join("?" * (len(columns) + 4))
+                tx.execute(f"{insert}({marks})", (seq, *columns.values(), event_json, prev_hash, digest))
+                written.append(True)
+            if any(written):
+                tx.execute(
+                    "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+                    (seq, digest),
+                )
+            return written
 
+        if not prepared:
+            return []
         return self.db.run_sync(work, write=True)
 
     def query(self, filters: AuditFilters | None = None) -> list[StoredAuditRecord]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
@@ -126,6 +126,10 @@ class AuditStore(Protocol):
 
     def append(self, event: AuditEvent) -> bool:
         """Store `event`; False (and nothing written) when its `event_id` is already stored."""
+        ...
+
+    def append_many(self, events: Sequence[AuditEvent]) -> list[bool]:
+        """Store `events` in order, atomically; for each, False when its `event_id` was already stored."""
         ...
 
     def query(self, filters: AuditFilters | None = None) -> list[StoredAuditRecord]:

@@ -12,7 +12,7 @@ import time
 from datetime import UTC, datetime
 
 from providers.store.database import Database, Tx
-from providers.store.interfaces import AgentFreeze, LoginCheck, LoginToken, SessionRevocation
+from providers.store.interfaces import AgentFreeze, LoginCheck, LoginToken, SessionRevocation, Standing
 
 #: replay records outlive their token's expiry by the verifier's clock skew
 REPLAY_LEEWAY_SECONDS = 30
@@ -225,3 +225,28 @@ class SqlFreezes:
             )
         )
         return SessionRevocation(session_id, rows[0][0], _utc(rows[0][1]), rows[0][2]) if rows else None
+
+    async def standing(self, *, principal_id: str, session_ids: list[str], agents: list[str]) -> Standing:
+        def work(tx: Tx) -> Standing:
+            revoked: set[str] = set()
+            frozen: set[str] = set()
+            if session_ids:
+                marks = ", ".join("?" * len(session_ids))
+                rows = tx.execute(
+                    f"SELECT session_id FROM session_revocations WHERE session_id IN ({marks})",  # noqa: S608
+                    session_ids,
+                )
+                revoked = {str(r[0]) for r in rows}
+            if agents:
+                marks = ", ".join("?" * len(agents))
+                rows = tx.execute(
+                    f"SELECT agent FROM agent_freezes WHERE principal_id = ? AND agent IN ({marks})",  # noqa: S608
+                    [principal_id, *agents],
+                )
+                frozen = {str(r[0]) for r in rows}
+            return Standing(
+                revoked_sessions=[s for s in session_ids if s in revoked],
+                frozen_agents=[a for a in agents if a in frozen],
+            )
+
+        return await self._db.run(work)

@@ -206,6 +206,19 @@ class FreezeStore(Protocol):
 
     async def session_revocation(self, session_id: str) -> SessionRevocation | None: ...
 
+    async def standing(self, *, principal_id: str, session_ids: list[str], agents: list[str]) -> Standing:
+        """Which of these sessions are revoked and which of the principal's agents are frozen, in one
+        read (every agent call asks both)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Standing:
+    """A caller's kill-switch record: revoked session ids and frozen agents, each in the order asked."""
+
+    revoked_sessions: list[str]
+    frozen_agents: list[str]
+
 
 # -- approval page sessions (browsers) -------------------------------------------------------------
 @dataclass(frozen=True)

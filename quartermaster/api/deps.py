@@ -114,11 +114,13 @@ async def _verify_agent(svc: ApiServices, session: Secret, identity: Secret) -> 
         raise QuartermasterError(ErrorCode.UNAUTHENTICATED, "the identity was attested for another session")
     session_ids = tuple(s.session_id for s in seen.states)
     # the API's own record: a reset workflow cannot bring back a revoked session or a frozen agent
-    if await svc.logins.any_revoked(list(session_ids)):
+    standing = await svc.logins.standing(
+        leaf.principal_id, list(session_ids), list(dict.fromkeys(leaf.chain))
+    )
+    if standing.revoked_sessions:
         raise QuartermasterError(ErrorCode.SESSION_REVOKED, "the session has been revoked")
-    frozen = await svc.logins.frozen(leaf.principal_id, list(dict.fromkeys(leaf.chain)))
-    if frozen:
-        raise QuartermasterError(ErrorCode.AGENT_FROZEN, f"agent {frozen[0]} is frozen")
+    if standing.frozen_agents:
+        raise QuartermasterError(ErrorCode.AGENT_FROZEN, f"agent {standing.frozen_agents[0]} is frozen")
     email = await svc.logins.email_of(leaf.principal_id)
     if email is None:
         raise QuartermasterError(ErrorCode.UNAUTHENTICATED, "the session's principal is unknown here")

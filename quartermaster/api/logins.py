@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from providers.store import Store, token_hash
+from providers.store.interfaces import Standing
 
 TOKEN_PREFIX = "qmh_"  # noqa: S105 - a prefix, not a secret
 LOGIN_CODE_TRIES = 5
+#: principals' emails kept in memory per process (cleared when full)
+EMAILS_KEPT = 10_000
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class LoginStore:
     def __init__(self, store: Store, *, code_key: bytes) -> None:
         self._store = store
         self._key = code_key
+        #: principal id -> email, once known: the id is a keyed hash of the email, so it never changes
+        self._emails: dict[str, str] = {}
 
     def _code_hash(self, login_id: str, code: str) -> str:
         return hmac.new(self._key, f"login:{login_id}:{code}".encode(), hashlib.sha256).hexdigest()
@@ -89,7 +94,15 @@ class LoginStore:
 
     # ---- principals, freezes, revocations --------------------------------------------------------
     async def email_of(self, principal_id: str) -> str | None:
-        return await self._store.logins.email_of(principal_id)
+        """The principal's email (only a known one is kept: a principal may log in later)."""
+        email = self._emails.get(principal_id)
+        if email is None:
+            email = await self._store.logins.email_of(principal_id)
+            if email is not None:
+                if len(self._emails) >= EMAILS_KEPT:
+                    self._emails.clear()
+                self._emails[principal_id] = email
+        return email
 
     async def set_frozen(self, principal_id: str, agent: str, frozen: bool) -> None:
         if frozen:
@@ -111,6 +124,12 @@ class LoginStore:
             await self._store.freezes.revoke_session(
                 session_id=sid, principal_id=principal_id, reason="revoked"
             )
+
+    async def standing(self, principal_id: str, session_ids: list[str], agents: list[str]) -> Standing:
+        """An agent call's kill-switch record (revoked sessions of its chain, frozen agents), one read."""
+        return await self._store.freezes.standing(
+            principal_id=principal_id, session_ids=session_ids, agents=agents
+        )
 
     async def any_revoked(self, session_ids: list[str]) -> bool:
         for sid in session_ids:
