@@ -86,6 +86,15 @@ class Phase:
         ]
 
 
+def failure_name(exc: Exception) -> str:
+    """A failed job as the table names it: the exception's class, and an API error's code and status."""
+    name = type(exc).__name__
+    code, status = getattr(exc, "code", None), getattr(exc, "status", None)
+    if code is not None:
+        name += f" {code}" + (f" (HTTP {status})" if status is not None else "")
+    return name
+
+
 async def run_phase(bench: Bench, n: int, c: int, job: Callable[[int], Awaitable[str | None]]) -> Phase:
     """Run `job(i)` for i in 0..n-1, at most `c` at once; `job` returns None or a failure code."""
     phase = Phase(n=n, c=c)
@@ -97,7 +106,7 @@ async def run_phase(bench: Bench, n: int, c: int, job: Callable[[int], Awaitable
             try:
                 error = await job(i)
             except Exception as exc:  # a benchmark counts failures; it does not stop on them
-                error = type(exc).__name__
+                error = failure_name(exc)
             phase.latencies.append(time.perf_counter() - t0)
             if error:
                 phase.failed.append(error)
