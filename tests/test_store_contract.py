@@ -12,6 +12,7 @@ import hmac
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -20,6 +21,7 @@ from models.audit import AuditEvent
 from models.secret import Secret
 from providers.audit import AuditFilters
 from providers.store import LATEST, InvalidCursorError, Store, open_store, token_hash
+from providers.store.interfaces import FreezeStore, Standing
 from providers.store.migrations import migrate, schema_version
 
 
@@ -304,22 +306,56 @@ async def test_session_revocations_are_permanent(store: Store) -> None:
     assert await f.session_revocation("s2") is None
 
 
-async def test_standing_reads_revocations_and_freezes_of_a_whole_chain(store: Store) -> None:
-    """The one read every agent call makes: exactly the revoked sessions of the chain and the frozen
-    agents of this principal, in the order asked; another principal's freeze of the same name is not it."""
-    f = store.freezes
+async def _standing_is_exact(f: FreezeStore) -> bool:
+    """The one read every agent call makes: exactly the revoked sessions of the chain (an ancestor's
+    too) and the frozen agents of this principal, in the order asked; another principal's freeze of the
+    same agent name is not it."""
     empty = await f.standing(principal_id="p", session_ids=["s1", "s2"], agents=["planner", "builder"])
-    assert (empty.revoked_sessions, empty.frozen_agents) == ([], [])
-    await f.revoke_session(session_id="s2", principal_id="p")
+    await f.revoke_session(session_id="s1", principal_id="p")  # the root of the chain
     await f.freeze_agent(principal_id="p", agent="builder")
     await f.freeze_agent(principal_id="q", agent="planner")
     got = await f.standing(principal_id="p", session_ids=["s1", "s2"], agents=["planner", "builder"])
-    assert (got.revoked_sessions, got.frozen_agents) == (["s2"], ["builder"])
     none = await f.standing(principal_id="p", session_ids=[], agents=[])
-    assert (none.revoked_sessions, none.frozen_agents) == ([], [])
     await f.unfreeze_agent(principal_id="p", agent="builder")
-    after = await f.standing(principal_id="p", session_ids=["s2"], agents=["builder"])
-    assert (after.revoked_sessions, after.frozen_agents) == (["s2"], [])
+    after = await f.standing(principal_id="p", session_ids=["s1"], agents=["builder"])
+    return [(r.revoked_sessions, r.frozen_agents) for r in (empty, got, none, after)] == [
+        ([], []),
+        (["s1"], ["builder"]),
+        ([], []),
+        (["s1"], []),
+    ]
+
+
+class _LeafOnly:
+    """Broken on purpose: checks only the leaf session and ignores whose agent is frozen."""
+
+    def __init__(self, inner: FreezeStore) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    async def standing(self, *, principal_id: str, session_ids: list[str], agents: list[str]) -> Standing:
+        revoked = [s for s in session_ids[-1:] if await self._inner.session_revocation(s)]
+        frozen = []
+        for agent in agents:
+            for who in ("p", "q"):
+                if await self._inner.agent_freeze(principal_id=who, agent=agent):
+                    frozen.append(agent)
+                    break
+        return Standing(revoked_sessions=revoked, frozen_agents=frozen)
+
+
+async def test_standing_reads_revocations_and_freezes_of_a_whole_chain(store: Store, store_url: str) -> None:
+    assert await _standing_is_exact(store.freezes)
+    # the same check catches a reader that looks only at the leaf session and at any principal's freezes
+    other = open_store(store_url)
+    try:
+        for agent, principal in (("builder", "p"), ("planner", "q")):
+            await other.freezes.unfreeze_agent(principal_id=principal, agent=agent)
+        assert not await _standing_is_exact(cast(FreezeStore, _LeafOnly(other.freezes)))
+    finally:
+        other.close()
 
 
 async def test_a_batch_of_audit_events_is_appended_once_in_order(store: Store) -> None:
