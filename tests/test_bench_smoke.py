@@ -34,7 +34,9 @@ async def test_ledger_bench_quick(client: Client) -> None:
 # They all start together: they are mostly waiting on round trips, and the suite stays short.
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH_SCRIPTS = ("throughput", "cost", "waiting", "profile", "api_overhead", "memory", "approvals_list")
+BENCH_SCRIPTS = (
+    "throughput", "cost", "waiting", "profile", "api_overhead", "memory", "approvals_list", "redaction",
+)  # fmt: skip
 #: a quick run in flight: (exit code, output)
 BenchRun = asyncio.Task[tuple[int, str]]
 
@@ -83,6 +85,7 @@ def _columns_in(out: str, *names: str) -> None:
         ("api_overhead", ("the API's overhead", "catalog", "status", "API/direct")),
         ("memory", ("python heap KiB/run", "RSS KiB/run", "real / floor", "where the heap grew")),
         ("approvals_list", ("every page of 300", "one page of 1", "one page of 300 (limit 500)", "<= 1.0")),
+        ("redaction", ("remembered", "a new secret, then a line", "4096", "ratio")),
     ],
 )  # fmt: skip
 async def test_provisioning_bench_quick(

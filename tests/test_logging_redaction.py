@@ -5,9 +5,17 @@ from __future__ import annotations
 import io
 import logging
 import secrets
+from collections.abc import Callable
 
 from models.secret import Secret
-from quartermaster.logging_setup import RedactingFilter, configure_logging, redact, remember_secret
+from quartermaster.logging_setup import (
+    MAX_REMEMBERED,
+    RedactingFilter,
+    _remembered,
+    configure_logging,
+    redact,
+    remember_secret,
+)
 
 
 def _logger_to(buffer: io.StringIO) -> logging.Logger:
@@ -68,3 +76,38 @@ def test_configure_logging_redacts_for_every_handler() -> None:
     assert token not in buffer.getvalue() + other.getvalue()
     assert "leaked ***" in buffer.getvalue()
     assert "leaked ***" in other.getvalue()
+
+
+def _holds_remembered_redaction(redactor: Callable[[str], str]) -> bool:
+    """What remembered-value redaction must do, with the memory full: a value inside a word or a URL is
+    replaced, the longest of two values sharing a start wins, and a value that merely shares the first
+    characters stays. Checked on `redactor`, so a broken one can be shown to fail it."""
+    for _ in range(MAX_REMEMBERED):
+        remember_secret(secrets.token_urlsafe(24))
+    base = "zq" + secrets.token_hex(8)
+    short, long_ = base, base + "XYZ123"
+    remember_secret(short)
+    remember_secret(long_)
+    return (
+        redactor(f"url=https://p.example/cb?code={long_}&x=1") == "url=https://p.example/cb?code=***&x=1"
+        and redactor(f"a{short}b {long_}") == "a***b ***"
+        and redactor(f"tok {base[:10]}-not-it") == f"tok {base[:10]}-not-it"
+    )
+
+
+def test_remembered_values_are_redacted_whatever_surrounds_them() -> None:
+    assert _holds_remembered_redaction(redact)
+    # a redactor that only looks at whole words lets a value inside a URL through
+    assert not _holds_remembered_redaction(
+        lambda text: " ".join("***" if w in _remembered else w for w in text.split(" "))
+    )
+
+
+def test_the_memory_is_bounded_and_forgets_the_oldest_first() -> None:
+    first = "zq" + secrets.token_hex(10)
+    remember_secret(first)
+    assert redact(first) == "***"
+    for _ in range(MAX_REMEMBERED):
+        remember_secret(secrets.token_urlsafe(24))
+    assert len(_remembered) == MAX_REMEMBERED
+    assert redact(first) == first  # forgotten: its shape is not a known credential shape
