@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-import uvicorn
-
 from quartermaster.api.app import create_app, preflight
+from quartermaster.api.serving import serve
 from quartermaster.logging_setup import configure_logging
 
 
@@ -18,7 +17,7 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging(logging.INFO)
     preflight()
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning")
+    serve(create_app(), host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

@@ -120,10 +120,9 @@ async def whoami(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from quartermaster.api.app import create_app, preflight
+    from quartermaster.api.serving import serve
 
     preflight()
-    uvicorn.run(create_app(), host=args.host, port=args.port, log_level="warning")
+    serve(create_app(), host=args.host, port=args.port)
     return 0

@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 from typing import cast
 
-import uvicorn
-
+from quartermaster.api.serving import serve
 from quartermaster.config import Settings
 from simulators.provider.app import create_app
 from simulators.provider.catalogs import CATALOGS
@@ -47,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         charger=stripe_charger(settings),
     )
     print(f"provider simulator {args.provider} on http://127.0.0.1:{args.port} (state in {config.db_path})")
-    uvicorn.run(create_app(config), host="127.0.0.1", port=args.port, log_level="warning")
+    serve(create_app(config), host="127.0.0.1", port=args.port)  # keep-alive as the API's
     return 0
 
 

@@ -13,8 +13,7 @@ import os
 import secrets
 from pathlib import Path
 
-import uvicorn
-
+from quartermaster.api.serving import serve
 from quartermaster.config import DEV_PORTS, LOCAL_STRIPE_KEY, Settings
 from simulators.stripe.app import SimConfig, create_app
 
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         webhook_secret=webhook_secret(data_dir, env),
     )
     print(f"local Stripe on http://{args.host}:{args.port} (data {data_dir}/stripe.sqlite)", flush=True)
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
+    serve(create_app(config), host=args.host, port=args.port)  # keep-alive as the API's
 
 
 if __name__ == "__main__":
