@@ -17,7 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.audit import AuditActivities
     from models.audit import AuditEvent
     from providers.audit import AuditFilters, SqliteAuditStore, StoredAuditRecord, VerifyReport
-    from providers.audit.store import AuditStoreError
+    from providers.audit.store import AuditStore, AuditStoreError
 
 
 @workflow.defn(sandboxed=False)
@@ -106,22 +106,30 @@ def _rows(path: Path) -> list[tuple[int, str]]:
         return conn.execute("SELECT seq, event_id FROM audit_records ORDER BY seq").fetchall()
 
 
+async def _run_probe(
+    client: Client, store: AuditStore, workflow: type, activity: str, arg: object, wf_id: str
+) -> None:
+    """Run one probe workflow to its end on a worker with the named audit activity over `store`."""
+    task_queue = f"audit-{uuid.uuid4()}"
+    activities = AuditActivities(store)
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[workflow],
+        activities=[activities.record if activity == "record_audit" else activities.record_batch],
+    ):
+        await client.execute_workflow(workflow.run, arg, id=wf_id, task_queue=task_queue)  # type: ignore[attr-defined]
+
+
 async def test_retried_activity_writes_each_event_once(client: Client, tmp_path: Path) -> None:
     db = tmp_path / "audit.sqlite"
     store = FailAfterWrite(SqliteAuditStore(db))
-    task_queue = f"audit-{uuid.uuid4()}"
     wf_id = f"audit-probe-{uuid.uuid4()}"
     events = [
         _event(wf_id, "received", "request.received"),
         _event(wf_id, "decided", "authorization.decided"),
     ]
-    async with Worker(
-        client,
-        task_queue=task_queue,
-        workflows=[AuditProbeWorkflow],
-        activities=[AuditActivities(store).record],
-    ):
-        await client.execute_workflow(AuditProbeWorkflow.run, events, id=wf_id, task_queue=task_queue)
+    await _run_probe(client, store, AuditProbeWorkflow, "record_audit", events, wf_id)
 
     # each activity ran twice (first attempt failed after its write) ...
     assert store.attempts == {f"{wf_id}:received": 2, f"{wf_id}:decided": 2}
@@ -135,18 +143,11 @@ async def test_retried_batch_writes_each_event_once_in_order(client: Client, tmp
     overlaps events already stored writes only the missing ones, in order, on an intact chain."""
     db = tmp_path / "audit.sqlite"
     store = FailAfterWrite(SqliteAuditStore(db))
-    task_queue = f"audit-{uuid.uuid4()}"
     wf_id = f"audit-batch-{uuid.uuid4()}"
     steps = ["received", "decided", "created", "minted", "completed"]
     events = [_event(wf_id, step, "request.received") for step in steps]
     batches = [events[:3], events[1:]]  # the second batch repeats two events of the first
-    async with Worker(
-        client,
-        task_queue=task_queue,
-        workflows=[AuditBatchProbeWorkflow],
-        activities=[AuditActivities(store).record_batch],
-    ):
-        await client.execute_workflow(AuditBatchProbeWorkflow.run, batches, id=wf_id, task_queue=task_queue)
+    await _run_probe(client, store, AuditBatchProbeWorkflow, "record_audit_batch", batches, wf_id)
 
     assert sorted(store.attempts.values()) == [2, 2]  # each batch failed once after its write
     assert _rows(db) == [(i + 1, f"{wf_id}:{step}") for i, step in enumerate(steps)]

@@ -113,11 +113,8 @@ class LoginStore:
             await self._store.freezes.unfreeze_agent(principal_id=principal_id, agent=agent)
 
     async def frozen(self, principal_id: str, agents: list[str]) -> list[str]:
-        out = []
-        for agent in agents:
-            if await self._store.freezes.agent_freeze(principal_id=principal_id, agent=agent) is not None:
-                out.append(agent)
-        return out
+        """Which of these agents of the principal are frozen (one read)."""
+        return (await self.standing(principal_id, [], agents)).frozen_agents
 
     async def revoke_sessions(self, session_ids: list[str], *, principal_id: str = "") -> None:
         for sid in session_ids:
@@ -130,9 +127,3 @@ class LoginStore:
         return await self._store.freezes.standing(
             principal_id=principal_id, session_ids=session_ids, agents=agents
         )
-
-    async def any_revoked(self, session_ids: list[str]) -> bool:
-        for sid in session_ids:
-            if await self._store.freezes.session_revocation(sid) is not None:
-                return True
-        return False
