@@ -234,10 +234,16 @@ async def test_billing_view_reports_every_agent_layer(spend_stack: SpendStack) -
 
 @workflow.defn(name="NaiveCountingLedger", sandboxed=False)
 class NaiveCountingLedger:
-    """WRONG ON PURPOSE: counts the purchases, then awaits (say, a fraud check), then records one."""
+    """WRONG ON PURPOSE: counts the purchases, then awaits (say, a fraud check), then records one.
+
+    On a velocity layer the await lasts until the reservations checked but not yet recorded overrun
+    the limit (or 2 s pass), so the race this ledger loses does not depend on how fast a loaded
+    machine delivers the ten concurrent updates.
+    """
 
     def __init__(self) -> None:
         self.kind, self.limit, self.held = "budget", 0, dict[str, int]()
+        self.checking: dict[str, int] = {}
 
     @workflow.run
     async def run(self, start: LedgerStart) -> None:
@@ -261,8 +267,16 @@ class NaiveCountingLedger:
         limit = req.limit.amount if req.limit is not None else self.limit
         if sum(self.held.values()) + units > limit:
             return self._outcome("over_limit")
-        await workflow.sleep(timedelta(milliseconds=50))
-        self.held[req.purchase_id] = units
+        self.checking[req.purchase_id] = units
+        if self.kind == "velocity":  # the other layers of the chain are not under test here
+            try:
+                await workflow.wait_condition(
+                    lambda: sum(self.held.values()) + sum(self.checking.values()) > limit,
+                    timeout=timedelta(seconds=2),
+                )
+            except TimeoutError:
+                pass
+        self.held[req.purchase_id] = self.checking.pop(req.purchase_id)
         return self._outcome("reserved")
 
     @workflow.update(name="release")
