@@ -21,7 +21,7 @@ from activities.alerts import AlertActivities
 from activities.approvals import ApprovalActivities, LinkBuilder
 from activities.audit import AuditActivities
 from activities.catalog import CatalogActivities
-from activities.heartbeat import HeartbeatInterceptor
+from activities.heartbeat import HEARTBEAT_THROTTLE, HeartbeatInterceptor
 from activities.payment import PaymentActivities
 from activities.renewals import RenewalActivities
 from activities.resources import ResourceActivities
@@ -264,16 +264,22 @@ def build_worker(
 ) -> Worker:
     """The worker, with the workflows' authority-proof verification keys installed first."""
     workflow_authority.install(keyring.authority_keys())
-    options["interceptors"] = [HeartbeatInterceptor(), *options.get("interceptors", [])]
-    options.setdefault("sticky_queue_schedule_to_start_timeout", STICKY_SCHEDULE_TO_START)
-    options.setdefault("workflow_runner", workflow_runner(PASSTHROUGH))
     return Worker(
         client,
         task_queue=settings.task_queue,
         workflows=workflow_classes(),
         activities=build_activities(settings, keyring, client, store),
-        **options,
+        **worker_options(**options),
     )
+
+
+def worker_options(**options: Any) -> dict[str, Any]:
+    """The worker's options beside its queue, workflows and activities; `options` override them."""
+    options["interceptors"] = [HeartbeatInterceptor(), *options.get("interceptors", [])]
+    options.setdefault("sticky_queue_schedule_to_start_timeout", STICKY_SCHEDULE_TO_START)
+    options.setdefault("max_heartbeat_throttle_interval", HEARTBEAT_THROTTLE)
+    options.setdefault("workflow_runner", workflow_runner(PASSTHROUGH))
+    return options
 
 
 async def main() -> None:
