@@ -43,6 +43,10 @@ class _Heartbeating(ActivityInboundInterceptor):
         beat = asyncio.create_task(_beat(interval))
         try:
             return await super().execute_activity(input)
+        except asyncio.CancelledError:
+            # the SDK's traceback does not say why: a timeout, the workflow's cancel, a shutdown
+            activity.logger.warning("activity cancelled: %s", activity.cancellation_details())
+            raise
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
