@@ -20,6 +20,7 @@ import contextlib
 import multiprocessing
 import os
 import platform
+import re
 import secrets
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TextIO
 
+import httpx
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -222,6 +224,8 @@ class Bench:
     #: the API agents and humans call (its own process unless api="thread")
     api_url: str = ""
     api_pid: int | None = None
+    #: the dev server's Prometheus metrics ("" on TEMPORAL_ADDRESS)
+    server_metrics: str = ""
     #: one agent client per principal (session + identity tokens, as `qm run` injects them)
     agents: list[QuartermasterClient] = field(default_factory=list)
     #: tasks attesting fresh identities for long-running agents (`agent_client(renew_every=...)`)
@@ -243,23 +247,40 @@ class Bench:
 
 
 @asynccontextmanager
-async def temporal_client(keyring: Keyring) -> AsyncIterator[tuple[Client, int | None]]:
-    """A client on TEMPORAL_ADDRESS if set, else on a fresh dev server (yields its pid too)."""
+async def temporal_client(keyring: Keyring) -> AsyncIterator[tuple[Client, int | None, str]]:
+    """A client on TEMPORAL_ADDRESS if set, else on a fresh dev server (yields its pid and the URL of
+    its Prometheus metrics too)."""
     if os.environ.get("TEMPORAL_ADDRESS"):
-        yield await connect(Settings(data_dir=Path(tempfile.gettempdir())), keyring), None
+        yield await connect(Settings(data_dir=Path(tempfile.gettempdir())), keyring), None, ""
         return
+    metrics_port = free_port()
     env = await WorkflowEnvironment.start_local(
         data_converter=data_converter(EncryptionCodec(keyring)),
         dev_server_existing_path=str(BIN / "temporal"),
         search_attributes=SEARCH_ATTRIBUTES,
         dev_server_log_level="error",
-        dev_server_extra_args=DEV_SERVER_ARGS,
+        dev_server_extra_args=[*DEV_SERVER_ARGS, "--metrics-port", str(metrics_port)],
     )
     try:
         pids = child_pids("temporal")
-        yield env.client, (pids[0] if pids else None)
+        yield env.client, (pids[0] if pids else None), f"http://127.0.0.1:{metrics_port}/metrics"
     finally:
         await env.shutdown()
+
+
+#: one line of the server's Prometheus text: the calls its frontend answered, by operation
+_FRONTEND_REQUESTS = re.compile(
+    r'^service_requests\{namespace="default",operation="(?P<op>\w+)",service_name="frontend"\} (?P<n>\S+)$',
+    re.MULTILINE,
+)
+
+
+def server_requests(metrics_url: str) -> dict[str, float]:
+    """The calls the server's frontend has answered so far in the default namespace, by operation."""
+    if not metrics_url:
+        return {}
+    text = httpx.get(metrics_url, timeout=10).text
+    return {m["op"]: float(m["n"]) for m in _FRONTEND_REQUESTS.finditer(text)}
 
 
 @contextlib.contextmanager
@@ -299,7 +320,7 @@ async def bench_stack(
     keyring = Keyring.generate()
     with tempfile.TemporaryDirectory(prefix="qm-bench-") as tmp:
         data_dir = Path(tmp)
-        async with temporal_client(keyring) as (client, server_pid):
+        async with temporal_client(keyring) as (client, server_pid, server_metrics):
             gateway_port = free_port()
             webhook_secret = "whsec_" + secrets.token_hex(16)
             with contextlib.ExitStack() as stack_of:
@@ -323,6 +344,7 @@ async def bench_stack(
                     bench = Bench(
                         stack=stack, client=client, keyring=keyring, server_pid=server_pid,
                         sims_pid=sims_pid, api_threads=uvicorn_threads, api_url=stack.api_url,
+                        server_metrics=server_metrics,
                     )  # fmt: skip
                     if api == "process":
                         bench.api_url, bench.api_pid = stack_of.enter_context(api_in_child(stack, client))

@@ -39,6 +39,7 @@ from bench.stack import (
     prepare_principals,
     result_of,
     run_script,
+    server_requests,
     table,
 )
 from workflows.search_attributes import QM_AGENT, QM_PRINCIPAL, QM_PROVIDER, QM_SERVICE, QM_STATE, State
@@ -62,6 +63,8 @@ class Phase:
     latencies: list[float] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     cpu: dict[str, float] = field(default_factory=dict)
+    #: the calls the server's frontend answered over the phase, by operation
+    requests: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -111,12 +114,28 @@ async def run_phase(bench: Bench, n: int, c: int, job: Callable[[int], Awaitable
             if error:
                 phase.failed.append(error)
 
+    requests0 = server_requests(bench.server_metrics)
     cpu0 = bench.cpu()
     t0 = time.perf_counter()
     await asyncio.gather(*(slot() for _ in range(c)))
     phase.wall = time.perf_counter() - t0
     phase.cpu = {k: v - cpu0.get(k, 0.0) for k, v in bench.cpu().items()}
+    requests = server_requests(bench.server_metrics)
+    phase.requests = {op: n - requests0.get(op, 0.0) for op, n in requests.items()}
     return phase
+
+
+def request_rows(kind: str, real: Phase, floor: Phase) -> list[list[object]]:
+    """Server calls per provisioning by operation, subject beside floor, and their totals."""
+    per = {
+        op: (real.requests.get(op, 0.0) / real.n, floor.requests.get(op, 0.0) / floor.n)
+        for op in sorted({*real.requests, *floor.requests})
+    }
+    rows: list[list[object]] = [
+        [kind, op, f"{a:.2f}", f"{b:.2f}"] for op, (a, b) in per.items() if max(a, b) >= 0.05
+    ]
+    total = [sum(v[i] for v in per.values()) for i in (0, 1)]
+    return [*rows, [kind, "all operations", f"{total[0]:.2f}", f"{total[1]:.2f}"]]
 
 
 def real_job(bench: Bench, service: str) -> Callable[[int], Awaitable[str | None]]:
@@ -193,6 +212,7 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
               file=out)  # fmt: skip
         rows: list[list[object]] = []
         ratios: list[list[object]] = []
+        calls: list[list[object]] = []
         floor_queue = f"{bench.stack.settings.task_queue}-floor"
         async with floor_worker(bench.client, floor_queue, WORKER_OPTIONS):
             for kind, service in KINDS.items():
@@ -227,6 +247,7 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
                 ratios.append([kind, f"CPU ms/prov at C={args.c}, all processes", f"{cpu_real:.0f}",
                                f"{cpu_floor:.0f}", f"{cpu_floor / cpu_real:.2f}" if cpu_real else "-",
                                "(floor/subject)", ""])  # fmt: skip
+                calls += request_rows(kind, real, floor)
                 print(f"{kind}: floor has {len(plan.steps)} activities, wft shape same: "
                       f"{'yes' if same else 'no'}", file=out)  # fmt: skip
                 for phase, name in ((real, service), (floor, "floor"), (one, f"{service} C=1")):
@@ -253,6 +274,14 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
             ratios,
             out,
         )
+        if calls:
+            table(
+                f"server calls per provisioning at C={args.c}: the dev server's frontend, by operation "
+                "(its Prometheus service_requests)",
+                ["kind", "operation", "via API", "floor"],
+                calls,
+                out,
+            )
         return 0
 
 
