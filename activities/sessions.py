@@ -86,6 +86,16 @@ def _layer(state: SessionState) -> dict[str, object]:
 
 #: sessions whose fixed part one process keeps (`SessionActivities.live_session`), the oldest dropped
 MAX_FIXED_SESSIONS = 10_000
+#: the entity answers an API process reuses (`entity_ttl_seconds`) at most
+MAX_CACHED_ENTITIES = 10_000
+
+
+def _active(state: SessionState | None) -> bool:
+    return state is not None and state.status == "active"
+
+
+def _not_frozen(status: AgentStatus) -> bool:
+    return not status.frozen
 
 
 async def _live_memo(desc: WorkflowExecutionDescription) -> dict[str, Any] | None:
@@ -179,8 +189,11 @@ class SessionActivities:
         return [self.authorize_actor, self.record_credential, self.sign_session_token, self.check_delegation]
 
     # ---- entity lookups -------------------------------------------------------------------------
-    async def _cached(self, key: str, load: Callable[[], Awaitable[T]]) -> T:
-        """`load()`, or its answer from less than `entity_ttl_seconds` ago."""
+    async def _cached(self, key: str, load: Callable[[], Awaitable[T]], keep: Callable[[T], bool]) -> T:
+        """`load()`, or its answer from less than `entity_ttl_seconds` ago. Only answers `keep`
+        accepts are reused: an active session, an agent that is not frozen. A refusal is read again on
+        every call, so an unfrozen agent is let in at once; a revocation or a freeze since is the
+        store's to catch (the API reads it on every call) and the worker's (it never reuses)."""
         if self._entity_ttl <= 0:
             return await load()
         now = time.monotonic()
@@ -189,8 +202,13 @@ class SessionActivities:
             value: T = hit[1]
             return value
         fresh = await load()
-        if len(self._entities) > 10_000:  # bounded: drop what is stale
+        if not keep(fresh):
+            self._entities.pop(key, None)
+            return fresh
+        if len(self._entities) >= MAX_CACHED_ENTITIES:  # bounded: drop what is stale, else the oldest
             self._entities = {k: v for k, v in self._entities.items() if now - v[0] < self._entity_ttl}
+            while len(self._entities) >= MAX_CACHED_ENTITIES:
+                del self._entities[next(iter(self._entities))]
         self._entities[key] = (now, fresh)
         return fresh
 
@@ -244,7 +262,7 @@ class SessionActivities:
     async def agent_status(self, principal_id: str, agent: str) -> AgentStatus:
         """The agent entity's status (never registered: not frozen)."""
         return await self._cached(
-            f"a:{principal_id}:{agent}", lambda: self._agent_status(principal_id, agent)
+            f"a:{principal_id}:{agent}", lambda: self._agent_status(principal_id, agent), _not_frozen
         )
 
     async def _agent_status(self, principal_id: str, agent: str) -> AgentStatus:
@@ -294,7 +312,7 @@ class SessionActivities:
             )
         ids = [*claims.ancestors, claims.session_id]
         found = await asyncio.gather(
-            *(self._cached(f"s:{sid}", partial(self.live_session, sid)) for sid in ids)
+            *(self._cached(f"s:{sid}", partial(self.live_session, sid), _active) for sid in ids)
         )
         if any(state is None or state.session_id != sid for sid, state in zip(ids, found, strict=True)):
             raise QuartermasterError(ErrorCode.SESSION_INVALID, "unknown session")
@@ -307,7 +325,11 @@ class SessionActivities:
         # the kill switch first: a frozen agent's sessions are also revoked, but the cause is the freeze
         agents = await asyncio.gather(
             *(
-                self._cached(f"a:{leaf.principal_id}:{a}", partial(self.agent_status, leaf.principal_id, a))
+                self._cached(
+                    f"a:{leaf.principal_id}:{a}",
+                    partial(self.agent_status, leaf.principal_id, a),
+                    _not_frozen,
+                )
                 for a in dict.fromkeys(leaf.chain)
             )
         )

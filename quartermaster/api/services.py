@@ -26,9 +26,10 @@ from quartermaster.keys import Keyring
 from quartermaster.orchestration.requests import Orchestrator
 from quartermaster.orchestration.sessions import SessionService
 
-#: how long the API reuses a session's and an agent's state between an agent's calls (the worker
-#: never does; the store's freezes and revocations are read on every call: docs/decisions.md)
-ENTITY_TTL_SECONDS = 2.0
+#: how long the API reuses an active session's and a not-frozen agent's state between an agent's calls
+#: (a refusal is never reused; the worker never reuses; the store's freezes and revocations are read
+#: on every call: docs/decisions.md)
+ENTITY_TTL_SECONDS = 30.0
 
 
 @dataclass

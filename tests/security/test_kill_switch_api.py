@@ -4,6 +4,7 @@ brings nothing back, because the API refuses from its own store."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -59,6 +60,7 @@ async def test_revoked_session_stays_revoked_after_a_workflow_reset(stack: Stack
     async with await stack.login(email) as human:
         sid = await stack.open_session(human, email, "planner", allowed_services=["cloud/*"])
         agent = await stack.agent(human, "planner", sid)
+        assert (await agent.auth.whoami()).session_id == sid  # the API now holds it as active
         summary = await human.sessions.revoke(sid)
         assert summary.status == "revoked"
         with pytest.raises(ApiError) as refused:
@@ -84,3 +86,61 @@ async def test_freeze_stays_within_the_principal(stack: Stack) -> None:
         assert (await a_agent.auth.whoami()).session_id == a_sid
         assert not (await a_human.agents.show("planner")).frozen
         await a_agent.aclose()
+
+
+async def _refused_after_unfreeze(stack: Stack, window: float) -> list[str]:
+    """Freeze an agent (the API reads its refusal once), unfreeze it, and call with a new session for `window`
+    seconds: the refusal codes seen before the first call that passed (all of them if none did)."""
+    email = new_email()
+    async with await stack.login(email) as human:
+        sid = await stack.open_session(human, email, "planner", allowed_services=["cloud/*"])
+        agent = await stack.agent(human, "planner", sid)
+        await human.agents.freeze("planner")  # before the agent's first call: its refusal is a fresh read
+        with pytest.raises(ApiError) as refused:
+            await agent.resources.list()
+        assert refused.value.code == "AGENT_FROZEN"  # the frozen agent, read once
+        await agent.aclose()
+        status = await human.agents.unfreeze("planner")
+        approval = status.unfreeze_approval_id
+        assert approval is not None
+        for _ in range(100):
+            if any(m.get("approval_id") == approval for m in stack.inbox(email)):
+                break
+            await asyncio.sleep(0.05)
+        await human.approvals.decide(approval, decision="approve", code=stack.code_for(approval, email))
+        for _ in range(200):
+            if not (await human.agents.show("planner")).frozen:
+                break
+            await asyncio.sleep(0.05)
+        sid2 = await stack.open_session(human, email, "planner", allowed_services=["cloud/*"])
+        again = await stack.agent(human, "planner", sid2)
+        codes: list[str] = []
+        deadline = asyncio.get_running_loop().time() + window
+        try:
+            while asyncio.get_running_loop().time() < deadline:
+                try:
+                    await again.auth.whoami()
+                    return codes
+                except ApiError as err:
+                    codes.append(err.code)
+                await asyncio.sleep(0.1)
+            return codes or ["none"]
+        finally:
+            await again.aclose()
+
+
+async def test_an_unfrozen_agent_is_let_in_at_once(stack: Stack) -> None:
+    """The API reuses an agent's state between calls (`ENTITY_TTL_SECONDS`, 30 s) but only a good
+    answer: once the human's unfreeze applies, the agent's next call with a new session passes."""
+    assert await _refused_after_unfreeze(stack, window=5.0) == []
+
+
+async def test_the_unfreeze_check_catches_a_cache_that_keeps_refusals(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BROKEN ON PURPOSE: an API cache that also keeps a frozen agent's status refuses it for its TTL."""
+    import activities.sessions
+
+    monkeypatch.setattr(activities.sessions, "_not_frozen", lambda _status: True)
+    codes = await _refused_after_unfreeze(stack, window=5.0)
+    assert codes and set(codes) == {"AGENT_FROZEN"}, codes
