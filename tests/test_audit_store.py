@@ -249,22 +249,29 @@ def test_concurrent_appends_from_threads_keep_one_chain(tmp_path: Path) -> None:
     start = threading.Barrier(4)
     errors: list[BaseException] = []
 
+    # one store per writer, like separate workers (each unit of work opens its own connection); opened
+    # before the writers start, so the appends are what runs at once
+    stores = [SqliteAuditStore(path) for _ in range(4)]
+
     def writer(w: int) -> None:
+        s = stores[w]
         try:
-            s = SqliteAuditStore(path)  # one connection per thread, like separate workers
-            start.wait()
+            start.wait(timeout=60)
             for i in range(50):
                 s.append(ev(w * 1000 + i, event_id=f"t{w}-{i}"))
                 s.append(ev(w * 1000 + i, event_id=f"t{w}-{i}"))  # a retry: must not duplicate
-            s.close()
         except BaseException as exc:
+            start.abort()  # the other writers stop waiting: the test fails with this error, not a hang
             errors.append(exc)
+        finally:
+            s.close()
 
     threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
     assert errors == []
     rows = raw(path, "SELECT seq, event_id FROM audit_records ORDER BY seq")
     assert [r[0] for r in rows] == list(range(1, 201))
