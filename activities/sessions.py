@@ -324,15 +324,8 @@ class SessionActivities:
             raise QuartermasterError(ErrorCode.SESSION_INVALID, "the token does not match the session")
         # the kill switch first: a frozen agent's sessions are also revoked, but the cause is the freeze
         agents = await asyncio.gather(
-            *(
-                self._cached(
-                    f"a:{leaf.principal_id}:{a}",
-                    partial(self.agent_status, leaf.principal_id, a),
-                    _not_frozen,
-                )
-                for a in dict.fromkeys(leaf.chain)
-            )
-        )
+            *(self.agent_status(leaf.principal_id, a) for a in dict.fromkeys(leaf.chain))
+        )  # agent_status reuses its own answers
         for status in agents:
             if status.frozen:
                 raise QuartermasterError(ErrorCode.AGENT_FROZEN, f"agent {status.agent} is frozen")
