@@ -166,15 +166,17 @@ def wft_shape(history: WorkflowHistory) -> list[int]:
 
 
 def floor_worker(client: Any, task_queue: str, options: dict[str, Any]) -> Worker:
-    """A worker for the floor with the same options and sandbox as `worker.build_worker`'s."""
+    """A worker for the floor with the same options and sandbox as `worker.build_worker`'s: the same
+    `worker_options` (heartbeat interceptor and throttle, sticky timeout) beside the bench's own."""
     from quartermaster.workflow_runner import workflow_runner
-    from worker import PASSTHROUGH
+    from worker import PASSTHROUGH, worker_options
 
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[FloorWorkflow, ParkedFloorWorkflow],
         activities=[floor_noop],
-        workflow_runner=workflow_runner(PASSTHROUGH, shared_code=("workflows", "bench")),
-        **options,
+        **worker_options(
+            **options, workflow_runner=workflow_runner(PASSTHROUGH, shared_code=("workflows", "bench"))
+        ),
     )
