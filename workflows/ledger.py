@@ -360,7 +360,9 @@ class SpendLedgerWorkflow:
     def _next_deadline(self) -> datetime | None:
         times = [r.expires_at for r in self._s.reservations.values()]
         close = self._close_at()
-        if close is not None:
+        # a close time that has passed waits for the reservations still held (it would otherwise be a
+        # deadline of zero, again and again, without the workflow ever yielding)
+        if close is not None and (not times or close > workflow.now()):
             times.append(close)
         return min(times) if times else None
 

@@ -1,0 +1,101 @@
+"""A ledger past its close time: it holds what is reserved on it until that is settled, then finishes,
+and a finished ledger refuses the next reservation with LEDGER_CLOSED (it is never restarted empty).
+
+A monthly ledger of a month long past is one whose close time (35 days after the month) has passed.
+Before the fix, a reservation on such a ledger made its run loop wait for a deadline of zero, again
+and again, without yielding: Temporal's deadlock detector failed every workflow task and the
+reservation never got an answer. The check also runs against a ledger with that old deadline and
+shows it catches it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio import workflow
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.exceptions import ApplicationError
+
+from models.ledger import (
+    CommitLayers,
+    LedgerLayer,
+    LedgerStart,
+    LedgerView,
+    ReserveLayers,
+    monthly_ledger_id,
+)
+from models.money import Money
+from tests.fixtures.spend import new_principal, spend_worker
+from workflows.ledger import SpendLedgerWorkflow
+
+BROKEN = "LedgerWithThePastCloseAsADeadline"
+
+
+@workflow.defn(name=BROKEN, sandboxed=False)
+class LedgerWithThePastCloseAsADeadline(SpendLedgerWorkflow):
+    """WRONG ON PURPOSE: the close time stays a deadline after it has passed, reservations or not."""
+
+    def _next_deadline(self) -> datetime | None:
+        times = [r.expires_at for r in self._s.reservations.values()]
+        close = self._close_at()
+        if close is not None:
+            times.append(close)
+        return min(times) if times else None
+
+    @workflow.run
+    async def run(self, start: LedgerStart) -> LedgerView:
+        return await super().run(start)
+
+
+def _reserve(principal: str, purchase: str, layer: LedgerLayer) -> ReserveLayers:
+    return ReserveLayers(purchase_id=purchase, amount=Money.usd(10), layers=[layer], principal_id=principal)
+
+
+async def _past_close(client: Client, tmp: Path, broken: bool) -> None:
+    principal = new_principal()
+    past = datetime(2020, 1, 15, tzinfo=UTC)
+    layer = LedgerLayer(
+        ledger_id=monthly_ledger_id(principal, "cloud", past), limit=Money.usd(100), kind="monthly"
+    )
+    options: dict[str, Any] = {}
+    if broken:
+        options = {"extra_workflows": [LedgerWithThePastCloseAsADeadline], "ledger_workflow": BROKEN}
+    async with spend_worker(client, tmp, **options) as s:
+        try:
+            out = await asyncio.wait_for(s.spend.reserve_spend(_reserve(principal, "first", layer)), 10)
+        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+            raise AssertionError("the reservation got no answer in 10 s") from None
+        assert out.ok
+        handle = client.get_workflow_handle(layer.ledger_id, result_type=LedgerView)
+        # held, not closed under it
+        assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
+        view = await s.spend.ledger_view(layer.ledger_id)
+        assert view is not None and [r.purchase_id for r in view.reservations] == ["first"]
+
+        await s.spend.commit_spend(CommitLayers(purchase_id="first", amount=Money.usd(10), layers=[layer]))
+        finished = await asyncio.wait_for(handle.result(), timeout=30)
+        assert finished.closed and finished.committed == Money.usd(10) and finished.reservations == []
+
+        with pytest.raises(Exception) as refused:  # which one is what is checked below
+            await s.spend.reserve_spend(_reserve(principal, "late", layer))
+        assert isinstance(refused.value, ApplicationError) and refused.value.type == "LEDGER_CLOSED"
+        assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED  # not restarted
+        view = await s.spend.ledger_view(layer.ledger_id)
+        assert view is not None and view.committed == Money.usd(10) and view.reservations == []
+
+
+async def test_a_ledger_past_its_close_holds_the_reservation_then_finishes_and_refuses(
+    client: Client, tmp_path: Path
+) -> None:
+    await _past_close(client, tmp_path, broken=False)
+
+
+async def test_the_past_close_check_catches_a_ledger_that_keeps_the_passed_deadline(
+    client: Client, tmp_path: Path
+) -> None:
+    with pytest.raises(AssertionError, match="no answer"):
+        await _past_close(client, tmp_path, broken=True)
