@@ -12,8 +12,10 @@ real HTTP and following with `GET /v1/provisions/{id}?wait=25` until the request
 Principals are prepared first through the real human steps (terms by inbox code, a card on the local
 Checkout page, the paid provider's limit raised by an approved limit change), so the measured
 requests reuse the connection and need no human. For each kind (free, paid) the same N requests at
-concurrency C run on the real worker, then N floor workflows (same activities, each a no-op, read from
+concurrency C run on the real worker, and N floor workflows (same activities, each a no-op, read from
 a real history of that kind) on an identical worker: the ratio of their throughputs is the figure.
+Both sides run in rounds, in the order subject-floor, floor-subject, ... (`--rounds`, default 2), so
+the in-memory server's growing state weighs on both alike; each round's ratio is printed too.
 """
 
 from __future__ import annotations
@@ -125,6 +127,45 @@ async def run_phase(bench: Bench, n: int, c: int, job: Callable[[int], Awaitable
     return phase
 
 
+def merged(phases: list[Phase]) -> Phase:
+    """Several phases of one path as one: their provisionings, time, CPU and server calls summed."""
+    out = Phase(n=sum(p.n for p in phases), c=phases[0].c)
+    for p in phases:
+        out.wall += p.wall
+        out.latencies += p.latencies
+        out.failed += p.failed
+        for k, v in p.cpu.items():
+            out.cpu[k] = out.cpu.get(k, 0.0) + v
+        for op, v in p.requests.items():
+            out.requests[op] = out.requests.get(op, 0.0) + v
+    return out
+
+
+async def interleaved(
+    bench: Bench,
+    n: int,
+    c: int,
+    rounds: int,
+    subject: Callable[[int], Awaitable[str | None]],
+    floor: Callable[[int], Awaitable[str | None]],
+) -> tuple[Phase, Phase, list[float]]:
+    """The subject and the floor, N each in `rounds` rounds, in the order subject-floor, floor-subject,
+    ... (ABBA): the server's growing state (every run so far, kept in memory) weighs on both sides
+    alike instead of on whichever runs second. Returns both merged, and each round's ratio."""
+    sizes = [n // rounds + (1 if r < n % rounds else 0) for r in range(rounds)]
+    mine: list[Phase] = []
+    theirs: list[Phase] = []
+    for r, size in enumerate(s for s in sizes if s):
+        if r % 2 == 0:
+            mine.append(await run_phase(bench, size, c, subject))
+            theirs.append(await run_phase(bench, size, c, floor))
+        else:
+            theirs.append(await run_phase(bench, size, c, floor))
+            mine.append(await run_phase(bench, size, c, subject))
+    ratios = [a.rate / b.rate if b.rate else 0.0 for a, b in zip(mine, theirs, strict=True)]
+    return merged(mine), merged(theirs), ratios
+
+
 def request_rows(kind: str, real: Phase, floor: Phase) -> list[list[object]]:
     """Server calls per provisioning by operation, subject beside floor, and their totals."""
     per = {
@@ -223,8 +264,9 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
                 floor_of = floor_job(bench, service, plan, floor_queue)
                 await run_phase(bench, 1, 1, floor_of)  # warm
                 await run_phase(bench, min(args.c, 10), min(args.c, 10), api_job(bench, service))  # warm
-                real = await run_phase(bench, args.n, args.c, api_job(bench, service))
-                floor = await run_phase(bench, args.n, args.c, floor_of)
+                real, floor, per_round = await interleaved(
+                    bench, args.n, args.c, args.rounds, api_job(bench, service), floor_of
+                )
                 rows += [real.row(kind, f"{service} via API"), floor.row(kind, "floor")]
                 if args.direct:
                     direct = await run_phase(bench, args.n, args.c, real_job(bench, service))
@@ -238,6 +280,8 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
                 ratios += [
                     [kind, f"prov/s at C={args.c}", f"{real.rate:.1f}", f"{floor.rate:.1f}", f"{ratio:.2f}",
                      f">= {THROUGHPUT_GOAL:.2f}", "yes" if ratio >= THROUGHPUT_GOAL else "no"],
+                    [kind, f"  each of {len(per_round)} rounds (ABBA)", "", "",
+                     " ".join(f"{r:.2f}" for r in per_round), "", ""],
                     [kind, "p50 ms at C=1", f"{percentile(one.latencies, 50) * 1000:.0f}",
                      f"{percentile(one_floor.latencies, 50) * 1000:.0f}", f"{p50:.2f}",
                      f"<= {LATENCY_GOAL:.2f}", "yes" if p50 <= LATENCY_GOAL else "no"],
@@ -302,6 +346,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=500, help="provisionings per kind (default 500)")
     p.add_argument("--c", type=int, default=50, help="concurrency (default 50)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="rounds the N of each side is split into, ABBA order (default 2; 1: subject then floor)",
+    )
     p.add_argument("--n1", type=int, default=20, help="provisionings per kind at C=1 (default 20)")
     p.add_argument("--kind", choices=["both", "free", "paid"], default="both", help="which kinds")
     p.add_argument("--direct", action="store_true", help="also the Orchestrator in-process (no API)")
@@ -313,7 +363,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="N=4, C=2: a smoke run")
     args = p.parse_args(argv)
     if args.quick:
-        args.n, args.c, args.n1 = 4, 2, 2
+        args.n, args.c, args.n1, args.rounds = 4, 2, 2, 2
+    if not 1 <= args.rounds <= args.n:
+        p.error("--rounds must be between 1 and --n")
     return args
 
 
