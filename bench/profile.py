@@ -140,8 +140,9 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
         await prepare_principals(bench, max(2, args.c), paid=KINDS["paid"], free=KINDS["free"])
         if args.api:
             await prepare_agents(bench)
+        kinds = {k: v for k, v in KINDS.items() if args.kind in ("both", k)}
         seq_rows: list[list[object]] = []
-        for kind, service in KINDS.items():
+        for kind, service in kinds.items():
             await sequential(bench, service, 1)  # warm
             seq_rows.append([kind, service, *await sequential(bench, service, args.k)])
         table(f"one provisioning, sequential (mean of {args.k}): milliseconds",
@@ -158,7 +159,7 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
                 spies.append(spy(bench.sims_pid, sims_raw))
             await asyncio.sleep(0.5)  # let py-spy attach
             cpu0 = bench.cpu()
-            for service in KINDS.values():
+            for service in kinds.values():
                 job = api_job(bench, service) if args.api else real_job(bench, service)
                 await run_phase(bench, args.n, args.c, job)
             cpu = {k: v - cpu0.get(k, 0.0) for k, v in bench.cpu().items()}
@@ -166,7 +167,7 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
                 await stop_spy(proc)
             worker, sims = Samples(worker_raw), Samples(sims_raw)
         total_cpu = sum(cpu.values()) or 1.0
-        table(f"CPU by process over {2 * args.n} concurrent provisionings (C={args.c})",
+        table(f"CPU by process over {len(kinds) * args.n} concurrent provisionings (C={args.c})",
               ["process", "cpu s", "share"],
               [[k, f"{v:.1f}", f"{v / total_cpu:.0%}"] for k, v in cpu.items()], out)  # fmt: skip
         cols = ["function", "samples", "share"]
@@ -197,6 +198,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--raw", default=None, help="keep py-spy's raw samples (worker.txt, sims.txt) in this folder"
     )
     p.add_argument("--api", action="store_true", help="sample agents through the API (default: in-process)")
+    p.add_argument("--kind", choices=["both", "free", "paid"], default="both", help="which kinds")
     p.add_argument("--quick", action="store_true", help="k=1, n=4, c=2")
     args = p.parse_args(argv)
     if args.quick:
