@@ -155,7 +155,7 @@ async def interleaved(
     sizes = [n // rounds + (1 if r < n % rounds else 0) for r in range(rounds)]
     mine: list[Phase] = []
     theirs: list[Phase] = []
-    for r, size in enumerate(s for s in sizes if s):
+    for r, size in enumerate(sizes):
         if r % 2 == 0:
             mine.append(await run_phase(bench, size, c, subject))
             theirs.append(await run_phase(bench, size, c, floor))
@@ -276,11 +276,14 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
                 rows += [one.row(kind, f"{service} via API"), one_floor.row(kind, "floor")]
                 same = await _same_shape(bench, history, plan, floor_queue)
                 ratio = real.rate / floor.rate if floor.rate else 0.0
+                rounds_label = (
+                    f"  each of {len(per_round)} rounds (ABBA)" if len(per_round) > 1 else "  one round"
+                )
                 p50 = percentile(one.latencies, 50) / percentile(one_floor.latencies, 50)
                 ratios += [
                     [kind, f"prov/s at C={args.c}", f"{real.rate:.1f}", f"{floor.rate:.1f}", f"{ratio:.2f}",
                      f">= {THROUGHPUT_GOAL:.2f}", "yes" if ratio >= THROUGHPUT_GOAL else "no"],
-                    [kind, f"  each of {len(per_round)} rounds (ABBA)", "", "",
+                    [kind, rounds_label, "", "",
                      " ".join(f"{r:.2f}" for r in per_round), "", ""],
                     [kind, "p50 ms at C=1", f"{percentile(one.latencies, 50) * 1000:.0f}",
                      f"{percentile(one_floor.latencies, 50) * 1000:.0f}", f"{p50:.2f}",
@@ -350,7 +353,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--rounds",
         type=int,
         default=2,
-        help="rounds the N of each side is split into, ABBA order (default 2; 1: subject then floor)",
+        help="rounds each side's N is split into, in ABBA order; an even number balances it "
+        "(default 2; 1: subject then floor; --quick runs 2)",
     )
     p.add_argument("--n1", type=int, default=20, help="provisionings per kind at C=1 (default 20)")
     p.add_argument("--kind", choices=["both", "free", "paid"], default="both", help="which kinds")
@@ -364,8 +368,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.n, args.c, args.n1, args.rounds = 4, 2, 2, 2
-    if not 1 <= args.rounds <= args.n:
-        p.error("--rounds must be between 1 and --n")
+    if args.n < 1 or not 1 <= args.rounds <= args.n:
+        p.error("--n must be at least 1, and --rounds between 1 and --n")
     return args
 
 

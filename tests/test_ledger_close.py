@@ -1,5 +1,6 @@
-"""A ledger past its close time: it holds what is reserved on it until that is settled, then finishes,
-and a finished ledger refuses the next reservation with LEDGER_CLOSED (it is never restarted empty).
+"""A ledger past its close time: it holds what is reserved on it until that is settled or its hold
+expires, then finishes, and a finished ledger refuses the next reservation with LEDGER_CLOSED (it is
+never restarted empty).
 
 A monthly ledger of a month long past is one whose close time (35 days after the month) has passed.
 Before the fix, a reservation on such a ledger made its run loop wait for a deadline of zero, again
@@ -11,14 +12,18 @@ shows it catches it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from temporalio import workflow
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 
 from models.ledger import (
     CommitLayers,
@@ -29,10 +34,11 @@ from models.ledger import (
     monthly_ledger_id,
 )
 from models.money import Money
-from tests.fixtures.spend import new_principal, spend_worker
+from tests.fixtures.spend import SpendStack, new_principal, spend_worker
 from workflows.ledger import SpendLedgerWorkflow
 
 BROKEN = "LedgerWithThePastCloseAsADeadline"
+T = TypeVar("T")
 
 
 @workflow.defn(name=BROKEN, sandboxed=False)
@@ -55,20 +61,40 @@ def _reserve(principal: str, purchase: str, layer: LedgerLayer) -> ReserveLayers
     return ReserveLayers(purchase_id=purchase, amount=Money.usd(10), layers=[layer], principal_id=principal)
 
 
-async def _past_close(client: Client, tmp: Path, broken: bool) -> None:
+def _past_layer() -> tuple[str, LedgerLayer]:
+    """A principal and the monthly ledger of January 2020, a month long past."""
     principal = new_principal()
     past = datetime(2020, 1, 15, tzinfo=UTC)
     layer = LedgerLayer(
         ledger_id=monthly_ledger_id(principal, "cloud", past), limit=Money.usd(100), kind="monthly"
     )
+    return principal, layer
+
+
+@asynccontextmanager
+async def _stack(client: Client, tmp: Path, broken: bool, ledger_id: str) -> AsyncIterator[SpendStack]:
     options: dict[str, Any] = {}
     if broken:
         options = {"extra_workflows": [LedgerWithThePastCloseAsADeadline], "ledger_workflow": BROKEN}
     async with spend_worker(client, tmp, **options) as s:
         try:
-            out = await asyncio.wait_for(s.spend.reserve_spend(_reserve(principal, "first", layer)), 10)
-        except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
-            raise AssertionError("the reservation got no answer in 10 s") from None
+            yield s
+        finally:  # a ledger stuck in its loop is ended before the worker shuts down
+            with contextlib.suppress(RPCError):
+                await client.get_workflow_handle(ledger_id).terminate(reason="test over")
+
+
+async def _answer(call: Awaitable[T], what: str) -> T:
+    try:
+        return await asyncio.wait_for(call, 10)
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        raise AssertionError(f"{what} got no answer in 10 s") from None
+
+
+async def _past_close(client: Client, tmp: Path, broken: bool) -> None:
+    principal, layer = _past_layer()
+    async with _stack(client, tmp, broken, layer.ledger_id) as s:
+        out = await _answer(s.spend.reserve_spend(_reserve(principal, "first", layer)), "the reservation")
         assert out.ok
         handle = client.get_workflow_handle(layer.ledger_id, result_type=LedgerView)
         # held, not closed under it
@@ -76,16 +102,29 @@ async def _past_close(client: Client, tmp: Path, broken: bool) -> None:
         view = await s.spend.ledger_view(layer.ledger_id)
         assert view is not None and [r.purchase_id for r in view.reservations] == ["first"]
 
-        await s.spend.commit_spend(CommitLayers(purchase_id="first", amount=Money.usd(10), layers=[layer]))
+        commit = CommitLayers(purchase_id="first", amount=Money.usd(10), layers=[layer])
+        await _answer(s.spend.commit_spend(commit), "the commit")
         finished = await asyncio.wait_for(handle.result(), timeout=30)
         assert finished.closed and finished.committed == Money.usd(10) and finished.reservations == []
 
         with pytest.raises(Exception) as refused:  # which one is what is checked below
-            await s.spend.reserve_spend(_reserve(principal, "late", layer))
+            await _answer(s.spend.reserve_spend(_reserve(principal, "late", layer)), "the late reservation")
         assert isinstance(refused.value, ApplicationError) and refused.value.type == "LEDGER_CLOSED"
         assert (await handle.describe()).status == WorkflowExecutionStatus.COMPLETED  # not restarted
         view = await s.spend.ledger_view(layer.ledger_id)
         assert view is not None and view.committed == Money.usd(10) and view.reservations == []
+
+
+async def _past_close_expiry(client: Client, tmp: Path, broken: bool) -> None:
+    """Never settled: the hold's own expiry ends the wait, and the ledger finishes with nothing spent."""
+    principal, layer = _past_layer()
+    async with _stack(client, tmp, broken, layer.ledger_id) as s:
+        req = _reserve(principal, "held", layer).model_copy(update={"hold_seconds": 2})
+        assert (await _answer(s.spend.reserve_spend(req), "the reservation")).ok
+        handle = client.get_workflow_handle(layer.ledger_id, result_type=LedgerView)
+        finished = await asyncio.wait_for(handle.result(), timeout=30)
+        assert finished.closed and finished.purchases_expired == 1
+        assert (finished.committed.amount, finished.reserved.amount) == (0, 0)
 
 
 async def test_a_ledger_past_its_close_holds_the_reservation_then_finishes_and_refuses(
@@ -99,3 +138,14 @@ async def test_the_past_close_check_catches_a_ledger_that_keeps_the_passed_deadl
 ) -> None:
     with pytest.raises(AssertionError, match="no answer"):
         await _past_close(client, tmp_path, broken=True)
+
+
+async def test_a_ledger_past_its_close_finishes_when_the_hold_expires(client: Client, tmp_path: Path) -> None:
+    await _past_close_expiry(client, tmp_path, broken=False)
+
+
+async def test_the_expiry_check_catches_a_ledger_that_keeps_the_passed_deadline(
+    client: Client, tmp_path: Path
+) -> None:
+    with pytest.raises(AssertionError, match="no answer"):
+        await _past_close_expiry(client, tmp_path, broken=True)
