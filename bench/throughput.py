@@ -72,6 +72,10 @@ class Phase:
     def rate(self) -> float:
         return self.n / self.wall if self.wall else 0.0
 
+    def ratio_to(self, other: Phase) -> float:
+        """This phase's throughput over `other`'s (0 when `other` has none)."""
+        return self.rate / other.rate if other.rate else 0.0
+
     def row(self, kind: str, workflow: str) -> list[object]:
         ms = [f"{percentile(self.latencies, p) * 1000:.0f}" for p in (50, 95, 99)]
         per = [
@@ -162,7 +166,7 @@ async def interleaved(
         else:
             theirs.append(await run_phase(bench, size, c, floor))
             mine.append(await run_phase(bench, size, c, subject))
-    ratios = [a.rate / b.rate if b.rate else 0.0 for a, b in zip(mine, theirs, strict=True)]
+    ratios = [a.ratio_to(b) for a, b in zip(mine, theirs, strict=True)]
     return merged(mine), merged(theirs), ratios
 
 
@@ -275,7 +279,7 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
                 one_floor = await run_phase(bench, args.n1, 1, floor_of)
                 rows += [one.row(kind, f"{service} via API"), one_floor.row(kind, "floor")]
                 same = await _same_shape(bench, history, plan, floor_queue)
-                ratio = real.rate / floor.rate if floor.rate else 0.0
+                ratio = real.ratio_to(floor)
                 rounds_label = (
                     f"  each of {len(per_round)} rounds (ABBA)" if len(per_round) > 1 else "  one round"
                 )
