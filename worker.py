@@ -58,6 +58,7 @@ from quartermaster.temporal import connect
 from quartermaster.workflow_runner import workflow_runner
 from workflows import authority as workflow_authority
 from workflows.agent_freeze import AgentWorkflow
+from workflows.books import SpendBooksWorkflow
 from workflows.ledger import SpendLedgerWorkflow
 from workflows.limits import LimitChangeWorkflow, PrincipalLimitsWorkflow
 from workflows.link import LinkAccountWorkflow
@@ -158,7 +159,11 @@ def build_activities(
     payment = PaymentActivities(stripe=stripe, public_url=settings.public_url)
     resources = ResourceActivities(registry=registry, store=store.connections)
     spend = SpendActivities(
-        client, settings.task_queue, authority=authority, providers=list(settings.providers)
+        client,
+        settings.task_queue,
+        authority=authority,
+        providers=list(settings.providers),
+        books=settings.spend_books,
     )
     alerts = AlertActivities(build_notifier(settings))
     revoker = RegistryCredentialRevoker(
@@ -228,6 +233,7 @@ def workflow_classes() -> Sequence[type]:
         RemoveResourceWorkflow,
         RotateCredentialWorkflow,
         SpendLedgerWorkflow,
+        SpendBooksWorkflow,
         PrincipalLimitsWorkflow,
         LimitChangeWorkflow,
         SessionWorkflow,

@@ -14,7 +14,7 @@ from temporalio.common import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.errors import adapter_errors, permanent
-from activities.spend import signed_at
+from activities.spend import SpendActivities, signed_at
 from models.authority import ProofKind
 from models.errors import ErrorCode
 from models.plan_change import ChangePlanInput, PlanChangedInput
@@ -188,38 +188,32 @@ class RenewalActivities:
             raise
         return True
 
-    async def _running(self, workflow_id: str) -> bool:
-        try:
-            desc = await self._client.get_workflow_handle(workflow_id).describe()
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                return False
-            raise
-        return desc.status == WorkflowExecutionStatus.RUNNING
-
-    async def _session_active(self, session_id: str) -> bool:
+    async def _session(self, session_id: str) -> SessionState | None:
         handle = self._client.get_workflow_handle(session_workflow_id(session_id))
         try:
             state: SessionState = await handle.query("state", result_type=SessionState)
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
-                return False
+                return None
             raise
         except WorkflowQueryFailedError:
-            return False
-        return state.status == "active"
+            return None
+        return state
 
     @activity.defn(name="open_layers")
     async def open_layers(self, inp: OpenLayers) -> OpenLayers:
-        """The layers that still exist: the ledger is running and, for a session's budget, the session
-        too (an expired or revoked session's budget no longer applies to renewals)."""
+        """The layers that still exist: the book is open or the ledger running and, for a session's
+        budget, the session is active too (an expired or revoked session's budget no longer applies to
+        renewals)."""
+        spend = SpendActivities(self._client, "")  # read-only: no authority key
         kept = []
         for layer in inp.layers:
-            if not await self._running(layer.ledger_id):
-                continue
-            if layer.ledger_id.startswith(SESSION_BUDGET_PREFIX) and not await self._session_active(
-                layer.ledger_id.removeprefix(SESSION_BUDGET_PREFIX)
-            ):
-                continue
-            kept.append(layer)
+            principal = None
+            if layer.ledger_id.startswith(SESSION_BUDGET_PREFIX):
+                session = await self._session(layer.ledger_id.removeprefix(SESSION_BUDGET_PREFIX))
+                if session is None or session.status != "active":
+                    continue
+                principal = session.principal_id
+            if await spend.layer_open(layer.ledger_id, principal):
+                kept.append(layer)
         return OpenLayers(layers=kept)

@@ -31,10 +31,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.session_revocation import CredentialRevoker
-from activities.spend import signed_at
+from activities.spend import SpendActivities, signed_at
 from models.authority import ProofKind, change_of
 from models.errors import ErrorCode, QuartermasterError
-from models.ledger import LedgerView
 from models.money import Money
 from models.secret import Secret
 from models.session import (
@@ -284,15 +283,12 @@ class SessionActivities:
                 return AgentStatus(agent=agent)  # never registered, never frozen
             raise
 
-    async def _remaining(self, ledger_id: str, budget: Money) -> Money:
-        """What is left of a budget: its limit minus what its ledger has committed or reserved."""
-        handle = self._client.get_workflow_handle(ledger_id)
-        try:
-            view = await handle.query("view", result_type=LedgerView)
-        except RPCError as exc:
-            if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
-                return budget  # no purchase yet
-            raise
+    async def _remaining(self, ledger_id: str, budget: Money, principal_id: str) -> Money:
+        """What is left of a budget: its limit minus what its book or ledger has committed or reserved."""
+        # read-only (no authority key): the layer's book, else its ledger
+        view = await SpendActivities(self._client, "").ledger_view(ledger_id, principal_id)
+        if view is None:
+            return budget  # no purchase yet
         used = view.committed.amount + view.reserved.amount
         return Money(amount=max(budget.amount - used, 0), currency=budget.currency)
 
@@ -478,7 +474,7 @@ class SessionActivities:
                 raise QuartermasterError(ErrorCode.AGENT_FROZEN, f"agent {req.to_agent} is frozen")
         except QuartermasterError as err:
             return DelegationCheckResult(ok=False, code=str(err.code), reason=err.message)
-        remaining = await self._remaining(req.budget_ledger_id, req.budget)
+        remaining = await self._remaining(req.budget_ledger_id, req.budget, seen.claims.principal_id)
         return DelegationCheckResult(
             ok=True,
             parent_remaining=remaining,

@@ -3,6 +3,11 @@ and read what was spent. They talk to the ledger entities with update-with-start
 into being on its first use, and every call is idempotent on the purchase id (activity retries are safe).
 Every start and update carries the worker's authority proof (the ledgers refuse anything else); an
 override is signed only for the calling workflow's own `spend_limit` approval.
+
+With `books` (the worker's default, `QM_SPEND_BOOKS`), a purchase's layers live in one `SpendBooks`
+entity per principal and are reserved, committed and released there in one update each; a layer whose
+`SpendLedger` already exists (it was opened before books) keeps its ledger, so no month is counted in
+two places. Reads ask the principal's books first, then the layer's ledger.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from temporalio import activity
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
+    WorkflowExecutionStatus,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
 )
@@ -30,6 +36,17 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from models.authority import ProofKind
+from models.books import (
+    BookReserve,
+    BooksReserve,
+    BooksReserveOutcome,
+    BooksSetLimit,
+    BooksSettle,
+    BooksSettleOutcome,
+    BooksStart,
+    BooksView,
+    books_workflow_id,
+)
 from models.ledger import (
     OVERRIDABLE_KINDS,
     REFUSAL_CODES,
@@ -115,6 +132,25 @@ def _currency_error(expected: str, got: str, where: str) -> ApplicationError:
     )
 
 
+def _principal_of_id(ledger_id: str) -> str | None:
+    """The principal a layer id names (budget ids name none)."""
+    monthly = parse_monthly_ledger_id(ledger_id)
+    if monthly is not None:
+        return monthly.principal_id
+    agent = parse_agent_ledger_id(ledger_id)
+    return agent.principal_id if agent is not None else None
+
+
+def _update_error(err: WorkflowUpdateFailedError, where: str | None = None) -> Exception:
+    """A refused update as the activity's error: the stable code, and where (or the refusal's own
+    message, which names the ledger: the books' refusals)."""
+    cause = err.cause
+    if isinstance(cause, ApplicationError):
+        message = f"{cause.type}: {where}" if where else cause.message
+        return ApplicationError(message, type=cause.type, non_retryable=cause.non_retryable)
+    return err
+
+
 class SpendActivities:
     """Bound to a Temporal client and the task queue the ledger workflows run on."""
 
@@ -128,6 +164,8 @@ class SpendActivities:
         ledger_workflow: str = "SpendLedger",
         search_attributes: bool = True,
         continue_as_new_after_events: int | None = None,
+        books: bool = False,
+        books_workflow: str = "SpendBooks",
     ) -> None:
         self._client = client
         self._task_queue = task_queue
@@ -137,6 +175,11 @@ class SpendActivities:
         self._search_attributes = search_attributes
         self._can_after = continue_as_new_after_events
         self._in_flight: dict[str, tuple[asyncio.Semaphore, int]] = {}
+        self._books = books
+        self._books_workflow = books_workflow
+        #: ledger id -> has a `SpendLedger` (then the layer stays there); answers never change once
+        #: every worker runs with books, so they are kept for the process's life (bounded)
+        self._has_ledger: dict[str, bool] = {}
 
     # ---- plumbing ---------------------------------------------------------------------------------
 
@@ -181,6 +224,21 @@ class SpendActivities:
     async def _ledger_start(
         self, layer: LedgerLayer, req: ReserveLayers | None, limits: PrincipalLimits | None = None
     ) -> LedgerStart:
+        """The layer's ledger start, signed for a `SpendLedger` of that id."""
+        start = await self._layer_start(layer, req, limits)
+        # `state` is never signed: only the ledger's own continue-as-new carries it
+        return self._authority.signed(
+            start,
+            ProofKind.LEDGER_START,
+            layer.ledger_id,
+            issued_at=signed_at(),
+            exclude=frozenset({"state"}),
+        )
+
+    async def _layer_start(
+        self, layer: LedgerLayer, req: ReserveLayers | None, limits: PrincipalLimits | None = None
+    ) -> LedgerStart:
+        """How the layer's ledger or book opens: its kind, month and the principal's current limit."""
         name = parse_monthly_ledger_id(layer.ledger_id) if layer.kind == "monthly" else None
         agent = parse_agent_ledger_id(layer.ledger_id) if layer.kind != "monthly" else None
         limit, version = layer.limit, 0
@@ -202,14 +260,7 @@ class SpendActivities:
         )
         if self._can_after is not None:
             start.continue_as_new_after_events = self._can_after
-        # `state` is never signed: only the ledger's own continue-as-new carries it
-        return self._authority.signed(
-            start,
-            ProofKind.LEDGER_START,
-            layer.ledger_id,
-            issued_at=signed_at(),
-            exclude=frozenset({"state"}),
-        )
+        return start
 
     async def _ledger_update(
         self,
@@ -262,6 +313,118 @@ class SpendActivities:
                     f"{cause.type}: {layer.ledger_id}", type=cause.type, non_retryable=cause.non_retryable
                 ) from err
             raise
+
+    # ---- books ----------------------------------------------------------------------------------
+
+    async def _split(
+        self, layers: list[LedgerLayer]
+    ) -> tuple[str | None, list[LedgerLayer], list[LedgerLayer]]:
+        """(principal, the layers kept in its books, the layers kept in their own ledgers). A layer goes
+        to the books unless its `SpendLedger` exists; without books, or when no layer names the
+        principal (budgets alone), every layer is a ledger."""
+        principal = next((p for p in map(principal_of, layers) if p), None)
+        if not self._books or principal is None:
+            return None, [], list(layers)
+        in_books: list[LedgerLayer] = []
+        in_ledgers: list[LedgerLayer] = []
+        for layer in layers:
+            (in_ledgers if await self._ledger_exists(layer.ledger_id) else in_books).append(layer)
+        return principal, in_books, in_ledgers
+
+    async def _ledger_exists(self, ledger_id: str) -> bool:
+        known = self._has_ledger.get(ledger_id)
+        if known is not None:
+            return known
+        try:
+            await self._retrying(self._client.get_workflow_handle(ledger_id).describe)
+            exists = True
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            exists = False
+        if len(self._has_ledger) >= 100_000:
+            self._has_ledger.clear()  # asking again is only a describe
+        self._has_ledger[ledger_id] = exists
+        return exists
+
+    async def _books_update(
+        self, principal_id: str, update: str, arg: Any, kind: ProofKind, result_type: type[T]
+    ) -> T:
+        """Send `update` to the principal's books, starting them first if they do not exist."""
+        books_id = books_workflow_id(principal_id)
+        start = BooksStart(principal_id=principal_id)
+        if self._can_after is not None:
+            start.continue_as_new_after_events = self._can_after
+        start = self._authority.signed(
+            start, ProofKind.BOOKS_START, books_id, issued_at=signed_at(), exclude=frozenset({"state"})
+        )
+        arg = self._authority.signed(arg, kind, books_id)
+        attrs = None
+        if self._search_attributes:
+            attrs = TypedSearchAttributes([SearchAttributePair(QM_PRINCIPAL, principal_id)])
+
+        async def call() -> T:
+            op: WithStartWorkflowOperation[Any, Any] = WithStartWorkflowOperation(
+                self._books_workflow,
+                start,
+                id=books_id,
+                task_queue=self._task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                # books never finish on their own: ended ones are never silently restarted empty; only
+                # failed ones are (books fail only when their start was forged)
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+                search_attributes=attrs,
+                static_summary="spend books",
+            )
+            result: T = await self._client.execute_update_with_start_workflow(
+                update, arg, start_workflow_operation=op, result_type=result_type
+            )
+            return result
+
+        try:
+            return await self._queued(books_id, call)  # type: ignore[no-any-return]
+        except WorkflowAlreadyStartedError as err:
+            message = f"LEDGER_CLOSED: the spend books {books_id} have ended"
+            raise ApplicationError(message, type="LEDGER_CLOSED", non_retryable=True) from err
+        except WorkflowUpdateFailedError as err:
+            raise _update_error(err) from err
+
+    async def _books_settle(self, principal_id: str, update: str, arg: BooksSettle) -> BooksSettleOutcome:
+        """Commit or release on existing books (never starts them: there is nothing to settle)."""
+        books_id = books_workflow_id(principal_id)
+        kind = ProofKind.BOOKS_COMMIT if update == "commit_all" else ProofKind.BOOKS_RELEASE
+        arg = self._authority.signed(arg, kind, books_id)
+        handle = self._client.get_workflow_handle(books_id)
+        try:
+            out: BooksSettleOutcome = await self._queued(
+                books_id, lambda: handle.execute_update(update, arg, result_type=BooksSettleOutcome)
+            )
+            return out
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+            if update == "release_all":
+                return BooksSettleOutcome(outcomes=[None for _ in arg.ledger_ids])
+            raise ApplicationError(
+                f"RESERVATION_NOT_FOUND: no spend books {books_id}",
+                type="RESERVATION_NOT_FOUND",
+                non_retryable=True,
+            ) from err
+        except WorkflowUpdateFailedError as err:
+            raise _update_error(err) from err
+
+    async def books_view(self, principal_id: str) -> BooksView | None:
+        """Every open book of the principal, or None when it has no books."""
+        handle = self._client.get_workflow_handle(books_workflow_id(principal_id))
+        try:
+            view: BooksView = await self._retrying(lambda: handle.query("books", result_type=BooksView))
+            return view
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        except WorkflowQueryFailedError:
+            return None  # books whose forged start failed them hold nothing
 
     # ---- limits -----------------------------------------------------------------------------------
 
@@ -320,6 +483,13 @@ class SpendActivities:
             layer = LedgerLayer(
                 ledger_id=monthly_ledger_id(change.principal_id, provider, now), limit=limit, kind="monthly"
             )
+            principal, in_books, _ = await self._split([layer])
+            if in_books and principal is not None:
+                push = BooksSetLimit(
+                    start=await self._layer_start(layer, None, limits), limit=limit, version=limits.version
+                )
+                await self._books_update(principal, "set_limit", push, ProofKind.BOOKS_SET_LIMIT, LedgerView)
+                continue
             await self._ledger_update(
                 layer, "set_limit", SetLedgerLimit(limit=limit, version=limits.version), LedgerView
             )
@@ -356,47 +526,49 @@ class SpendActivities:
             if principal_of(layer) is not None and layer.ledger_id not in current
         ]
         layers = [layer for layer in layers if layer.ledger_id not in skipped]
+        caller = self._override_caller(req)
+        spends = {layer.ledger_id: self._reservation(req, layer, caller, current, limits) for layer in layers}
+        principal, in_books, in_ledgers = await self._split(layers)
         held: list[tuple[LedgerLayer, datetime | None]] = []
         outcomes: list[ReserveOutcome] = []
         try:
-            # an override is valid only for the calling workflow's own approval (in-process callers
-            # such as tests name the approval's workflow themselves)
-            caller = _caller_workflow_id()
-            if req.override_approval_id is not None:
-                owner = req.override_approval_id.rpartition(".")[0]
-                if caller is not None and owner != caller:
-                    raise ApplicationError(
-                        "AUTHORITY_INVALID: an override names another workflow's approval",
-                        type="AUTHORITY_INVALID",
-                        non_retryable=True,
-                    )
-                caller = owner
-            for layer in layers:
-                override = req.override_approval_id
-                if req.override_ledger_ids is not None and layer.ledger_id not in req.override_ledger_ids:
-                    override = None
-                if layer.kind not in OVERRIDABLE_KINDS:
-                    override = None  # a one-time approval over the cap never lifts an agent's limits
-                limit = current.get(layer.ledger_id)
-                spend = ReserveSpend(
-                    purchase_id=req.purchase_id,
-                    amount=req.amount,
-                    hold_seconds=req.hold_seconds,
-                    override_approval_id=override,
-                    requested_by=caller,
-                    limit=limit,
-                    limit_version=limits.version if limit is not None and limits is not None else None,
-                )
+            for layer in in_ledgers:
+                spend = spends[layer.ledger_id]
                 out = await self._ledger_update(layer, "reserve", spend, ReserveOutcome, req, limits)
                 outcomes.append(out)
                 if out.status not in ("reserved", "already_reserved", "already_committed"):
                     await self._roll_back(req.purchase_id, held)
-                    code = REFUSAL_CODES.get(layer.kind) if out.status == "over_limit" else None
-                    return LayeredReserveOutcome(
-                        ok=False, refused_by=layer, outcome=out, outcomes=outcomes, code=code,
-                        skipped=skipped,
-                    )  # fmt: skip
+                    return self._refused(layer, out, outcomes, skipped)
                 held.append((layer, out.expires_at if out.status != "already_committed" else None))
+            if in_books and principal is not None:
+                book_layers = []
+                for layer in in_books:
+                    spend = spends[layer.ledger_id]
+                    book_layers.append(
+                        BookReserve(
+                            start=await self._layer_start(layer, req, limits),
+                            limit=spend.limit,
+                            limit_version=spend.limit_version,
+                            override_approval_id=spend.override_approval_id,
+                        )
+                    )
+                booked = await self._books_update(
+                    principal,
+                    "reserve_all",
+                    BooksReserve(
+                        purchase_id=req.purchase_id,
+                        amount=req.amount,
+                        hold_seconds=req.hold_seconds,
+                        requested_by=caller,
+                        layers=book_layers,
+                    ),
+                    ProofKind.BOOKS_RESERVE,
+                    BooksReserveOutcome,
+                )
+                outcomes += booked.outcomes
+                if booked.refused is not None:  # the books hold nothing of it then
+                    await self._roll_back(req.purchase_id, held)
+                    return self._refused(in_books[booked.refused], booked.outcomes[-1], outcomes, skipped)
         except ApplicationError:
             await self._roll_back(req.purchase_id, held)
             raise
@@ -409,6 +581,55 @@ class SpendActivities:
             outcomes=outcomes,
             expires_at=min(expiries) if expiries else None,
             skipped=skipped,
+        )
+
+    @staticmethod
+    def _override_caller(req: ReserveLayers) -> str | None:
+        """The workflow an override must belong to: the calling workflow's own approval only (in-process
+        callers such as tests name the approval's workflow themselves)."""
+        caller = _caller_workflow_id()
+        if req.override_approval_id is not None:
+            owner = req.override_approval_id.rpartition(".")[0]
+            if caller is not None and owner != caller:
+                raise ApplicationError(
+                    "AUTHORITY_INVALID: an override names another workflow's approval",
+                    type="AUTHORITY_INVALID",
+                    non_retryable=True,
+                )
+            caller = owner
+        return caller
+
+    @staticmethod
+    def _reservation(
+        req: ReserveLayers,
+        layer: LedgerLayer,
+        caller: str | None,
+        current: dict[str, Money],
+        limits: PrincipalLimits | None,
+    ) -> ReserveSpend:
+        override = req.override_approval_id
+        if req.override_ledger_ids is not None and layer.ledger_id not in req.override_ledger_ids:
+            override = None
+        if layer.kind not in OVERRIDABLE_KINDS:
+            override = None  # a one-time approval over the cap never lifts an agent's limits
+        limit = current.get(layer.ledger_id)
+        return ReserveSpend(
+            purchase_id=req.purchase_id,
+            amount=req.amount,
+            hold_seconds=req.hold_seconds,
+            override_approval_id=override,
+            requested_by=caller,
+            limit=limit,
+            limit_version=limits.version if limit is not None and limits is not None else None,
+        )
+
+    @staticmethod
+    def _refused(
+        layer: LedgerLayer, out: ReserveOutcome, outcomes: list[ReserveOutcome], skipped: list[str]
+    ) -> LayeredReserveOutcome:
+        code = REFUSAL_CODES.get(layer.kind) if out.status == "over_limit" else None
+        return LayeredReserveOutcome(
+            ok=False, refused_by=layer, outcome=out, outcomes=outcomes, code=code, skipped=skipped
         )
 
     @staticmethod
@@ -476,19 +697,54 @@ class SpendActivities:
     @activity.defn(name="commit_spend")
     async def commit_spend(self, req: CommitLayers) -> None:
         """Commit the charged amount (≤ the reservation) on every layer."""
-        for layer in sorted(req.layers, key=_layer_order):
+        principal, in_books, in_ledgers = await self._split(sorted(req.layers, key=_layer_order))
+        for layer in in_ledgers:
             await self._settle(layer, "commit", CommitSpend(purchase_id=req.purchase_id, amount=req.amount))
+        if in_books and principal is not None:
+            ids = [layer.ledger_id for layer in in_books]
+            commit = BooksSettle(purchase_id=req.purchase_id, ledger_ids=ids, amount=req.amount)
+            await self._books_settle(principal, "commit_all", commit)
 
     @activity.defn(name="release_spend")
     async def release_spend(self, req: ReleaseLayers) -> None:
         """Release the purchase on every layer; the purchase id is settled and cannot reserve again."""
-        for layer in sorted(req.layers, key=_layer_order):
+        principal, in_books, in_ledgers = await self._split(sorted(req.layers, key=_layer_order))
+        for layer in in_ledgers:
             await self._settle(layer, "release", ReleaseSpend(purchase_id=req.purchase_id))
+        if in_books and principal is not None:
+            ids = [layer.ledger_id for layer in in_books]
+            await self._books_settle(
+                principal, "release_all", BooksSettle(purchase_id=req.purchase_id, ledger_ids=ids)
+            )
 
     # ---- reading ----------------------------------------------------------------------------------
 
-    async def ledger_view(self, ledger_id: str) -> LedgerView | None:
-        """A ledger's view (running or finished), or None if it never existed."""
+    async def ledger_view(self, ledger_id: str, principal_id: str | None = None) -> LedgerView | None:
+        """A layer's view: its book in the principal's books (the principal comes from the id, or for a
+        budget from `principal_id`), else its ledger (running or finished); None if neither exists."""
+        principal = principal_id or _principal_of_id(ledger_id)
+        if principal is not None:
+            view = await self._book_view(principal, ledger_id)
+            if view is not None:
+                return view
+        return await self._ledger_view(ledger_id)
+
+    async def _book_view(self, principal_id: str, ledger_id: str) -> LedgerView | None:
+        handle = self._client.get_workflow_handle(books_workflow_id(principal_id))
+        try:
+            # a book the books never had comes back as null
+            view: LedgerView | None = await self._retrying(
+                lambda: handle.query("view", ledger_id, result_type=LedgerView)
+            )
+            return view
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        except WorkflowQueryFailedError:
+            return None  # books whose forged start failed them hold nothing
+
+    async def _ledger_view(self, ledger_id: str) -> LedgerView | None:
         handle = self._client.get_workflow_handle(ledger_id)
         try:
             view: LedgerView = await self._retrying(lambda: handle.query("view", result_type=LedgerView))
@@ -497,6 +753,21 @@ class SpendActivities:
             if err.status == RPCStatusCode.NOT_FOUND:
                 return None
             raise
+
+    async def layer_open(self, ledger_id: str, principal_id: str | None = None) -> bool:
+        """Does the layer still take reservations: an open book, or a running ledger?"""
+        principal = principal_id or _principal_of_id(ledger_id)
+        if principal is not None:
+            view = await self._book_view(principal, ledger_id)
+            if view is not None:
+                return not view.closed
+        try:
+            desc = await self._client.get_workflow_handle(ledger_id).describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return desc.status == WorkflowExecutionStatus.RUNNING
 
     @activity.defn(name="spend_view")
     async def spend_view(self, req: SpendSummaryRequest) -> SpendSummary:
@@ -513,30 +784,46 @@ class SpendActivities:
                     providers.add(name.provider)
         except RPCError:
             pass  # visibility is best effort; configured providers are listed anyway
+        books = await self.books_view(req.principal_id)
+        booked = {v.ledger_id: v for v in (*books.books, *books.closed)} if books else {}
+        for ledger_id in booked:
+            name = parse_monthly_ledger_id(ledger_id)
+            if name is not None and name.month == month:
+                providers.add(name.provider)
         rows = []
         for provider in sorted(providers):
             ledger_id = f"{prefix}{provider}-{month}"
             limit = limits.for_provider(provider)
-            view = await self.ledger_view(ledger_id) or LedgerView(
-                ledger_id=ledger_id,
-                kind="monthly",
-                month=month,
-                limit=limit,
-                effective_limit=limit,
-                committed=Money(amount=0, currency=limit.currency),
-                reserved=Money(amount=0, currency=limit.currency),
-                remaining=limit,
+            view = (
+                booked.get(ledger_id)
+                or await self._ledger_view(ledger_id)
+                or LedgerView(
+                    ledger_id=ledger_id,
+                    kind="monthly",
+                    month=month,
+                    limit=limit,
+                    effective_limit=limit,
+                    committed=Money(amount=0, currency=limit.currency),
+                    reserved=Money(amount=0, currency=limit.currency),
+                    remaining=limit,
+                )
             )
             source = limits.source_for(provider)
             rows.append(ProviderSpend(provider=provider, limit_source=source, ledger=view))
-        agents = await self._agent_rows(req.principal_id, month, limits)
+        agents = await self._agent_rows(req.principal_id, month, limits, booked)
         return SpendSummary(
             principal_id=req.principal_id, month=month, limits=limits, providers=rows, agents=agents
         )
 
-    async def _agent_rows(self, principal_id: str, month: str, limits: PrincipalLimits) -> list[AgentSpend]:
+    async def _agent_rows(
+        self, principal_id: str, month: str, limits: PrincipalLimits, booked: dict[str, LedgerView]
+    ) -> list[AgentSpend]:
         """Every agent with its own limits or a ledger this month: its layers, spend and last hour."""
         names = set(limits.per_agent)
+        for ledger_id in booked:
+            name = parse_agent_ledger_id(ledger_id)
+            if name is not None and name.principal_id == principal_id and name.month in (None, month):
+                names.add(name.agent)
         try:
             prefixes = (f"agent-ledger-{principal_id}-", f"velocity-{principal_id}-")
             query = " OR ".join(f'WorkflowId STARTS_WITH "{p}"' for p in prefixes)
@@ -552,8 +839,12 @@ class SpendActivities:
         since = datetime.now(UTC) - VELOCITY_WINDOW
         rows = []
         for agent in sorted(names):
-            velocity = await self.ledger_view(velocity_ledger_id(principal_id, agent))
-            ledger = await self.ledger_view(agent_ledger_id(principal_id, agent, when))
+            velocity_id, month_id = (
+                velocity_ledger_id(principal_id, agent),
+                agent_ledger_id(principal_id, agent, when),
+            )
+            velocity = booked.get(velocity_id) or await self._ledger_view(velocity_id)
+            ledger = booked.get(month_id) or await self._ledger_view(month_id)
             own = limits.for_agent(agent)
             remaining = own.monthly
             if own.monthly is not None and ledger is not None:

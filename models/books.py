@@ -42,10 +42,17 @@ class BookState(BaseModel):
     state: LedgerState
 
 
+class ClosedBook(BaseModel):
+    """A book dropped after its close time: when, and its last view (without reservations: none)."""
+
+    at: datetime
+    view: LedgerView
+
+
 class BooksState(BaseModel):
     books: dict[str, BookState] = Field(default_factory=dict)
-    #: books dropped after their close time (id -> when): a late reserve is refused, never opened afresh
-    closed: dict[str, datetime] = Field(default_factory=dict)
+    #: books dropped after their close time: a late reserve is refused, never opened afresh
+    closed: dict[str, ClosedBook] = Field(default_factory=dict)
     generation: int = 0
 
 
@@ -124,5 +131,6 @@ class BooksSetLimit(BaseModel):
 class BooksView(BaseModel):
     principal_id: str
     books: list[LedgerView] = Field(default_factory=list)
-    closed: list[str] = Field(default_factory=list)
+    #: the last views of the books dropped after their close time (kept `CLOSED_KEPT`)
+    closed: list[LedgerView] = Field(default_factory=list)
     generation: int = 0

@@ -75,6 +75,10 @@ class Settings(BaseModel):
     smtp_password: str | None = None
     #: how long the approval link in a notification logs the human in (capped by the approval's expiry)
     approval_link_ttl_seconds: int = 3600
+    #: QM_SPEND_BOOKS: new spend layers are kept in one `SpendBooks` entity per principal ("1", the
+    #: default) or in one `SpendLedger` per layer ("0"); layers already in a `SpendLedger` stay there.
+    #: Keep "0" during a rolling upgrade from a version without books, until every worker runs this one
+    spend_books: bool = True
     dev: bool = False
 
     @property
@@ -139,6 +143,10 @@ class Settings(BaseModel):
         if e.get("QM_PROVIDERS"):
             values["providers"] = _parse_providers(e["QM_PROVIDERS"])
         values["dev"] = e.get("QM_DEV", "") == "1"
+        if e.get("QM_SPEND_BOOKS", "") != "":
+            if e["QM_SPEND_BOOKS"] not in ("0", "1"):
+                raise ValueError("QM_SPEND_BOOKS is 1 (spend books, the default) or 0 (a ledger per layer)")
+            values["spend_books"] = e["QM_SPEND_BOOKS"] == "1"
         return cls.model_validate(values)
 
     def describe(self) -> dict[str, str]:

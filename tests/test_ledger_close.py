@@ -77,7 +77,7 @@ def _past_layer() -> tuple[str, LedgerLayer]:
 
 @asynccontextmanager
 async def _stack(client: Client, tmp: Path, broken: bool, ledger_id: str) -> AsyncIterator[SpendStack]:
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"books": False}  # a ledger's close (test_spend_books.py: the books')
     if broken:
         options = {"extra_workflows": [LedgerWithThePastCloseAsADeadline], "ledger_workflow": BROKEN}
     async with spend_worker(client, tmp, **options) as s:

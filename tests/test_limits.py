@@ -131,7 +131,8 @@ async def test_layers_are_all_or_nothing(spend_stack: SpendStack) -> None:
     assert (await spend.reserve_spend(reserve(principal, "c", 84, cap))).ok  # cap: 99 of 100 used
     out = await spend.reserve_spend(reserve(principal, "d", 4, cap, budget))
     assert not out.ok and out.refused_by == cap
-    budget_view, cap_view = await spend.ledger_view(budget.ledger_id), await spend.ledger_view(cap.ledger_id)
+    budget_view = await spend.ledger_view(budget.ledger_id, principal)
+    cap_view = await spend.ledger_view(cap.ledger_id)
     assert budget_view is not None and cap_view is not None
     assert budget_view.reserved == Money.usd(15) and [r.purchase_id for r in budget_view.reservations] == [
         "b"
@@ -171,9 +172,10 @@ async def _async(value):  # type: ignore[no-untyped-def]
 
 
 async def test_currency_mismatch_and_bad_amounts_change_nothing(
-    spend_stack: SpendStack, client: Client
+    ledger_stack: SpendStack, client: Client
 ) -> None:
-    spend, principal = spend_stack.spend, new_principal()
+    """A ledger's validators (tests/test_spend_books.py has the books')."""
+    spend, principal = ledger_stack.spend, new_principal()
     cap = monthly(principal)
     assert (await spend.reserve_spend(reserve(principal, "a", 10, cap))).ok
     before = await spend.ledger_view(cap.ledger_id)

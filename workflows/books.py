@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         BooksState,
         BookState,
         BooksView,
+        ClosedBook,
     )
     from models.ledger import (
         MONTHLY_GRACE,
@@ -49,7 +50,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.book import Book, reject
     from workflows.ledger import send_alerts
 
-#: a closed budget's id is remembered this long (a session or request never outlives it)
+#: a closed book's id and last view are kept this long (a session or request never outlives it; a
+#: monthly book's month refuses reservations by its date anyway)
 CLOSED_KEPT = timedelta(days=400)
 _HELD = ("reserved", "already_reserved")
 
@@ -212,14 +214,17 @@ class SpendBooksWorkflow:
     @workflow.query(name="view")
     def view(self, ledger_id: str) -> LedgerView | None:
         book = self._books.get(ledger_id)
-        return book.view() if book is not None else None
+        if book is not None:
+            return book.view()
+        closed = self._closed.get(ledger_id)
+        return closed.view if closed is not None else None
 
     @workflow.query(name="books")
     def books(self) -> BooksView:
         return BooksView(
             principal_id=self._start.principal_id,
             books=[self._books[i].view() for i in sorted(self._books)],
-            closed=sorted(self._closed),
+            closed=[self._closed[i].view for i in sorted(self._closed)],
             generation=self._state.generation,
         )
 
@@ -248,9 +253,9 @@ class SpendBooksWorkflow:
         for ledger_id, book in list(self._books.items()):
             if book.due_to_close():
                 del self._books[ledger_id]
-                self._closed[ledger_id] = now
-        for ledger_id, at in list(self._closed.items()):
-            if at + CLOSED_KEPT <= now:
+                self._closed[ledger_id] = ClosedBook(at=now, view=book.view(closed=True))
+        for ledger_id, closed in list(self._closed.items()):
+            if closed.at + CLOSED_KEPT <= now:
                 del self._closed[ledger_id]
 
     @workflow.run

@@ -128,7 +128,7 @@ async def _session_facts(svc: ApiServices, session_id: str) -> SessionFacts | No
         return None
     spent = remaining = None
     if state.budget_ledger_id:
-        ledger = await svc.spend.ledger_view(state.budget_ledger_id)
+        ledger = await svc.spend.ledger_view(state.budget_ledger_id, state.principal_id)
         if ledger is not None:
             spent = Money(
                 amount=ledger.committed.amount + ledger.reserved.amount, currency=ledger.committed.currency
