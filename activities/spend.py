@@ -332,12 +332,17 @@ class SpendActivities:
         return principal, in_books, in_ledgers
 
     async def _ledger_exists(self, ledger_id: str) -> bool:
+        """Does a real `SpendLedger` hold this layer? One that failed does not: a ledger fails only when
+        its start was forged, so a client without the authority key cannot pull a layer out of the books
+        by starting one. Any other ledger, running or ended, keeps the layer (an ended one refuses)."""
         known = self._has_ledger.get(ledger_id)
         if known is not None:
             return known
         try:
-            await self._retrying(self._client.get_workflow_handle(ledger_id).describe)
-            exists = True
+            desc = await self._retrying(self._client.get_workflow_handle(ledger_id).describe)
+            exists = (
+                desc.workflow_type == self._ledger_workflow and desc.status != WorkflowExecutionStatus.FAILED
+            )
         except RPCError as err:
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise

@@ -367,3 +367,38 @@ async def test_books_continue_as_new_and_keep_every_purchase(client: Client, tmp
     assert books is not None and books.generation >= 2
     assert again.ok and again.outcomes[0].status == "already_committed"
     assert view is not None and view.committed == Money.usd(40) and view.purchases_committed == 40
+
+
+class AnyWorkflowIsALedger(SpendActivities):
+    """WRONG ON PURPOSE: any workflow under the layer's id makes it a ledger's, also a forged one."""
+
+    async def _ledger_exists(self, ledger_id: str) -> bool:
+        return await _exists(self._client, ledger_id)
+
+
+async def _forged_ledger_then_buy(stack: SpendStack, routing: type[SpendActivities]) -> bool:
+    """USD 60 committed in the books; a client without the key starts a `SpendLedger` under the cap's
+    id; a worker process started after that buys 50. True if the purchase got through."""
+    principal = new_principal()
+    cap, _, _ = _layers(principal)
+    assert (await stack.spend.reserve_spend(_reserve(principal, "first", 60, cap))).ok
+    await stack.spend.commit_spend(CommitLayers(purchase_id="first", amount=Money.usd(60), layers=[cap]))
+    start = LedgerStart(ledger_id=cap.ledger_id, kind="monthly", limit=Money.usd(100_000))
+    forged = await stack.client.start_workflow(
+        "SpendLedger", start, id=cap.ledger_id, task_queue=stack.task_queue
+    )
+    with pytest.raises(WorkflowFailureError):
+        await forged.result()
+    later = routing(stack.client, stack.task_queue, authority=_signer(), books=True)  # a fresh process
+    try:
+        return (await later.reserve_spend(_reserve(principal, "second", 50, cap))).ok
+    except ApplicationError:
+        return False
+
+
+async def test_a_forged_ledger_does_not_pull_a_layer_out_of_the_books(spend_stack: SpendStack) -> None:
+    assert not await _forged_ledger_then_buy(spend_stack, SpendActivities)
+
+
+async def test_the_check_catches_routing_that_trusts_any_workflow(spend_stack: SpendStack) -> None:
+    assert await _forged_ledger_then_buy(spend_stack, AnyWorkflowIsALedger)
