@@ -22,6 +22,7 @@ from temporalio import activity
 from temporalio.client import (
     Client,
     WithStartWorkflowOperation,
+    WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
@@ -132,7 +133,7 @@ def _currency_error(expected: str, got: str, where: str) -> ApplicationError:
     )
 
 
-def _principal_of_id(ledger_id: str) -> str | None:
+def principal_of_id(ledger_id: str) -> str | None:
     """The principal a layer id names (budget ids name none)."""
     monthly = parse_monthly_ledger_id(ledger_id)
     if monthly is not None:
@@ -164,7 +165,7 @@ class SpendActivities:
         ledger_workflow: str = "SpendLedger",
         search_attributes: bool = True,
         continue_as_new_after_events: int | None = None,
-        books: bool = False,
+        books: bool = True,
         books_workflow: str = "SpendBooks",
     ) -> None:
         self._client = client
@@ -339,7 +340,9 @@ class SpendActivities:
         if known is not None:
             return known
         try:
-            desc = await self._retrying(self._client.get_workflow_handle(ledger_id).describe)
+            desc: WorkflowExecutionDescription = await self._retrying(
+                self._client.get_workflow_handle(ledger_id).describe
+            )
             exists = (
                 desc.workflow_type == self._ledger_workflow and desc.status != WorkflowExecutionStatus.FAILED
             )
@@ -727,7 +730,7 @@ class SpendActivities:
     async def ledger_view(self, ledger_id: str, principal_id: str | None = None) -> LedgerView | None:
         """A layer's view: its book in the principal's books (the principal comes from the id, or for a
         budget from `principal_id`), else its ledger (running or finished); None if neither exists."""
-        principal = principal_id or _principal_of_id(ledger_id)
+        principal = principal_id or principal_of_id(ledger_id)
         if principal is not None:
             view = await self._book_view(principal, ledger_id)
             if view is not None:
@@ -761,7 +764,7 @@ class SpendActivities:
 
     async def layer_open(self, ledger_id: str, principal_id: str | None = None) -> bool:
         """Does the layer still take reservations: an open book, or a running ledger?"""
-        principal = principal_id or _principal_of_id(ledger_id)
+        principal = principal_id or principal_of_id(ledger_id)
         if principal is not None:
             view = await self._book_view(principal, ledger_id)
             if view is not None:

@@ -18,6 +18,7 @@ import httpx
 from temporalio.client import WorkflowQueryFailedError
 from temporalio.service import RPCError
 
+from activities.spend import SpendActivities
 from models.ledger import LedgerView, monthly_ledger_id
 from models.provisioning import ProvisionResult
 from quartermaster.config import LOCAL_STRIPE_KEY
@@ -45,14 +46,13 @@ async def stripe_kept(stack: Stack, provider: str, request_id: str) -> tuple[int
 
 
 async def ledger_of(stack: Stack, email: str, provider: str) -> LedgerView | None:
-    """The principal's monthly ledger at `provider`, or None if no purchase ever reached it."""
+    """The principal's monthly spend at `provider` (its book, or its ledger), or None if no purchase
+    ever reached it."""
     ledger_id = monthly_ledger_id(stack.principal_id(email), provider, datetime.now(UTC))
-    handle = stack.client.get_workflow_handle(ledger_id)
     try:
-        view: LedgerView = await handle.query("view", result_type=LedgerView)
+        return await SpendActivities(stack.client, "").ledger_view(ledger_id)
     except (RPCError, WorkflowQueryFailedError):
         return None
-    return view
 
 
 async def assert_ledger_equals_stripe(stack: Stack, email: str, provider: str, request_id: str) -> int:

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from models.books import books_workflow_id
 from models.provisioning import ProvisionResult
 from quartermaster.cli import main_async as qm_main
 from tests.fixtures.history_recorder import maybe_record
@@ -87,7 +88,7 @@ async def test_monthly_cap_asks_the_human_and_holds_exactly(
     assert (db["committed"]["amount"], db["reserved"]["amount"], db["limit"]["amount"]) == (12_500, 0, 10_000)
     ledger = f"ledger-{stack.principal_id(email)}-db-"
     async for wf in stack.client.list_workflows(f"WorkflowId STARTS_WITH '{ledger}'"):
-        await maybe_record(stack.client, wf.id, "spend-ledger-monthly")
+        await maybe_record(stack.client, wf.id, "spend-ledger-monthly")  # recorded before books
 
     # raising the limit is a human action: the CLI prints the approval and waits (exit 3)
     capsys.readouterr()
@@ -113,3 +114,4 @@ async def test_monthly_cap_asks_the_human_and_holds_exactly(
     )
     await maybe_record(stack.client, approval_id.rpartition(".")[0], "limit-change")
     await maybe_record(stack.client, f"limits-{stack.principal_id(email)}", "principal-limits")
+    await maybe_record(stack.client, books_workflow_id(stack.principal_id(email)), "spend-books")

@@ -23,7 +23,7 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.spend import SpendActivities
+from activities.spend import SpendActivities, principal_of_id
 from models.approval import ApprovalRequest
 from models.ledger import CommitLayers, LedgerLayer, LedgerView, ReserveLayers, month_of, monthly_ledger_id
 from models.money import Money
@@ -119,6 +119,11 @@ async def renewal(stack: Stack, provider: str, resource_id: str) -> RenewalView:
 
 
 async def ledger(stack: Stack, ledger_id: str) -> LedgerView | None:
+    """The layer's spend: its book in the principal's books, else its ledger (open or ended)."""
+    spend = SpendActivities(stack.client, "")
+    principal = principal_of_id(ledger_id)
+    if principal is not None and (book := await spend._book_view(principal, ledger_id)) is not None:
+        return book
     handle = stack.client.get_workflow_handle(ledger_id, result_type=LedgerView)
     try:
         desc = await handle.describe()
