@@ -86,6 +86,9 @@ async def ctx(stack: Stack) -> AsyncIterator[Ctx]:
         stack.settings.task_queue,
         authority=AuthoritySigner.from_keyring(stack.keyring),
         providers=list(stack.settings.providers),
+        # the victim's layers in their own ledgers, which these attacks aim at (tests/test_spend_books.py
+        # sends the same forged and misdirected calls to the books)
+        books=False,
     )
     yield Ctx(stack=stack, attacker=attacker, spend=spend)
 
