@@ -308,12 +308,7 @@ class SpendActivities:
             message = f"LEDGER_CLOSED: ledger {layer.ledger_id} has finished"
             raise ApplicationError(message, type="LEDGER_CLOSED", non_retryable=True) from err
         except WorkflowUpdateFailedError as err:
-            cause = err.cause
-            if isinstance(cause, ApplicationError):
-                raise ApplicationError(
-                    f"{cause.type}: {layer.ledger_id}", type=cause.type, non_retryable=cause.non_retryable
-                ) from err
-            raise
+            raise _update_error(err, layer.ledger_id) from err
 
     # ---- books ----------------------------------------------------------------------------------
 
@@ -423,33 +418,30 @@ class SpendActivities:
 
     async def books_view(self, principal_id: str) -> BooksView | None:
         """Every open book of the principal, or None when it has no books."""
-        handle = self._client.get_workflow_handle(books_workflow_id(principal_id))
+        view: BooksView | None = await self._query(books_workflow_id(principal_id), "books", BooksView)
+        return view
+
+    async def _query(self, workflow_id: str, name: str, result_type: type, *args: Any) -> Any:
+        """A query's answer, or None when there is no such workflow, or its query failed (a workflow
+        whose forged start failed it holds nothing)."""
+        handle = self._client.get_workflow_handle(workflow_id)
         try:
-            view: BooksView = await self._retrying(lambda: handle.query("books", result_type=BooksView))
-            return view
+            return await self._retrying(lambda: handle.query(name, *args, result_type=result_type))
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 return None
             raise
         except WorkflowQueryFailedError:
-            return None  # books whose forged start failed them hold nothing
+            return None
 
     # ---- limits -----------------------------------------------------------------------------------
 
     async def principal_limits(self, principal_id: str) -> PrincipalLimits:
         """The principal's limits; the defaults (USD 100 per provider) when none were ever set."""
-        handle = self._client.get_workflow_handle(limits_workflow_id(principal_id))
-        try:
-            limits: PrincipalLimits = await self._retrying(
-                lambda: handle.query("limits", result_type=PrincipalLimits)
-            )
-            return limits
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                return PrincipalLimits(principal_id=principal_id)
-            raise
-        except WorkflowQueryFailedError:
-            return PrincipalLimits(principal_id=principal_id)
+        limits: PrincipalLimits | None = await self._query(
+            limits_workflow_id(principal_id), "limits", PrincipalLimits
+        )
+        return limits or PrincipalLimits(principal_id=principal_id)
 
     @activity.defn(name="set_spend_limit")
     async def set_spend_limit(self, change: LimitChange) -> PrincipalLimits:
@@ -695,12 +687,7 @@ class SpendActivities:
                 non_retryable=True,
             ) from err
         except WorkflowUpdateFailedError as err:
-            cause = err.cause
-            if isinstance(cause, ApplicationError):
-                raise ApplicationError(
-                    f"{cause.type}: {layer.ledger_id}", type=cause.type, non_retryable=cause.non_retryable
-                ) from err
-            raise
+            raise _update_error(err, layer.ledger_id) from err
 
     @activity.defn(name="commit_spend")
     async def commit_spend(self, req: CommitLayers) -> None:
@@ -738,29 +725,15 @@ class SpendActivities:
         return await self._ledger_view(ledger_id)
 
     async def _book_view(self, principal_id: str, ledger_id: str) -> LedgerView | None:
-        handle = self._client.get_workflow_handle(books_workflow_id(principal_id))
-        try:
-            # a book the books never had comes back as null
-            view: LedgerView | None = await self._retrying(
-                lambda: handle.query("view", ledger_id, result_type=LedgerView)
-            )
-            return view
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                return None
-            raise
-        except WorkflowQueryFailedError:
-            return None  # books whose forged start failed them hold nothing
+        # a book the books never had comes back as null
+        view: LedgerView | None = await self._query(
+            books_workflow_id(principal_id), "view", LedgerView, ledger_id
+        )
+        return view
 
     async def _ledger_view(self, ledger_id: str) -> LedgerView | None:
-        handle = self._client.get_workflow_handle(ledger_id)
-        try:
-            view: LedgerView = await self._retrying(lambda: handle.query("view", result_type=LedgerView))
-            return view
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                return None
-            raise
+        view: LedgerView | None = await self._query(ledger_id, "view", LedgerView)
+        return view
 
     async def layer_open(self, ledger_id: str, principal_id: str | None = None) -> bool:
         """Does the layer still take reservations: an open book, or a running ledger?"""

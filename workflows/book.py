@@ -182,10 +182,10 @@ class Book:
         pid = req.purchase_id
         if pid in self.committed_ids:
             return self.settled("already_committed")
-        res = self.s.reservations.get(pid)
-        if res is None:
-            code = "RESERVATION_RELEASED" if pid in self.released_ids else "RESERVATION_NOT_FOUND"
-            raise reject(code, f"purchase {pid} holds no reservation on {self.ledger_id}")
+        refusal = self.commit_refusal(req)
+        if refusal is not None:
+            raise refusal
+        res = self.s.reservations[pid]
         if self.velocity:  # one purchase: it counts from its reservation until the window passes
             del self.s.reservations[pid]
             self.prune_counted()
@@ -193,8 +193,6 @@ class Book:
             self.s.committed += 1
             self.committed_ids.add(pid)
             return self.settled("committed")
-        if req.amount.amount > res.amount:
-            raise reject("COMMIT_EXCEEDS_RESERVATION", f"purchase {pid} commits more than it reserved")
         # an override only covers what was actually spent over the base limit
         kept_override = max(0, res.override - (res.amount - req.amount.amount))
         del self.s.reservations[pid]
