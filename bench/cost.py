@@ -4,8 +4,9 @@ read from REAL histories, next to the minimum a design of the same steps could n
     .venv/bin/python -m bench.cost            # (--quick is the same: one provisioning of each kind)
 
 The provisioning is an agent's, through the API (session + identity tokens), as in bench.throughput:
-so the session entity (the credential is recorded on it, an update) and the session's budget ledger
-(paid: reserve and commit) are counted with the month's ledger and the limits.
+so the session entity (the credential is recorded on it, an update), the principal's spend books (paid:
+one reservation and one commit over every layer), the limits and the renewals a paid one starts are
+counted as related workflows.
 
 Billable actions follow Temporal Cloud's published list: workflow start, each activity attempt,
 timers, search-attribute upserts, signals, accepted updates (update-with-start included), local
@@ -38,8 +39,10 @@ from bench.stack import (
     table,
 )
 from bench.throughput import KINDS
+from models.books import books_workflow_id
 from models.ledger import monthly_ledger_id
 from models.limits import limits_workflow_id
+from models.renewal import renewal_workflow_id
 from models.session import budget_ledger_id
 
 #: the issue's goal: billable actions per provisioning at most this times the minimal design
@@ -130,17 +133,22 @@ def minimum(history: WorkflowHistory) -> tuple[int, list[str]]:
 
 
 async def related_events(
-    bench: Bench, principal_id: str, provider: str, session_id: str
+    bench: Bench, principal_id: str, provider: str, session_id: str, resource_id: str | None = None
 ) -> dict[str, list[HistoryEvent]]:
-    """Histories of the other workflows a provisioning touches: the month's ledger, the limits, the
-    agent's session and its budget ledger."""
+    """Histories of the other workflows a provisioning touches: the principal's spend books (or, with
+    `QM_SPEND_BOOKS=0`, the month's ledger and the budget ledger), the limits, the agent's session, and
+    the resource's renewals (a paid one starts them)."""
     out: dict[str, list[HistoryEvent]] = {}
-    for wid in (
+    wids = [
+        books_workflow_id(principal_id),
         monthly_ledger_id(principal_id, provider, datetime.now(UTC)),
         limits_workflow_id(principal_id),
         f"session-{session_id}",
         budget_ledger_id(session_id),
-    ):
+    ]
+    if resource_id:
+        wids.append(renewal_workflow_id(provider, resource_id))
+    for wid in wids:
         try:
             out[wid] = list((await bench.client.get_workflow_handle(wid).fetch_history()).events)
         except RPCError:
@@ -167,7 +175,7 @@ async def measure(out: TextIO) -> int:
             assert view.state == "completed", view
             wid = f"provision-{pid}-{view.request_id}"
             history = await bench.client.get_workflow_handle(wid).fetch_history()
-            after = await related_events(bench, pid, provider, sid)
+            after = await related_events(bench, pid, provider, sid, view.resource_id)
             own = actions(list(history.events))
             others: Counter[str] = Counter()
             other_events = 0
@@ -191,7 +199,7 @@ async def measure(out: TextIO) -> int:
               ["kind", "service", "events", "related events", "actions (provision wf)",
                "actions (related)", "actions total", "minimum", "total/minimum", "goal", "met"],
               rows, out)  # fmt: skip
-        print("related = the month's ledger, the limits, the agent's session and its budget ledger", file=out)
+        print("related = the spend books (or ledgers), the limits, the session, the renewals", file=out)
         table("billable actions by category", ["kind", "category", "provision wf", "related"], detail, out)
         table("activities", ["kind", "activity", "count", "class", "in the minimal design"], kinds_of, out)
         table("the minimal design of the same steps (same durability)", ["kind", "how"], hows, out)

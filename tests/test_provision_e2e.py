@@ -80,6 +80,16 @@ async def test_new_email_terms_card_paid_resource_and_scoped_token(stack: Stack)
     assert info["scope"].split() == ["r2:read"]
     assert info["exp"] <= datetime.now(UTC).timestamp() + 600 + 5
     assert len(await resources_named(stack, "cloud", req.name)) == 1
+    # a new run records one patch marker, not one per patch (each upserts TemporalChangeVersion, billed)
+    history = await stack.client.get_workflow_handle(f"provision-{req.request_id}").fetch_history()
+    patches = [e for e in history.events if e.marker_recorded_event_attributes.marker_name == "core_patch"]
+    versions = [
+        e
+        for e in history.events
+        if "TemporalChangeVersion"
+        in e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+    ]
+    assert (len(patches), len(versions)) == (1, 1), (patches, versions)
     await maybe_record(stack.client, f"provision-{req.request_id}", "provision-new-account-card-paid")
 
 

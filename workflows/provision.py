@@ -111,6 +111,11 @@ PAYMENT_POLL_MAX_EVERY = timedelta(hours=1)
 PAYMENT_POLLS_PER_WAIT = 24
 #: after the reservation, at most this many `information` rounds wait for the human
 INFORMATION_ROUNDS = 3
+#: One marker for every patch of this workflow up to it (and the approval gate's read model): a new
+#: run records only this one. Each patch call also upserts `TemporalChangeVersion`, a billed action and
+#: a visibility write on the server, so a new run used to pay for 2 to 5 of them. A patch added later
+#: is a plain `workflow.patched` call again, until the next CURRENT_PATCH folds it in.
+CURRENT_PATCH = "provision-current-1"
 #: what the Temporal UI's current details say at each step (gates say what they wait for themselves)
 STEP_DETAILS = {
     "discover": "discovering the service and its price at the provider",
@@ -186,6 +191,8 @@ class ProvisionWorkflow:
         self.audited_attempts = 0
         #: the reads before the first side effect run as local activities (docs/performance.md)
         self.local_reads = False
+        #: this run records CURRENT_PATCH instead of every patch before it (decided first in `run`)
+        self.current = False
 
     @property
     def step(self) -> str:
@@ -198,6 +205,10 @@ class ProvisionWorkflow:
         if value in STEP_DETAILS:
             workflow.set_current_details(STEP_DETAILS[value])
 
+    def _patched(self, patch_id: str) -> bool:
+        """`workflow.patched`, except that a run which recorded CURRENT_PATCH has every earlier patch."""
+        return self.current or workflow.patched(patch_id)
+
     def _show_outcome(self) -> None:
         """The end, as an operator reads it in the UI: outcome, code, reason and what was undone."""
         r = self.result
@@ -208,7 +219,7 @@ class ProvisionWorkflow:
             text = f"{r.outcome.upper()}: {r.error_code}: {r.error_message or ''}".rstrip()
             text += f"; undone: {', '.join(r.compensations)}" if r.compensations else "; nothing had moved"
         workflow.set_current_details(text)
-        if workflow.patched("outcome-memo"):
+        if self._patched("outcome-memo"):
             workflow.upsert_memo({"outcome": r.outcome, "error_code": r.error_code})
 
     # -- handlers ---------------------------------------------------------------------------------
@@ -254,6 +265,11 @@ class ProvisionWorkflow:
     @workflow.run
     async def run(self, raw: Any) -> ProvisionResult:
         """`raw` is the ProvisionRequest as JSON: validated here, so bad input ends the workflow."""
+        # before any command: a history recorded before CURRENT_PATCH replays without its marker, and
+        # takes each earlier patch as it did
+        self.current = workflow.patched(CURRENT_PATCH)
+        if self.current:
+            self.gate.read_model = True
         parsed = parse_input(ProvisionRequest, raw)
         if isinstance(parsed, str):
             workflow.upsert_search_attributes([QM_STATE.value_set(State.FAILED)])
@@ -345,7 +361,7 @@ class ProvisionWorkflow:
             approval_id = f"{approval_id}-{n + 1}"
         assert self.audit is not None
         # the human's list drops the approval while the request goes on (awaited before the end)
-        self.gate.close_in_background = workflow.patched("approval-close-in-background")
+        self.gate.close_in_background = self._patched("approval-close-in-background")
         before, self.step = self.step, f"awaiting {kind} approval"
         await self.audit.record("approval.requested", details={"approval_id": approval_id, "kind": kind})
         await self.audit.flush()  # the trail is complete up to the wait
@@ -406,7 +422,7 @@ class ProvisionWorkflow:
 
     async def _provision(self, req: ProvisionRequest) -> None:
         provider = req.provider
-        self.local_reads = workflow.patched("reads-as-local-activities")
+        self.local_reads = self._patched("reads-as-local-activities")
         self.policy: Policy = await self._call("load_policy", None, Policy, "policy")
         # 0. who is asking, and may they
         auth: Authorization = await self._call(
@@ -528,7 +544,7 @@ class ProvisionWorkflow:
         await self.audit.record("resource.created", resource_id=ref.resource_id)
         # the spend is committed once the request can no longer be undone (after the credential), so an
         # undo after the charge can still release the reservation it refunds
-        commit_last = token is not None and workflow.patched("commit-spend-last")
+        commit_last = token is not None and self._patched("commit-spend-last")
         if token is not None:
             if not commit_last:
                 await self._commit_spend(resource)
@@ -565,7 +581,7 @@ class ProvisionWorkflow:
         if commit_last:
             await self._commit_spend(resource)
         self.undo.clear()  # fully done: nothing to compensate any more
-        if token is not None and customer is not None and workflow.patched("start-renewal"):
+        if token is not None and customer is not None and self._patched("start-renewal"):
             await self._schedule_renewals(req, quote, customer, resource)
         self.step = "done"
 
@@ -726,7 +742,7 @@ class ProvisionWorkflow:
 
             # the Stripe webhook signals `payment_method_ready`; the poll is only a fallback for a lost
             # webhook, backing off to a bounded number of polls however long the human takes
-            backoff = workflow.patched("payment-wait-backoff")
+            backoff = self._patched("payment-wait-backoff")
             timeout = timedelta(seconds=self.policy.approval_timeout_seconds)
             await self._ask(
                 "payment_method",
@@ -784,7 +800,7 @@ class ProvisionWorkflow:
         """The agents whose limits bind this purchase (and its renewals): every agent of the chain, so a
         delegate's purchases count under its delegators' limits too (it could otherwise escape them
         under a new name); a human's own request (no session) has none."""
-        if req.actor.kind == "agent" and workflow.patched("qm-agent-limit-layers"):
+        if req.actor.kind == "agent" and self._patched("qm-agent-limit-layers"):
             return list(dict.fromkeys(self.auth.agent_chain or [req.actor.agent]))
         return []
 
@@ -921,7 +937,7 @@ class ProvisionWorkflow:
         A charge is refunded once its resource is removed; a charge for a resource the provider
         cannot undo is kept, and its spend committed (never released), so the ledger always equals
         what Stripe kept."""
-        settle = self.charge is not None and workflow.patched("undo-settles-charge")
+        settle = self.charge is not None and self._patched("undo-settles-charge")
         removed = False
         kinds = {kind for kind, _ in self.undo}
         for kind, arg in reversed(self.undo):
