@@ -83,6 +83,12 @@ class ConnectionStoreAccounts:
         return conn.credential
 
 
+#: revocations in flight at once per activity. A session holds up to 1,000 credentials: sent all at
+#: once, httpx's pool spends quadratic time assigning them to connections, and on a slow machine the
+#: batch outran the activity's 60 s start-to-close, so each retry timed out again (found in CI)
+REVOKE_CONCURRENCY = 16
+
+
 class SessionRevocationActivities:
     def __init__(self, *, client: Client, revoker: CredentialRevoker | None) -> None:
         self._client = client
@@ -100,12 +106,15 @@ class SessionRevocationActivities:
             result.failed = {c.credential_id: "no_revoker_configured" for c in req.credentials}
             return result
 
+        gate = asyncio.Semaphore(REVOKE_CONCURRENCY)
+
         async def one(provider: str, account_ref: str, credential_id: str) -> None:
             assert self._revoker is not None
             try:
-                await self._revoker.revoke(
-                    provider=provider, account_ref=account_ref, credential_id=credential_id
-                )
+                async with gate:
+                    await self._revoker.revoke(
+                        provider=provider, account_ref=account_ref, credential_id=credential_id
+                    )
                 result.revoked.append(credential_id)
             except PermanentProviderError as exc:
                 if exc.code in ("not_found", "token_not_found", "credential_not_found"):
