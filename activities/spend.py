@@ -16,7 +16,7 @@ import asyncio
 import random
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from temporalio import activity
 from temporalio.client import (
@@ -142,14 +142,14 @@ def principal_of_id(ledger_id: str) -> str | None:
     return agent.principal_id if agent is not None else None
 
 
-def _update_error(err: WorkflowUpdateFailedError, where: str | None = None) -> Exception:
-    """A refused update as the activity's error: the stable code, and where (or the refusal's own
-    message, which names the ledger: the books' refusals)."""
+def _raise_update_error(err: WorkflowUpdateFailedError, where: str | None = None) -> NoReturn:
+    """Raise a refused update as the activity's error: the stable code, and where (or the refusal's own
+    message, which names the ledger: the books' refusals). Anything else is raised as it came."""
     cause = err.cause
     if isinstance(cause, ApplicationError):
         message = f"{cause.type}: {where}" if where else cause.message
-        return ApplicationError(message, type=cause.type, non_retryable=cause.non_retryable)
-    return err
+        raise ApplicationError(message, type=cause.type, non_retryable=cause.non_retryable) from err
+    raise err
 
 
 class SpendActivities:
@@ -308,7 +308,7 @@ class SpendActivities:
             message = f"LEDGER_CLOSED: ledger {layer.ledger_id} has finished"
             raise ApplicationError(message, type="LEDGER_CLOSED", non_retryable=True) from err
         except WorkflowUpdateFailedError as err:
-            raise _update_error(err, layer.ledger_id) from err
+            _raise_update_error(err, layer.ledger_id)
 
     # ---- books ----------------------------------------------------------------------------------
 
@@ -390,7 +390,7 @@ class SpendActivities:
             message = f"LEDGER_CLOSED: the spend books {books_id} have ended"
             raise ApplicationError(message, type="LEDGER_CLOSED", non_retryable=True) from err
         except WorkflowUpdateFailedError as err:
-            raise _update_error(err) from err
+            _raise_update_error(err)
 
     async def _books_settle(self, principal_id: str, update: str, arg: BooksSettle) -> BooksSettleOutcome:
         """Commit or release on existing books (never starts them: there is nothing to settle)."""
@@ -414,7 +414,7 @@ class SpendActivities:
                 non_retryable=True,
             ) from err
         except WorkflowUpdateFailedError as err:
-            raise _update_error(err) from err
+            _raise_update_error(err)
 
     async def books_view(self, principal_id: str) -> BooksView | None:
         """Every open book of the principal, or None when it has no books."""
@@ -687,7 +687,7 @@ class SpendActivities:
                 non_retryable=True,
             ) from err
         except WorkflowUpdateFailedError as err:
-            raise _update_error(err, layer.ledger_id) from err
+            _raise_update_error(err, layer.ledger_id)
 
     @activity.defn(name="commit_spend")
     async def commit_spend(self, req: CommitLayers) -> None:
