@@ -51,9 +51,10 @@ from quartermaster.config import Settings
 from quartermaster.crypto.authority import AuthoritySigner
 from quartermaster.deployment_keys import start_or_refuse
 from quartermaster.gateway import assertion_signer
+from quartermaster.http_transport import close_pooled_connections
 from quartermaster.identity.approval_links import ApprovalLinkSealer
 from quartermaster.keys import Keyring, load_keyring
-from quartermaster.logging_setup import configure_logging
+from quartermaster.logging_setup import configure_logging, quiet_http_client_logs
 from quartermaster.temporal import connect
 from quartermaster.workflow_runner import workflow_runner
 from workflows import authority as workflow_authority
@@ -290,8 +291,7 @@ def worker_options(**options: Any) -> dict[str, Any]:
 
 async def main() -> None:
     configure_logging(logging.INFO)
-    for noisy in ("httpx", "httpcore", "stripe"):  # a line per HTTP call drowns the approvals on the console
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_http_client_logs()
     settings = Settings.from_env()
     keyring = load_keyring(settings.resolved_keys_file, create=settings.dev)
     log.info("configuration: %s", settings.describe())
@@ -314,6 +314,7 @@ async def main() -> None:
         log.info("worker polling task queue %r", settings.task_queue)
         await stop.wait()
         log.info("shutting down: finishing in-flight activities")
+    await close_pooled_connections()
 
 
 if __name__ == "__main__":

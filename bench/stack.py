@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import multiprocessing
 import os
 import platform
@@ -48,6 +49,7 @@ from quartermaster.config import Settings
 from quartermaster.converter import data_converter
 from quartermaster.identity.attestation import measure
 from quartermaster.keys import Keyring
+from quartermaster.logging_setup import configure_logging, quiet_http_client_logs
 from quartermaster.temporal import connect
 from tests.fixtures.hosts import server_env, start_api, wait_until_ready
 from tests.fixtures.servers import free_port
@@ -316,7 +318,11 @@ async def bench_stack(
     worker_options: dict[str, Any] | None = None,
     approval_timeout_seconds: int = 3600,
 ) -> AsyncIterator[Bench]:
-    """The whole stack, on a fresh data dir and a fresh keyring."""
+    """The whole stack, on a fresh data dir and a fresh keyring. This process logs as `worker.main` does
+    (INFO, the HTTP clients' line per call left out): a library's `basicConfig` would otherwise leave
+    every provider and Stripe call logging here at INFO, which the deployed worker does not pay for."""
+    configure_logging(logging.INFO)
+    quiet_http_client_logs()
     keyring = Keyring.generate()
     with tempfile.TemporaryDirectory(prefix="qm-bench-") as tmp:
         data_dir = Path(tmp)

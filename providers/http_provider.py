@@ -37,6 +37,7 @@ from models.provider import (
 )
 from models.secret import Secret
 from providers.errors import PermanentProviderError, RetryableProviderError
+from quartermaster.http_transport import async_http_client
 
 #: a code we pass on must look like one: a provider cannot smuggle text (or a secret) through it
 _CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -71,7 +72,7 @@ class HttpProvider:
         self._client_secret = client_secret
         self.timeout = timeout
         self._owns_client = http_client is None
-        self._http = http_client or httpx.AsyncClient()
+        self._http = http_client or async_http_client()
 
     async def aclose(self) -> None:
         """Close the HTTP client if this adapter created it."""

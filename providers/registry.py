@@ -15,6 +15,7 @@ from providers.contract import Provider
 from providers.errors import PermanentProviderError
 from providers.http_provider import HttpProvider
 from quartermaster.config import Settings
+from quartermaster.http_transport import async_http_client
 
 ENTRY_POINT_GROUP = "quartermaster.providers"
 
@@ -53,7 +54,7 @@ class ProviderRegistry:
         """Generic adapters for `settings.providers`, then plug-ins from the entry-point group."""
         owned = None
         if http_client is None:
-            owned = http_client = httpx.AsyncClient()
+            owned = http_client = async_http_client()
         adapters: dict[str, Provider] = {
             name: HttpProvider(name=name, base_url=url, http_client=http_client)
             for name, url in settings.providers.items()

@@ -35,6 +35,7 @@ from providers.errors import (
     ProviderError,
     RetryableProviderError,
 )
+from quartermaster.http_transport import async_http_client
 
 T = TypeVar("T")
 #: metadata key that ties a PaymentIntent to the idempotency key that created it (reconciliation)
@@ -171,10 +172,10 @@ class StripeAdapter:
     ) -> None:
         self._http = stripe.HTTPXClient(timeout=30)
         self._owns_http = http_client is None
-        if http_client is not None:
-            # HTTPXClient builds its own AsyncClient and has no parameter for one; swap in the caller's
-            # (shared pool, respx-mockable). The unused default never opened a connection.
-            self._http._client_async = http_client
+        # HTTPXClient builds its own AsyncClient and has no parameter for one; swap in the caller's
+        # (shared pool, respx-mockable) or one on aiohttp's connections (quartermaster.http_transport).
+        # The unused default never opened a connection.
+        self._http._client_async = http_client or async_http_client()
         base = base_url.rstrip("/") if base_url else None
         addresses: Any = {"api": base, "connect": base, "files": base} if base else None
         self._client = stripe.StripeClient(

@@ -181,3 +181,15 @@ def configure_logging(
             h.addFilter(flt)
     root.setLevel(level)
     return handler
+
+
+#: libraries that log a line for every HTTP call they make
+HTTP_CLIENT_LOGGERS = ("httpx", "httpcore", "stripe")
+
+
+def quiet_http_client_logs() -> None:
+    """A service process's console: warnings and errors of the HTTP clients, not a line per call
+    (the worker's provider and Stripe calls would drown the approvals; each line also costs CPU
+    through the redaction filter)."""
+    for name in HTTP_CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

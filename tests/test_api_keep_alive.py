@@ -15,10 +15,12 @@ import httpx
 import uvicorn
 
 from quartermaster.api.serving import KEEP_ALIVE_SECONDS, server_config
+from quartermaster.http_transport import KEEPALIVE_SECONDS
 from tests.fixtures.servers import free_port
 
-#: httpx's pool drops idle connections after this long (its default `keepalive_expiry`)
-CLIENT_IDLE_EXPIRY = httpx.Limits().keepalive_expiry or 5.0
+#: the clients' pools drop idle connections after this long: httpx's default `keepalive_expiry`, and
+#: the aiohttp transport under Quartermaster's own clients (quartermaster/http_transport.py)
+CLIENT_IDLE_EXPIRY = max(httpx.Limits().keepalive_expiry or 5.0, KEEPALIVE_SECONDS)
 
 
 async def _ok(scope: Any, receive: Any, send: Any) -> None:

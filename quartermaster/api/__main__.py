@@ -7,7 +7,7 @@ import logging
 
 from quartermaster.api.app import create_app, preflight
 from quartermaster.api.serving import serve
-from quartermaster.logging_setup import configure_logging
+from quartermaster.logging_setup import configure_logging, quiet_http_client_logs
 
 
 def main() -> None:
@@ -16,6 +16,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()
     configure_logging(logging.INFO)
+    quiet_http_client_logs()
     preflight()
     serve(create_app(), host=args.host, port=args.port)
 

@@ -31,6 +31,7 @@ from quartermaster.api.routes import (
     sessions,
 )
 from quartermaster.api.services import ApiServices
+from quartermaster.http_transport import close_pooled_connections
 
 #: routers open to anonymous callers (each still authenticates what it receives)
 PUBLIC_ROUTERS = (catalog.router, login.router, callbacks.router, mcp.router)
@@ -83,8 +84,11 @@ def create_app(services: ApiServices | None = None, *, dev_routes: bool | None =
             keyring = load_keyring(settings.resolved_keys_file, create=settings.dev)
             temporal = await connect(settings, keyring)
             app.state.services = build_services(settings, keyring, temporal)
-        async with mcp_edge.running():
-            yield
+        try:
+            async with mcp_edge.running():
+                yield
+        finally:
+            await close_pooled_connections()  # the provider and Stripe clients the services hold
 
     app = FastAPI(
         title="Quartermaster API",

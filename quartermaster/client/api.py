@@ -50,6 +50,7 @@ from quartermaster.client.env import (
     identity_token_from_env,
 )
 from quartermaster.client.errors import ApiError, error_from_response
+from quartermaster.http_transport import async_http_client
 
 T = TypeVar("T")
 IDENTITY_HEADER = "X-QM-Identity"
@@ -414,7 +415,7 @@ class QuartermasterClient:
         self._session = session_token
         self._identity = identity_token
         self._own_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(timeout=timeout)
+        self._http = http_client or async_http_client(timeout=timeout)
         self.catalog = Catalogs(self)
         self.quotes = Quotes(self)
         self.provisions = Provisions(self)

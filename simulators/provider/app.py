@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
+from quartermaster.http_transport import close_pooled_connections
 from simulators.provider import accounts, admin, credentials, oauth, resources
 from simulators.provider.catalogs import catalog_for
 from simulators.provider.config import SimulatorConfig
@@ -136,6 +137,7 @@ def create_app(config: SimulatorConfig) -> Starlette:
         finally:
             if config.http_client is None:
                 await http_client.aclose()
+            await close_pooled_connections()  # this loop's share of the shared charger's pool
             store.close()
 
     app = Starlette(
