@@ -159,8 +159,14 @@ def _drop_connections(session: aiohttp.ClientSession) -> None:
 
 
 def _message(exc: BaseException) -> str:
-    """The error's class and text: aiohttp's messages name the host, never a body or header."""
-    text = str(exc)
+    """The error's class and aiohttp's text, unless that text quotes a URL (its query could hold a
+    value a log must not see): then the class alone, and the caller's request says where it went."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        text = f"{exc.status} {exc.message}".strip()
+    else:
+        text = str(exc)
+    if "://" in text or "?" in text:
+        text = ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
