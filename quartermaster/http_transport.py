@@ -2,9 +2,9 @@
 
 Every HTTP call Quartermaster makes (the provider adapters, the Stripe SDK, the agents' API client) is
 written against `httpx.AsyncClient`. Its default transport (httpcore over anyio and h11, pure Python)
-costs about 2 to 5 ms of CPU per request on the 2-vCPU benchmark machine, more as concurrency grows,
-against about 0.4 ms for aiohttp's C-accelerated client on the same server (docs/performance.md,
-"Round 3, session 14"): the provider and Stripe calls were the largest share of the worker's CPU that
+costs 1.8 to 4.2 ms of client CPU per request on the 2-vCPU benchmark machine, more as concurrency
+grows; httpx's API on this transport, 0.8 to 1.0 ms (`python -m bench.http_clients`, docs/performance.md
+"Round 3, session 14"). The provider and Stripe calls were the largest share of the worker's CPU that
 the engine's floor does not have. `AiohttpTransport` keeps httpx above (requests, auth, redirects,
 cookies, content decoding, exceptions, and `httpx.MockTransport`/respx in tests) and sends the bytes
 with aiohttp below.
@@ -72,8 +72,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         """Drop the sessions of loops that have ended (a client used under several `asyncio.run`s,
         or a process-long client at exit): marked closed, so aiohttp does not report them unclosed;
         their sockets went with the loop."""
-        for loop in [loop for loop in self._sessions if loop.is_closed()]:
-            _drop_connections(self._sessions.pop(loop))
+        # list(): a copy made at once, as another thread's loop may add its session meanwhile
+        for loop in [loop for loop in list(self._sessions) if loop.is_closed()]:
+            session = self._sessions.pop(loop, None)
+            if session is not None:
+                _drop_connections(session)
 
     def __del__(self) -> None:
         self._forget_ended_loops()
