@@ -69,19 +69,27 @@ async def _per_request(n: int, c: int, call: Callable[[int], Awaitable[None]]) -
     return (time.process_time() - cpu0) / n * 1000, n / (time.perf_counter() - t0)
 
 
+async def _until_serving(url: str, timeout: float = 120) -> None:
+    """Wait for the child's server (a spawned interpreter importing uvicorn: slow on a busy machine)."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as probe:
+        while True:
+            try:
+                await probe.get(url)
+                return
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not start within {timeout:.0f} s") from None
+                await asyncio.sleep(0.1)
+
+
 async def measure(args: argparse.Namespace, out: TextIO) -> int:
     port = free_port()
     server = multiprocessing.get_context("spawn").Process(target=_serve, args=(port,), daemon=True)
     server.start()
     url = f"http://127.0.0.1:{port}/resources"
     try:
-        async with httpx.AsyncClient() as probe:
-            for _ in range(200):
-                try:
-                    await probe.get(url)
-                    break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.05)
+        await _until_serving(url)
         rows: list[list[object]] = []
         for c in args.c:
             figures: dict[str, tuple[float, float]] = {}
