@@ -4,11 +4,8 @@ connection the server is closing (which answered ~1 in 500 agent requests with A
 from __future__ import annotations
 
 import socket
-import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -16,7 +13,7 @@ import uvicorn
 
 from quartermaster.api.serving import KEEP_ALIVE_SECONDS, server_config
 from quartermaster.http_transport import KEEPALIVE_SECONDS
-from tests.fixtures.servers import free_port
+from tests.fixtures.servers import free_port, serve_config
 
 #: the clients' pools drop idle connections after this long: httpx's default `keepalive_expiry`, and
 #: the aiohttp transport under Quartermaster's own clients (quartermaster/http_transport.py)
@@ -28,20 +25,6 @@ async def _ok(scope: Any, receive: Any, send: Any) -> None:
         return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
     await send({"type": "http.response.body", "body": b"ok"})
-
-
-@contextmanager
-def _serving(config: uvicorn.Config) -> Iterator[int]:
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield config.port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def _response(sock: socket.socket) -> bytes:
@@ -78,7 +61,8 @@ def test_an_idle_connection_outlives_the_clients_expiry() -> None:
     api = server_config(_ok, host="127.0.0.1", port=free_port())
     # the broken variant: uvicorn's default, which closes at the client's own expiry
     default = uvicorn.Config(_ok, host="127.0.0.1", port=free_port(), log_level="warning")
-    with _serving(api) as api_port, _serving(default) as default_port, ThreadPoolExecutor(2) as pool:
+    with serve_config(api), serve_config(default), ThreadPoolExecutor(2) as pool:
+        api_port, default_port = api.port, default.port
         ours = pool.submit(_reused_after_idle, api_port, idle)
         broken = pool.submit(_reused_after_idle, default_port, idle)
         assert ours.result() == "ok"

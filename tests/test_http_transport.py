@@ -14,9 +14,7 @@ import gzip
 import json
 import socket
 import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -29,7 +27,7 @@ from quartermaster.http_transport import (
     async_http_client,
     close_pooled_connections,
 )
-from tests.fixtures.servers import free_port, serve_asgi
+from tests.fixtures.servers import free_port, serve_asgi, serve_config
 
 
 async def _echo(scope: Any, receive: Any, send: Any) -> None:
@@ -180,29 +178,14 @@ async def test_every_failure_is_one_of_httpxs_exceptions(echo_url: str, variant:
         assert all(v != "mapped" for v in outcomes.values()), outcomes
 
 
-@contextmanager
-def _uvicorn_default(app: Any) -> Iterator[str]:
-    """uvicorn with its default keep-alive (5 s): how the provider simulators and many servers run."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 @pytest.mark.parametrize("variant", ["ours", "broken"])
 async def test_an_idle_connection_is_given_up_before_the_server_closes_it(variant: str) -> None:
     """Idle past KEEPALIVE_SECONDS (under uvicorn's 5 s), the next request opens a new connection; the
     broken variant (aiohttp's default 15 s) would send it on the one the server is about to close."""
     assert KEEPALIVE_SECONDS < uvicorn.Config(_echo).timeout_keep_alive
     keepalive = KEEPALIVE_SECONDS if variant == "ours" else 15.0
-    with _uvicorn_default(_echo) as url:
+    # uvicorn with its default keep-alive (5 s): how the provider simulators and many servers run
+    with serve_config(uvicorn.Config(_echo, host="127.0.0.1", port=free_port(), log_level="warning")) as url:
         async with httpx.AsyncClient(transport=AiohttpTransport(keepalive_seconds=keepalive)) as client:
             first = (await client.get(f"{url}/a")).json()["client_port"]
             again = (await client.get(f"{url}/b")).json()["client_port"]
