@@ -21,10 +21,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TextIO
 
+from bench.floor import floor_worker, plan_from_history
 from bench.stack import (
+    WORKER_OPTIONS,
     Bench,
     bench_stack,
     prepare_agents,
@@ -34,7 +37,7 @@ from bench.stack import (
     result_of,
     table,
 )
-from bench.throughput import KINDS, api_job, real_job, run_phase
+from bench.throughput import KINDS, api_job, floor_job, real_job, run_phase, sample_history
 
 PY_SPY = Path(sys.executable).parent / "py-spy"
 ROOT = str(Path(__file__).resolve().parent.parent) + "/"
@@ -151,41 +154,66 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
         if not PY_SPY.exists():
             print("py-spy is not installed (pip install -e '.[dev]'): no sampled profile", file=out)
             return 0
-        with tempfile.TemporaryDirectory() as tmp:
-            raw_dir = Path(args.raw or tmp)  # made by main()
-            worker_raw, sims_raw = raw_dir / "worker.txt", raw_dir / "sims.txt"
-            spies = [spy(os.getpid(), worker_raw)]
-            if bench.sims_pid:
-                spies.append(spy(bench.sims_pid, sims_raw))
-            await asyncio.sleep(0.5)  # let py-spy attach
-            cpu0 = bench.cpu()
+        floor_queue = f"{bench.stack.settings.task_queue}-floor"
+        async with floor_worker(bench.client, floor_queue, WORKER_OPTIONS):
+            jobs = []
             for service in kinds.values():
-                job = api_job(bench, service) if args.api else real_job(bench, service)
-                await run_phase(bench, args.n, args.c, job)
-            cpu = {k: v - cpu0.get(k, 0.0) for k, v in bench.cpu().items()}
-            for proc in spies:
-                await stop_spy(proc)
-            worker, sims = Samples(worker_raw), Samples(sims_raw)
-        total_cpu = sum(cpu.values()) or 1.0
-        table(f"CPU by process over {len(kinds) * args.n} concurrent provisionings (C={args.c})",
-              ["process", "cpu s", "share"],
-              [[k, f"{v:.1f}", f"{v / total_cpu:.0%}"] for k, v in cpu.items()], out)  # fmt: skip
-        cols = ["function", "samples", "share"]
-        if worker.total:
-            table("worker process, Python samples by activity (py-spy)", ["what", "samples", "share"],
-                  shares(worker.by_where, worker.total), out)  # fmt: skip
-            table("worker process: top project functions (inclusive)", cols,
-                  shares(worker.project_inclusive, worker.total, args.top), out)  # fmt: skip
-            table(
-                "worker process: top functions (self)",
-                cols,
-                shares(worker.self_time, worker.total, args.top),
-                out,
-            )
-        if sims.total:
-            table("simulators process: top project functions (inclusive)", cols,
-                  shares(sims.project_inclusive, sims.total, 8), out)  # fmt: skip
-        return 0
+                if args.floor:  # the same activities as no-ops, planned from a real history
+                    plan = plan_from_history(await sample_history(bench, service))
+                    jobs.append(floor_job(bench, service, plan, floor_queue))
+                    await run_phase(bench, 1, 1, jobs[-1])  # warm
+                else:
+                    jobs.append(api_job(bench, service) if args.api else real_job(bench, service))
+            return await _sampled(bench, args, kinds, jobs, out)
+
+
+async def _sampled(
+    bench: Bench,
+    args: argparse.Namespace,
+    kinds: dict[str, str],
+    jobs: list[Callable[[int], Awaitable[str | None]]],
+    out: TextIO,
+) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        raw_dir = Path(args.raw or tmp)  # made by main()
+        worker_raw, sims_raw, api_raw = raw_dir / "worker.txt", raw_dir / "sims.txt", raw_dir / "api.txt"
+        spies = [spy(os.getpid(), worker_raw)]
+        if bench.sims_pid:
+            spies.append(spy(bench.sims_pid, sims_raw))
+        if bench.api_pid:
+            spies.append(spy(bench.api_pid, api_raw))
+        await asyncio.sleep(0.5)  # let py-spy attach
+        cpu0 = bench.cpu()
+        for job in jobs:
+            await run_phase(bench, args.n, args.c, job)
+        cpu = {k: v - cpu0.get(k, 0.0) for k, v in bench.cpu().items()}
+        for proc in spies:
+            await stop_spy(proc)
+        worker, sims, api = Samples(worker_raw), Samples(sims_raw), Samples(api_raw)
+    total_cpu = sum(cpu.values()) or 1.0
+    table(f"CPU by process over {len(kinds) * args.n} concurrent provisionings (C={args.c})",
+          ["process", "cpu s", "share"],
+          [[k, f"{v:.1f}", f"{v / total_cpu:.0%}"] for k, v in cpu.items()], out)  # fmt: skip
+    cols = ["function", "samples", "share"]
+    if worker.total:
+        table("worker process, Python samples by activity (py-spy)", ["what", "samples", "share"],
+              shares(worker.by_where, worker.total), out)  # fmt: skip
+        table("worker process: top project functions (inclusive)", cols,
+              shares(worker.project_inclusive, worker.total, args.top), out)  # fmt: skip
+        table(
+            "worker process: top functions (self)",
+            cols,
+            shares(worker.self_time, worker.total, args.top),
+            out,
+        )
+    if sims.total:
+        table("simulators process: top project functions (inclusive)", cols,
+              shares(sims.project_inclusive, sims.total, 8), out)  # fmt: skip
+    if api.total:
+        table("API process: top project functions (inclusive)", cols,
+              shares(api.project_inclusive, api.total, args.top), out)  # fmt: skip
+        table("API process: top functions (self)", cols, shares(api.self_time, api.total, args.top), out)
+    return 0
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -195,9 +223,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--c", type=int, default=10, help="concurrency of the sampled runs (default 10)")
     p.add_argument("--top", type=int, default=15, help="functions listed (default 15)")
     p.add_argument(
-        "--raw", default=None, help="keep py-spy's raw samples (worker.txt, sims.txt) in this folder"
+        "--raw", default=None, help="keep py-spy's raw samples (worker.txt, sims.txt, api.txt) in this folder"
     )
     p.add_argument("--api", action="store_true", help="sample agents through the API (default: in-process)")
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="sample the floor instead (its no-op activities, started directly)",
+    )
     p.add_argument("--kind", choices=["both", "free", "paid"], default="both", help="which kinds")
     p.add_argument("--quick", action="store_true", help="k=1, n=4, c=2")
     args = p.parse_args(argv)

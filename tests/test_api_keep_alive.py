@@ -67,3 +67,24 @@ def test_an_idle_connection_outlives_the_clients_expiry() -> None:
         broken = pool.submit(_reused_after_idle, default_port, idle)
         assert ours.result() == "ok"
         assert broken.result() != "ok"
+
+
+def test_the_api_parses_with_httptools_and_answers_the_same_bytes() -> None:
+    """The server configuration the API and the simulators share parses requests with httptools (C),
+    not h11 (Python, uvicorn's fallback); a raw pipelined request still gets both answers intact."""
+    api = server_config(_ok, host="127.0.0.1", port=free_port())
+    api.load()
+    assert api.http_protocol_class.__module__ == "uvicorn.protocols.http.httptools_impl"
+    fallback = uvicorn.Config(_ok, host="127.0.0.1", port=free_port(), log_level="warning", http="h11")
+    fallback.load()  # the broken variant: what the API ran on before, and what the check must tell apart
+    assert fallback.http_protocol_class.__module__ != "uvicorn.protocols.http.httptools_impl"
+    with serve_config(api):
+        request = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", api.port), timeout=5) as sock:
+            sock.sendall(request * 2)
+            data = b""
+            while data.count(b"ok") < 2:
+                chunk = sock.recv(4096)
+                assert chunk, data
+                data += chunk
+    assert data.count(b"HTTP/1.1 200 OK\r\n") == 2, data

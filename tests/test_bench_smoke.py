@@ -28,7 +28,7 @@ async def test_ledger_bench_quick(client: Client) -> None:
 
 
 # -- the provisioning benchmarks (bench/throughput, cost, waiting, profile, api_overhead, memory,
-# approvals_list, redaction, http_clients) ---------------------------------------------------------
+# approvals_list, redaction, http_clients, server_ops) -------------------------------------------
 # Each runs as a real `python -m bench.<name> --quick` process (exit code and printed table are what a
 # user sees), against this session's dev server through TEMPORAL_ADDRESS to skip a server start.
 # They all start together: they are mostly waiting on round trips, and the suite stays short.
@@ -36,9 +36,9 @@ async def test_ledger_bench_quick(client: Client) -> None:
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_SCRIPTS = (
     "throughput", "cost", "waiting", "profile", "api_overhead", "memory", "approvals_list", "redaction",
-    "http_clients",
+    "http_clients", "server_ops",
 )  # fmt: skip
-#: a bound on a hung script, not a speed check: the nine share two cores with their own stacks, and
+#: a bound on a hung script, not a speed check: the ten share two cores with their own stacks, and
 #: the slowest (throughput) took 88 s locally and over 120 s once in CI, on a slow hour
 BENCH_TIMEOUT_SECONDS = 300
 #: a quick run in flight: (exit code, output)
@@ -91,6 +91,8 @@ def _columns_in(out: str, *names: str) -> None:
         ("approvals_list", ("every page of 300", "one page of 1", "one page of 300 (limit 500)", "<= 1.0")),
         ("redaction", ("remembered", "a new secret, then a line", "4096", "ratio")),
         ("http_clients", ("client CPU per request", "httpx's transport ms", "aiohttp transport ms", "ratio")),
+        ("server_ops", ("what one call costs", "describe", "update-with-start", "start and result",
+                        "server / describe")),
     ],
 )  # fmt: skip
 async def test_provisioning_bench_quick(
