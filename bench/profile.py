@@ -2,12 +2,15 @@
 
     .venv/bin/python -m bench.profile             # 5 sequential + 40 concurrent (C=10) of each kind
     .venv/bin/python -m bench.profile --quick     # 1 sequential + 4 concurrent (C=2)
+    .venv/bin/python -m bench.profile --api       # the concurrent runs by agents through the API
+    .venv/bin/python -m bench.profile --floor     # the concurrent runs are the floor's, to compare
 
 1. Sequential runs give one provisioning's wall time and the CPU each process spent on it (from
    /proc): what is not CPU is waiting (round trips, task dispatch, the simulators' own delays).
-2. Concurrent runs are sampled with py-spy (threads holding the GIL, in the worker process and in
-   the simulators' process): samples are split by what the thread was doing (workflow tasks in the sandbox,
-   activities, the gateway, the rest) and the top functions are listed, project code first.
+2. Concurrent runs are sampled with py-spy (threads holding the GIL, in the worker process, the
+   simulators' process and the API's): samples are split by what the thread was doing (workflow
+   tasks in the sandbox, activities, the gateway, the rest) and the top functions are listed, project
+   code first.
 """
 
 from __future__ import annotations
