@@ -157,16 +157,16 @@ async def measure(args: argparse.Namespace, out: TextIO) -> int:
         if not PY_SPY.exists():
             print("py-spy is not installed (pip install -e '.[dev]'): no sampled profile", file=out)
             return 0
+        if not args.floor:
+            jobs = [api_job(bench, s) if args.api else real_job(bench, s) for s in kinds.values()]
+            return await _sampled(bench, args, kinds, jobs, out)
         floor_queue = f"{bench.stack.settings.task_queue}-floor"
-        async with floor_worker(bench.client, floor_queue, WORKER_OPTIONS):
+        async with floor_worker(bench.client, floor_queue, WORKER_OPTIONS):  # only when sampled
             jobs = []
-            for service in kinds.values():
-                if args.floor:  # the same activities as no-ops, planned from a real history
-                    plan = plan_from_history(await sample_history(bench, service))
-                    jobs.append(floor_job(bench, service, plan, floor_queue))
-                    await run_phase(bench, 1, 1, jobs[-1])  # warm
-                else:
-                    jobs.append(api_job(bench, service) if args.api else real_job(bench, service))
+            for service in kinds.values():  # the same activities as no-ops, planned from a real history
+                plan = plan_from_history(await sample_history(bench, service))
+                jobs.append(floor_job(bench, service, plan, floor_queue))
+                await run_phase(bench, 1, 1, jobs[-1])  # warm
             return await _sampled(bench, args, kinds, jobs, out)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import resource
+import os
 import sys
 import time
 import uuid
@@ -34,11 +34,6 @@ TASK_QUEUE = "bench-server-ops"
 ENTITIES = 50
 
 
-def own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 async def price(
     n: int, c: int, server_pid: int | None, call: Callable[[int], Awaitable[object]]
 ) -> tuple[float | None, float, float]:
@@ -49,12 +44,12 @@ async def price(
         async with gate:
             await call(i)
 
-    s0 = cpu_seconds(server_pid) if server_pid else None
-    c0, t0 = own_cpu(), time.perf_counter()
+    s0 = cpu_seconds(server_pid) if server_pid else 0.0
+    c0, t0 = cpu_seconds(os.getpid()), time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(n)))
     wall = time.perf_counter() - t0
-    server = (cpu_seconds(server_pid) - s0) / n * 1000 if server_pid and s0 is not None else None
-    return server, (own_cpu() - c0) / n * 1000, n / wall
+    server = (cpu_seconds(server_pid) - s0) / n * 1000 if server_pid else None
+    return server, (cpu_seconds(os.getpid()) - c0) / n * 1000, n / wall
 
 
 def calls(client: Client, entities: list[str]) -> dict[str, tuple[Callable[[int], Awaitable[object]], bool]]:
